@@ -1,0 +1,200 @@
+"""Command line: ``authloyalty up | migrate | admin create | keys generate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from authloyalty.bootstrap import EmbeddedSystem, build_embedded, loyalty_app, sso_app
+from authloyalty.platform.logging import configure_logging
+from authloyalty.platform.settings import ConfigError, Settings, load_settings
+from authloyalty.platform.tokens import write_new_key
+
+log = logging.getLogger("authloyalty")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: $CONFIG_PATH)")
+    parser.add_argument("--data-dir", type=Path, help="where embedded data and keys live")
+    parser.add_argument("--database-url",
+                        help="PostgreSQL URL shared by both services (one schema each)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authloyalty", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run sso and loyalty in one process")
+    _common(up)
+    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--sso-port", type=int)
+    up.add_argument("--loyalty-port", type=int)
+    up.add_argument("--grpc-port", type=int)
+    up.add_argument("--admin-email")
+    up.add_argument("--admin-password")
+
+    migrate = sub.add_parser("migrate", help="apply every service's migrations")
+    _common(migrate)
+
+    admin = sub.add_parser("admin", help="manage admins")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser("create", help="create an admin or promote a user")
+    _common(create)
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+
+    keys = sub.add_parser("keys", help="manage token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser("generate", help="add a signing key (the newest signs)")
+    generate.add_argument("--dir", type=Path, required=True)
+    generate.add_argument("--algorithm", choices=["EdDSA", "ES256", "RS256"], default="EdDSA")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    sso: dict[str, Any] = {}
+    loyalty: dict[str, Any] = {}
+    for name, target, key in (("sso_port", sso, "http_port"), ("grpc_port", sso, "grpc_port"),
+                              ("loyalty_port", loyalty, "http_port"),
+                              ("host", sso, "http_host"), ("host", loyalty, "http_host")):
+        value = getattr(args, name, None)
+        if value is not None:
+            target[key] = value
+    if sso:
+        overrides["sso"] = sso
+    if loyalty:
+        overrides["loyalty"] = loyalty
+    admin = {k: v for k, v in (("email", getattr(args, "admin_email", None)),
+                               ("password", getattr(args, "admin_password", None))) if v}
+    if admin:
+        overrides["admin"] = admin
+    return load_settings(args.config, **overrides)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (two run in one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def _server(app: FastAPI, host: str, port: int) -> _Server:
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            lifespan="off", server_header=False)
+    return _Server(config)
+
+
+def _banner(settings: Settings, system: EmbeddedSystem) -> str:
+    sso = f"http://{settings.sso.http_host}:{settings.sso.http_port}"
+    loyalty = f"http://{settings.loyalty.http_host}:{settings.loyalty.http_port}"
+    return "\n".join([
+        "authloyalty is running (embedded mode)",
+        f"  sso      {sso}      Swagger UI: {sso}/swagger",
+        f"  loyalty  {loyalty}      Swagger UI: {loyalty}/swagger",
+        f"  sso database:     {system.sso.target.describe()}",
+        f"  loyalty database: {system.loyalty.target.describe()}",
+        "Create an admin:  authloyalty admin create --email E --password P"
+        f" --data-dir {settings.data_dir}",
+        "Stop with Ctrl+C.",
+    ])
+
+
+async def _up(settings: Settings) -> int:
+    system = build_embedded(settings)
+    await system.start()
+    servers = [
+        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port),
+        _server(loyalty_app(system.loyalty), settings.loyalty.http_host,
+                settings.loyalty.http_port),
+    ]
+    loop = asyncio.get_running_loop()
+
+    def _exit() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _exit)
+    serving = [asyncio.create_task(s.serve()) for s in servers]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in serving):
+            break
+        await asyncio.sleep(0.05)
+    if all(s.started for s in servers):
+        print(_banner(settings, system), flush=True)
+    else:
+        _exit()
+    await asyncio.gather(*serving, return_exceptions=True)
+    await system.stop()
+    return 0 if all(s.started for s in servers) else 1
+
+
+async def _migrate(settings: Settings) -> int:
+    system = build_embedded(settings)
+    try:
+        await system.migrate()
+    finally:
+        await system.stop()
+    print("migrations applied: sso, loyalty")
+    return 0
+
+
+async def _admin_create(settings: Settings, email: str, password: str) -> int:
+    system = build_embedded(settings)
+    try:
+        await system.migrate()
+        user_id, created = await system.sso.service.ensure_admin(email, password)
+        # Deliver the registration event now, so the new admin's account opens at once.
+        await system.sso.relay.run_once()
+    finally:
+        await system.stop()
+    print(f"{'created' if created else 'promoted'} admin {email} (user_id {user_id})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``authloyalty`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "keys":
+        path = write_new_key(args.dir, args.algorithm)
+        print(f"new signing key: {path}")
+        return 0
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from authloyalty.platform.errors import DomainError
+
+    try:
+        if args.command == "up":
+            return asyncio.run(_up(settings))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        return asyncio.run(_admin_create(settings, args.email, args.password))
+    except DomainError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""loyalty: the points ledger."""

@@ -1,0 +1,166 @@
+"""loyalty's model, its errors, and the ports its use cases depend on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, Self
+from uuid import UUID
+
+from authloyalty.platform.errors import DomainError, ErrorKind
+
+Kind = Literal["deposit", "withdrawal"]
+REGISTRATION_COMMENT = "registration"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    user_id: UUID
+    session_id: UUID
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user's points account; ``balance`` equals the sum of its ledger entries."""
+
+    user_id: UUID
+    balance: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One movement of points; ``id`` orders an account's history."""
+
+    id: int
+    account_id: UUID
+    kind: Kind
+    amount: int
+    comment: str
+    balance_after: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    """A rendered answer, kept under an idempotency key and replayed byte for byte."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """What was answered to ``caller`` under ``key`` for the request ``fingerprint``."""
+
+    caller_id: UUID
+    key: str
+    fingerprint: str
+    reply: StoredReply
+    created_at: datetime
+
+
+class LoyaltyError(DomainError):
+    """Base of loyalty's errors."""
+
+
+class AccountNotFound(LoyaltyError):
+    """No account (yet) for that user."""
+
+    kind = ErrorKind.NOT_FOUND
+    code = "account_not_found"
+    default_message = "account not found"
+
+
+class InsufficientPoints(LoyaltyError):
+    """The withdrawal would make the balance negative; nothing changed."""
+
+    kind = ErrorKind.CONFLICT
+    code = "insufficient_points"
+    default_message = "insufficient points: the balance cannot go below zero"
+
+
+class IdempotencyKeyReused(LoyaltyError):
+    """The Idempotency-Key was already used for a different request."""
+
+    kind = ErrorKind.CONFLICT
+    code = "idempotency_key_reused"
+    default_message = "Idempotency-Key was already used with a different request"
+
+
+class KeyTaken(Exception):
+    """Another transaction stored the same idempotency key first."""
+
+
+class Accounts(Protocol):
+    """Persistence of accounts; balance changes are single conditional updates."""
+
+    async def get(self, user_id: UUID) -> Account | None: ...
+
+    async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
+        """Create the account unless it exists; True if created."""
+
+    async def change_balance(self, user_id: UUID, delta: int, now: datetime) -> int | None:
+        """Add ``delta`` unless the balance would go negative; new balance or None."""
+
+
+class Ledger(Protocol):
+    """The append-only history of movements."""
+
+    async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
+                     balance_after: int, now: datetime) -> LedgerEntry: ...
+
+    async def page(self, account_id: UUID, limit: int, before_id: int | None
+                   ) -> list[LedgerEntry]:
+        """Newest first, ids below ``before_id``."""
+
+    async def total(self, account_id: UUID) -> int:
+        """Signed sum of the account's movements (deposits minus withdrawals)."""
+
+
+class IdempotencyKeys(Protocol):
+    """Stored answers of idempotent requests."""
+
+    async def get(self, caller_id: UUID, key: str) -> IdempotencyRecord | None: ...
+
+    async def add(self, record: IdempotencyRecord) -> None:
+        """Store; raise :class:`KeyTaken` if the key exists."""
+
+    async def purge(self, before: datetime) -> int: ...
+
+
+class Inbox(Protocol):
+    """Ids of events already processed."""
+
+    async def add(self, event_id: UUID, event_type: str, now: datetime) -> bool:
+        """Record the event; False if it was processed before."""
+
+
+class Revocations(Protocol):
+    """Sessions whose access tokens must be refused until ``until``."""
+
+    async def add(self, session_id: UUID, until: datetime) -> None: ...
+    async def active(self, now: datetime) -> list[tuple[UUID, datetime]]: ...
+    async def purge(self, before: datetime) -> int: ...
+
+
+class LoyaltyUnitOfWork(Protocol):
+    """One database transaction over loyalty's repositories."""
+
+    @property
+    def accounts(self) -> Accounts: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def idempotency(self) -> IdempotencyKeys: ...
+    @property
+    def inbox(self) -> Inbox: ...
+    @property
+    def revocations(self) -> Revocations: ...
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def commit(self) -> None: ...

@@ -1,0 +1,186 @@
+"""loyalty's HTTP edge: parse, call one use case, shape the answer."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import Response
+
+from authloyalty.loyalty.domain import Kind, LedgerEntry, Principal, StoredReply
+from authloyalty.loyalty.schemas import (
+    BalanceOut,
+    HistoryOut,
+    MovementIn,
+    MovementOut,
+    SeedOperationIn,
+)
+from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
+from authloyalty.platform.db import ping
+from authloyalty.platform.errors import Forbidden, ValidationFailed
+from authloyalty.platform.http import BearerToken, dump_json, error_response, success
+from authloyalty.platform.schemas import ERRORS, StatusOut
+
+
+def _principal(request: Request, token: Annotated[str, Depends(BearerToken())]) -> Principal:
+    principal: Principal = request.app.state.container.authenticator.principal(token)
+    return principal
+
+
+def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("admin rights required")
+    return principal
+
+
+def _service(request: Request) -> LedgerService:
+    service: LedgerService = request.app.state.container.service
+    return service
+
+
+CurrentUser = Annotated[Principal, Depends(_principal)]
+AdminUser = Annotated[Principal, Depends(_admin)]
+Service = Annotated[LedgerService, Depends(_service)]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Repeat a request safely: same key and body → same answer, applied once")]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=32)]
+
+
+def _transaction(entry: LedgerEntry) -> dict[str, Any]:
+    return {"id": entry.id, "kind": entry.kind, "amount": entry.amount,
+            "comment": entry.comment, "balance_after": entry.balance_after,
+            "created_at": entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+
+
+def _movement_reply(entry: LedgerEntry) -> StoredReply:
+    body = {"status": "Success", "balance": entry.balance_after,
+            "transaction": _transaction(entry)}
+    return StoredReply(201, dump_json(body))
+
+
+def _seed_reply(entry: LedgerEntry) -> StoredReply:
+    body = {"status": "Success", "uuid": str(entry.account_id), "balance": entry.balance_after}
+    return StoredReply(200, dump_json(body))
+
+
+def _send(reply: StoredReply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type="application/json")
+
+
+async def _move(service: LedgerService, actor: Principal, account_id: UUID, kind: Kind,
+                body: MovementIn, key: str | None, route: str) -> Response:
+    op = Operation(actor=actor, account_id=account_id, kind=kind, amount=body.amount,
+                   comment=body.comment)
+    idem = Idempotency.of(key, route, account_id, body.model_dump()) if key else None
+    return _send(await service.operate(op, _movement_reply, idem))
+
+
+def _balance(account_id: UUID, balance: int) -> Response:
+    return success(200, uuid=str(account_id), balance=balance)
+
+
+def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> Response:
+    return success(200, items=[_transaction(e) for e in page_items], next_cursor=next_cursor)
+
+
+router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS)
+
+
+@router.get("/healthz", response_model=StatusOut)
+async def healthz() -> Response:
+    """Liveness: the process answers."""
+    return success(200)
+
+
+@router.get("/ready", response_model=StatusOut)
+async def ready(request: Request) -> Response:
+    """Readiness: the database answers."""
+    try:
+        await ping(request.app.state.container.engine)
+    except Exception:
+        return error_response(503, "database_unavailable", "database is unreachable")
+    return success(200)
+
+
+@router.get("/me", response_model=BalanceOut)
+async def my_balance(user: CurrentUser, service: Service) -> Response:
+    """Your balance (404 until the welcome event has been processed)."""
+    account = await service.balance(user, user.user_id)
+    return _balance(account.user_id, account.balance)
+
+
+@router.post("/me/withdrawals", status_code=201, response_model=MovementOut)
+async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
+                        key: IdempotencyKey = None) -> Response:
+    """Spend your points."""
+    return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
+
+
+@router.get("/me/transactions", response_model=HistoryOut)
+async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
+                     cursor: Cursor = None) -> Response:
+    """Your history, newest first; pass ``next_cursor`` back for the next page."""
+    page = await service.history(user, user.user_id, limit, cursor)
+    return _history(page.items, page.next_cursor)
+
+
+@router.get("/admin/accounts/{uuid}", response_model=BalanceOut)
+async def admin_balance(uuid: UUID, admin: AdminUser, service: Service) -> Response:
+    """Any account's balance."""
+    account = await service.balance(admin, uuid)
+    return _balance(account.user_id, account.balance)
+
+
+@router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut)
+async def admin_deposit(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
+                        key: IdempotencyKey = None) -> Response:
+    """Credit points to an account."""
+    return await _move(service, admin, uuid, "deposit", body, key, "admin/deposit")
+
+
+@router.post("/admin/accounts/{uuid}/withdrawals", status_code=201, response_model=MovementOut)
+async def admin_withdrawal(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
+                           key: IdempotencyKey = None) -> Response:
+    """Debit points from an account."""
+    return await _move(service, admin, uuid, "withdrawal", body, key, "admin/withdrawal")
+
+
+@router.get("/admin/accounts/{uuid}/transactions", response_model=HistoryOut)
+async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: Limit = 20,
+                        cursor: Cursor = None) -> Response:
+    """Any account's history, newest first."""
+    page = await service.history(admin, uuid, limit, cursor)
+    return _history(page.items, page.next_cursor)
+
+
+_SEED_KINDS: dict[Literal["w", "d"], Kind] = {"w": "withdrawal", "d": "deposit"}
+
+
+@router.post("", response_model=BalanceOut)
+async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Service,
+                         key: IdempotencyKey = None) -> Response:
+    """The original API: admins act on ``uuid``; users withdraw from their own account."""
+    if user.is_admin and body.uuid is None:
+        raise ValidationFailed("uuid: required for admin operations")
+    account_id = body.uuid or user.user_id
+    op = Operation(actor=user, account_id=account_id, kind=_SEED_KINDS[body.operation],
+                   amount=body.balance, comment=body.comment)
+    idem = (Idempotency.of(key, "seed", account_id, body.model_dump(mode="json"))
+            if key else None)
+    return _send(await service.operate(op, _seed_reply, idem))
+
+
+@router.get("/{uuid}", response_model=BalanceOut)
+async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> Response:
+    """The original API: an account's balance, for its owner or an admin."""
+    account = await service.balance(user, uuid)
+    return _balance(account.user_id, account.balance)
+
+
+def install(app: FastAPI) -> None:
+    """Add loyalty's routes to ``app``."""
+    app.include_router(router)

@@ -1,0 +1,61 @@
+"""Sessions loyalty refuses, held in memory so no request waits on the network."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from uuid import UUID
+
+from authloyalty.loyalty.domain import Principal
+from authloyalty.platform import metrics
+from authloyalty.platform.db import utcnow
+from authloyalty.platform.errors import InvalidToken
+from authloyalty.platform.tokens import TokenVerifier
+
+
+class RevokedSessions:
+    """session id → the time after which none of its access tokens can still be valid."""
+
+    def __init__(self) -> None:
+        self._until: dict[UUID, datetime] = {}
+
+    def add(self, session_id: UUID, until: datetime) -> None:
+        """Refuse ``session_id`` until ``until``."""
+        self._until[session_id] = max(until, self._until.get(session_id, until))
+        metrics.REVOKED_SESSIONS_CACHED.set(len(self._until))
+
+    def load(self, entries: Iterable[tuple[UUID, datetime]]) -> None:
+        """Add many (the state rebuilt from the database at start)."""
+        for session_id, until in entries:
+            self.add(session_id, until)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Forget revocations whose tokens have expired anyway."""
+        now = now or utcnow()
+        expired = [sid for sid, until in self._until.items() if until <= now]
+        for sid in expired:
+            del self._until[sid]
+        metrics.REVOKED_SESSIONS_CACHED.set(len(self._until))
+        return len(expired)
+
+
+class Authenticator:
+    """Turns an access token into a :class:`Principal`, locally: signature, claims, revocation."""
+
+    def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions) -> None:
+        self._verifier = verifier
+        self._revoked = revoked
+
+    def principal(self, token: str) -> Principal:
+        """The caller, or :class:`InvalidToken`."""
+        claims = self._verifier.verify(token, "access")
+        if claims.session_id in self._revoked:
+            raise InvalidToken("session has ended")
+        return Principal(user_id=claims.user_id, session_id=claims.session_id,
+                         is_admin=claims.admin)

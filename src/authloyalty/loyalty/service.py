@@ -1,0 +1,170 @@
+"""loyalty's use cases; each owns its transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from authloyalty.loyalty.domain import (
+    Account,
+    AccountNotFound,
+    IdempotencyKeyReused,
+    IdempotencyRecord,
+    InsufficientPoints,
+    KeyTaken,
+    Kind,
+    LedgerEntry,
+    LoyaltyUnitOfWork,
+    Principal,
+    StoredReply,
+)
+from authloyalty.platform import metrics
+from authloyalty.platform.db import utcnow
+from authloyalty.platform.errors import Forbidden, ValidationFailed
+
+Render = Callable[[LedgerEntry], StoredReply]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An ``Idempotency-Key`` and a fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, key: str, operation: str, account_id: UUID, body: dict[str, Any]
+           ) -> Idempotency:
+        """Fingerprint the operation, the target account and the body."""
+        canonical = json.dumps([operation, str(account_id), body], sort_keys=True,
+                               separators=(",", ":"))
+        return cls(key=key, fingerprint=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A deposit or withdrawal on ``account_id`` asked for by ``actor``."""
+
+    actor: Principal
+    account_id: UUID
+    kind: Kind
+    amount: int
+    comment: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of history, newest first."""
+
+    items: list[LedgerEntry]
+    next_cursor: str | None
+
+
+class LedgerService:
+    """Balances, history, deposits and withdrawals."""
+
+    def __init__(self, uow: Callable[[], LoyaltyUnitOfWork], *, idempotency_ttl_hours: int = 24,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self._uow = uow
+        self._ttl = timedelta(hours=idempotency_ttl_hours)
+        self._now = clock
+
+    @staticmethod
+    def _authorize_read(actor: Principal, account_id: UUID) -> None:
+        if not actor.is_admin and actor.user_id != account_id:
+            raise Forbidden("you may only see your own account")
+
+    async def balance(self, actor: Principal, account_id: UUID) -> Account:
+        """The account, for its owner or an admin."""
+        self._authorize_read(actor, account_id)
+        async with self._uow() as uow:
+            account = await uow.accounts.get(account_id)
+        if account is None:
+            raise AccountNotFound()
+        return account
+
+    async def history(self, actor: Principal, account_id: UUID, limit: int,
+                      cursor: str | None) -> Page:
+        """A page of the account's movements, newest first."""
+        self._authorize_read(actor, account_id)
+        before = _parse_cursor(cursor)
+        async with self._uow() as uow:
+            if await uow.accounts.get(account_id) is None:
+                raise AccountNotFound()
+            items = await uow.ledger.page(account_id, limit + 1, before)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, str(items[-1].id) if more and items else None)
+
+    async def operate(self, op: Operation, render: Render,
+                      idempotency: Idempotency | None = None) -> StoredReply:
+        """Apply ``op`` and return ``render``'s answer; with a key, at most once per key."""
+        self._authorize_operation(op)
+        while True:
+            async with self._uow() as uow:
+                if idempotency is not None:
+                    stored = await uow.idempotency.get(op.actor.user_id, idempotency.key)
+                    if stored is not None:
+                        return _replay(stored, idempotency)
+                entry = await self._apply(uow, op)
+                reply = render(entry)
+                if idempotency is not None:
+                    try:
+                        await uow.idempotency.add(IdempotencyRecord(
+                            caller_id=op.actor.user_id, key=idempotency.key,
+                            fingerprint=idempotency.fingerprint, reply=reply,
+                            created_at=self._now()))
+                    except KeyTaken:
+                        # A concurrent twin committed first: undo ours, replay theirs.
+                        continue
+                await uow.commit()
+            metrics.LEDGER_OPERATIONS.labels(op.kind, "success").inc()
+            metrics.POINTS.labels(op.kind).inc(op.amount)
+            return reply
+
+    @staticmethod
+    def _authorize_operation(op: Operation) -> None:
+        if op.actor.is_admin:
+            return
+        if op.kind == "deposit":
+            raise Forbidden("only admins can deposit points")
+        if op.account_id != op.actor.user_id:
+            raise Forbidden("you may only withdraw from your own account")
+
+    async def _apply(self, uow: LoyaltyUnitOfWork, op: Operation) -> LedgerEntry:
+        now = self._now()
+        delta = op.amount if op.kind == "deposit" else -op.amount
+        balance = await uow.accounts.change_balance(op.account_id, delta, now)
+        if balance is None:
+            if await uow.accounts.get(op.account_id) is None:
+                raise AccountNotFound()
+            metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
+            raise InsufficientPoints()
+        return await uow.ledger.append(op.account_id, op.kind, op.amount, op.comment,
+                                       balance, now)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget keys older than their time to live."""
+        async with self._uow() as uow:
+            removed = await uow.idempotency.purge(self._now() - self._ttl)
+            await uow.commit()
+        return removed
+
+
+def _replay(stored: IdempotencyRecord, request: Idempotency) -> StoredReply:
+    if stored.fingerprint != request.fingerprint:
+        raise IdempotencyKeyReused()
+    return stored.reply
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise ValidationFailed("cursor: not a cursor returned by this API")
+    return int(cursor)

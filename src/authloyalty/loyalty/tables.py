@@ -1,0 +1,76 @@
+"""loyalty's tables (SQLAlchemy Core); the migrations create exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Uuid,
+)
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("user_id", Uuid, primary_key=True),
+    Column("balance", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("balance >= 0", name="ck_accounts_balance_non_negative"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("account_id", Uuid, ForeignKey("accounts.user_id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("comment", String(255), nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("amount > 0", name="ck_ledger_amount_positive"),
+    CheckConstraint("balance_after >= 0", name="ck_ledger_balance_after_non_negative"),
+    CheckConstraint("kind IN ('deposit', 'withdrawal')", name="ck_ledger_kind"),
+    Index("ix_ledger_account_id", "account_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller_id", Uuid, nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response_body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("caller_id", "key", name="pk_idempotency_keys"),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+)
+
+revoked_sessions = Table(
+    "revoked_sessions",
+    metadata,
+    Column("session_id", Uuid, primary_key=True),
+    Column("revoked_until", DateTime(timezone=True), nullable=False),
+)

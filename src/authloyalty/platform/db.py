@@ -1,0 +1,133 @@
+"""Engines for PostgreSQL (asyncpg) and SQLite (aiosqlite) with the settings each needs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """A resolved database: driver URL plus the PostgreSQL schema to use, if any."""
+
+    url: str
+    schema: str | None = None
+    pool_size: int = 10
+    echo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite backend."""
+        return self.url.startswith("sqlite")
+
+    def describe(self) -> str:
+        """The URL without its password, for logs and the start-up banner."""
+        shown = make_url(self.url).render_as_string(hide_password=True)
+        return f"{shown} (schema {self.schema})" if self.schema else shown
+
+
+def normalise_url(raw: str) -> str:
+    """Accept plain ``postgresql://`` / ``sqlite:///`` URLs and pick our async drivers."""
+    url: URL = make_url(raw)
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
+    return url.render_as_string(hide_password=False)
+
+
+def resolve_target(
+    service: str,
+    own_url: str | None,
+    shared_url: str | None,
+    data_dir: Path,
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    echo: bool = False,
+) -> DatabaseTarget:
+    """Pick a service's database: its own URL, a schema in the shared one, or a SQLite file."""
+    if own_url:
+        url = normalise_url(own_url)
+    elif shared_url:
+        url = normalise_url(shared_url)
+        schema = schema or service
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
+    if url.startswith("sqlite"):
+        schema = None
+    if schema is not None and not _SCHEMA_RE.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return DatabaseTarget(url=url, schema=schema, pool_size=pool_size, echo=echo)
+
+
+def create_engine(target: DatabaseTarget) -> AsyncEngine:
+    """Create the engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
+    if target.is_sqlite:
+        return _sqlite_engine(target)
+    connect_args: dict[str, Any] = {}
+    if target.schema:
+        connect_args["server_settings"] = {"search_path": target.schema}
+    return create_async_engine(
+        target.url,
+        pool_size=target.pool_size,
+        max_overflow=target.pool_size,
+        pool_recycle=1800,
+        echo=target.echo,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:
+    engine = create_async_engine(
+        target.url, echo=target.echo, poolclass=NullPool if ":memory:" in target.url else None
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: concurrent read-then-write transactions
+        # (balance checks, refresh rotation) queue on busy_timeout instead of failing.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise unless the database answers a trivial query."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every value we store is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,222 @@
+"""HTTP plumbing shared by both services: error envelope, limits, metrics, bearer auth."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from authloyalty.platform import metrics
+from authloyalty.platform.errors import DomainError, ErrorKind, MissingToken
+
+HTTP_STATUS = {
+    ErrorKind.INVALID: 422,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.THROTTLED: 429,
+    ErrorKind.UNAVAILABLE: 503,
+}
+MAX_BODY_BYTES = 64 * 1024
+
+
+def dump_json(body: dict[str, Any]) -> bytes:
+    """Compact, deterministic JSON (stored idempotent responses replay byte for byte)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(status: int, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> Response:
+    """A JSON response with our content type."""
+    return Response(dump_json(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def success(status: int = 200, **fields: Any) -> Response:
+    """``{"status":"Success", ...fields}``."""
+    return json_response(status, {"status": "Success", **fields})
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """``{"status":"Error","error":message,"code":code}``."""
+    body = {"status": "Error", "error": message, "code": code, **extra}
+    return json_response(status, body, headers)
+
+
+def _field_name(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "validation_error", "request body is not valid JSON")
+    fields = [{"field": _field_name(e.get("loc", ())), "message": _validation_message(e)}
+              for e in errors]
+    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return error_response(422, "validation_error", message, fields=fields)
+
+
+async def _on_domain_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    status = HTTP_STATUS[exc.kind]
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(int(retry_after))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(status, exc.code, exc.message, headers or None)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _on_http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = {404: "no such route", 405: "method not allowed"}.get(
+        exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to the JSON error envelope, once."""
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DomainError, _on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_413(send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_413(send)
+
+
+async def _send_413(send: Send) -> None:
+    body = dump_json({"status": "Error", "error": "request body exceeds 64 KiB",
+                      "code": "payload_too_large"})
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    """Count and time every request by route template; serve ``/metrics``."""
+
+    @app.middleware("http")
+    async def _measure(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(service, request.method, route, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(service, request.method, route).observe(
+                time.perf_counter() - started)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class BearerToken(HTTPBearer):
+    """``Authorization: Bearer <jwt>`` or, as the original accepted, a bare ``<jwt>``.
+
+    Declared as HTTP bearer in OpenAPI so Swagger UI's Authorize button adds the prefix.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(auto_error=False, description="Access token from /auth/login")
+
+    async def __call__(self, request: HTTPConnection) -> Any:  # returns the raw token
+        header = request.headers.get("Authorization", "").strip()
+        scheme, _, rest = header.partition(" ")
+        token = rest.strip() if scheme.lower() == "bearer" else header
+        if not token:
+            raise MissingToken()
+        return token
+
+
+def create_app(title: str, description: str, service: str, version: str) -> FastAPI:
+    """A FastAPI app with our docs URLs, error envelope, body limit and metrics."""
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        docs_url="/swagger",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    install_error_handlers(app)
+    install_metrics(app, service)
+    app.add_middleware(BodyLimitMiddleware)
+    return app

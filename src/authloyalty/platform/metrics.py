@@ -1,0 +1,44 @@
+"""Every Prometheus metric the services export, declared in one place."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "authloyalty_http_requests_total", "HTTP requests by route and status",
+    ["service", "method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "authloyalty_http_request_duration_seconds", "HTTP request latency by route",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REGISTRATIONS = Counter("authloyalty_registrations_total", "Users registered")
+LOGINS = Counter("authloyalty_logins_total", "Login attempts by outcome", ["outcome"])
+REFRESHES = Counter("authloyalty_refreshes_total", "Refresh attempts by outcome", ["outcome"])
+SESSIONS_REVOKED = Counter(
+    "authloyalty_sessions_revoked_total", "Sessions ended, by reason", ["reason"]
+)
+POINTS = Counter("authloyalty_points_total", "Points moved, by kind", ["kind"])
+LEDGER_OPERATIONS = Counter(
+    "authloyalty_ledger_operations_total", "Ledger operations by kind and outcome",
+    ["kind", "outcome"],
+)
+BONUSES = Counter("authloyalty_welcome_bonuses_total", "Welcome bonuses credited")
+EVENTS_CONSUMED = Counter(
+    "authloyalty_events_consumed_total", "Events handled by the consumer, by outcome",
+    ["type", "outcome"],
+)
+OUTBOX_PUBLISHED = Counter(
+    "authloyalty_outbox_publish_total", "Outbox deliveries by outcome", ["service", "outcome"]
+)
+OUTBOX_PENDING = Gauge(
+    "authloyalty_outbox_pending", "Outbox rows not yet delivered", ["service"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "authloyalty_outbox_oldest_age_seconds", "Age of the oldest undelivered outbox row",
+    ["service"],
+)
+REVOKED_SESSIONS_CACHED = Gauge(
+    "authloyalty_revoked_sessions_cached", "Revoked sessions loyalty currently refuses"
+)

@@ -1,0 +1,179 @@
+"""Configuration: one YAML file (``--config``/``CONFIG_PATH``), overridable by the environment.
+
+Precedence, highest first: command-line overrides, ``AUTHLOYALTY_*`` environment variables
+(nested keys joined by ``__``, e.g. ``AUTHLOYALTY_SSO__HTTP_PORT``), the YAML file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says why."""
+
+
+class DatabaseSettings(BaseModel):
+    """Where one service keeps its data."""
+
+    url: str | None = None
+    # Read-only replica for balance/history reads; writes never go there.
+    read_url: str | None = None
+    # PostgreSQL schema used when several services share one database URL.
+    schema_name: str | None = Field(default=None, alias="schema")
+    pool_size: int = Field(default=10, ge=1, le=200)
+    echo: bool = False
+
+    model_config = {"populate_by_name": True}
+
+
+class Argon2Settings(BaseModel):
+    """Argon2id cost parameters (OWASP: m=19 MiB, t=2, p=1)."""
+
+    time_cost: int = Field(default=2, ge=1)
+    memory_kib: int = Field(default=19456, ge=8)
+    parallelism: int = Field(default=1, ge=1)
+
+
+class ThrottleSettings(BaseModel):
+    """Failed-login throttling; counts only failures inside the sliding window."""
+
+    enabled: bool = True
+    window_seconds: int = Field(default=900, ge=1)
+    max_failures_per_email: int = Field(default=5, ge=1)
+    max_failures_per_client: int = Field(default=100, ge=1)
+
+
+class SsoSettings(BaseModel):
+    """Settings of the sso service."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=44044, ge=0, le=65535)
+    database: DatabaseSettings = DatabaseSettings()
+    issuer: str = "authloyalty-sso"
+    access_token_ttl_seconds: int = Field(default=900, ge=1)
+    refresh_token_ttl_seconds: int = Field(default=864000, ge=1)
+    # A spent refresh token presented again within this many seconds is refused without
+    # ending the session (covers clients that retry a lost response). 0 = off.
+    refresh_reuse_grace_seconds: int = Field(default=0, ge=0, le=60)
+    signing_algorithm: Literal["EdDSA", "ES256", "RS256"] = "EdDSA"
+    # Directory of PEM private keys; the newest file signs, all are published in the JWKS.
+    signing_keys_dir: Path | None = None
+    password_min_length: int = Field(default=8, ge=1, le=128)
+    argon2: Argon2Settings = Argon2Settings()
+    login_throttle: ThrottleSettings = ThrottleSettings()
+    # Client addresses allowed to set X-Forwarded-For (the gateway).
+    trusted_proxies: list[str] = []
+
+
+class LoyaltySettings(BaseModel):
+    """Settings of the loyalty service."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8001, ge=0, le=65535)
+    database: DatabaseSettings = DatabaseSettings()
+    welcome_bonus: int = Field(default=100, ge=0, le=1_000_000_000)
+    idempotency_ttl_hours: int = Field(default=24, ge=24)
+    # Expected `iss` of access tokens; defaults to sso.issuer.
+    token_issuer: str | None = None
+
+
+class EventsSettings(BaseModel):
+    """The event bus between the services and the outbox relay."""
+
+    backend: Literal["inprocess"] = "inprocess"
+    relay_batch_size: int = Field(default=100, ge=1, le=10_000)
+    relay_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
+
+
+class AdminSettings(BaseModel):
+    """Bootstrap admin created (or promoted) at start when both fields are set."""
+
+    email: str | None = None
+    password: str | None = None
+
+
+class Settings(BaseSettings):
+    """Whole-process configuration."""
+
+    mode: Literal["embedded", "production"] = "embedded"
+    data_dir: Path = Path("var")
+    # One URL for both services; each gets its own schema (PostgreSQL) or file (SQLite).
+    database_url: str | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    sso: SsoSettings = SsoSettings()
+    loyalty: LoyaltySettings = LoyaltySettings()
+    events: EventsSettings = EventsSettings()
+    admin: AdminSettings = AdminSettings()
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTHLOYALTY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Command line over environment over YAML."""
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _production_needs_explicit_secrets(self) -> Settings:
+        if self.mode == "production" and self.sso.signing_keys_dir is None:
+            raise ValueError(
+                "production mode needs sso.signing_keys_dir (generate keys with "
+                "`authloyalty keys generate --dir DIR`); no key is ever built in"
+            )
+        return self
+
+    @property
+    def token_issuer(self) -> str:
+        """The `iss` loyalty expects."""
+        return self.loyalty.token_issuer or self.sso.issuer
+
+
+def _bootstrap_admin_from_env(overrides: dict[str, Any]) -> None:
+    # The issue-facing names are shorter than the nested ones; accept both.
+    email = os.environ.get("AUTHLOYALTY_ADMIN_EMAIL")
+    password = os.environ.get("AUTHLOYALTY_ADMIN_PASSWORD")
+    admin = overrides.setdefault("admin", {})
+    if email and "email" not in admin:
+        admin["email"] = email
+    if password and "password" not in admin:
+        admin["password"] = password
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a YAML file (``config_path`` or ``CONFIG_PATH``), env and overrides."""
+    path = config_path or os.environ.get("CONFIG_PATH") or None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file does not exist: {path}")
+    _bootstrap_admin_from_env(overrides)
+    if not overrides["admin"]:
+        del overrides["admin"]
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=str(path) if path else None)
+
+    try:
+        return _FromFile(**overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""sso: users, sessions and tokens."""

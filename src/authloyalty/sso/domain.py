@@ -1,0 +1,166 @@
+"""sso's model, its errors, and the ports its use cases depend on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol, Self
+from uuid import UUID
+
+from authloyalty.platform.errors import DomainError, ErrorKind
+from authloyalty.platform.events import Event
+
+
+def normalise_email(email: str) -> str:
+    """Emails compare case-insensitively; this is the form they are unique in."""
+    return email.strip().lower()
+
+
+@dataclass
+class User:
+    """A registered user; ``email`` keeps the spelling given at registration."""
+
+    id: UUID
+    email: str
+    password_hash: str
+    created_at: datetime
+    name: str | None = None
+    birthday: date | None = None
+    is_admin: bool = False
+
+    @property
+    def email_normalized(self) -> str:
+        """The unique, case-folded email."""
+        return normalise_email(self.email)
+
+
+@dataclass
+class Session:
+    """A login session: one access/refresh lineage, ended by logout or refresh-token reuse."""
+
+    id: UUID
+    user_id: UUID
+    created_at: datetime
+    refresh_token_id: UUID
+    previous_refresh_token_id: UUID | None = None
+    rotated_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoke_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """True until the session is revoked."""
+        return self.revoked_at is None
+
+
+class SsoError(DomainError):
+    """Base of sso's errors."""
+
+
+class UserExists(SsoError):
+    """The email is already registered."""
+
+    kind = ErrorKind.CONFLICT
+    code = "user_exists"
+    default_message = "user already exists"
+
+
+class InvalidCredentials(SsoError):
+    """Unknown email or wrong password (deliberately indistinguishable)."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    code = "invalid_credentials"
+    default_message = "invalid email or password"
+
+
+class TokenReused(SsoError):
+    """A spent refresh token was presented again; the session has been ended."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    code = "token_reused"
+    default_message = "refresh token was already used; the session has been revoked"
+
+
+class TooManyAttempts(SsoError):
+    """Too many failed logins recently."""
+
+    kind = ErrorKind.THROTTLED
+    code = "too_many_attempts"
+    default_message = "too many failed login attempts, try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = max(1, retry_after)
+
+
+class UserNotFound(SsoError):
+    """No user with that id."""
+
+    kind = ErrorKind.NOT_FOUND
+    code = "user_not_found"
+    default_message = "user not found"
+
+
+class Users(Protocol):
+    """Persistence of users."""
+
+    async def add(self, user: User) -> None:
+        """Insert; raise :class:`UserExists` when the normalised email is taken."""
+
+    async def get(self, user_id: UUID) -> User | None: ...
+    async def by_email(self, email: str) -> User | None: ...
+    async def set_admin(self, user_id: UUID, is_admin: bool) -> None: ...
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None: ...
+
+
+class Sessions(Protocol):
+    """Persistence of sessions; rotation and revocation are atomic compare-and-set."""
+
+    async def add(self, session: Session) -> None: ...
+    async def get(self, session_id: UUID) -> Session | None: ...
+
+    async def rotate(
+        self, session_id: UUID, presented: UUID, successor: UUID, now: datetime
+    ) -> bool:
+        """Swap the current refresh token id if it is still ``presented`` and active."""
+
+    async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
+        """End the session; False if it was already ended or does not exist."""
+
+
+class LoginFailures(Protocol):
+    """Failed login attempts, for throttling."""
+
+    async def record(self, email: str, client: str, at: datetime) -> None: ...
+
+    async def for_email(self, email: str, since: datetime) -> tuple[int, datetime | None]:
+        """Count and oldest time of failures for ``email`` after ``since``."""
+
+    async def for_client(self, client: str, since: datetime) -> tuple[int, datetime | None]:
+        """Count and oldest time of failures from ``client`` after ``since``."""
+
+    async def clear_email(self, email: str) -> None: ...
+    async def purge(self, before: datetime) -> int: ...
+
+
+class Outbox(Protocol):
+    """Events to publish once the transaction commits."""
+
+    async def add(self, event: Event) -> None: ...
+
+
+class SsoUnitOfWork(Protocol):
+    """One database transaction over sso's repositories."""
+
+    @property
+    def users(self) -> Users: ...
+    @property
+    def sessions(self) -> Sessions: ...
+    @property
+    def login_failures(self) -> LoginFailures: ...
+    @property
+    def outbox(self) -> Outbox: ...
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def commit(self) -> None: ...

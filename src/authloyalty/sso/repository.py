@@ -1,0 +1,150 @@
+"""SQL implementations of sso's repositories; every query of sso lives here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from authloyalty.platform.db import as_utc
+from authloyalty.sso.domain import Session, User, UserExists, normalise_email
+from authloyalty.sso.tables import login_failures, sessions, users
+
+
+def _user(row: Any) -> User:
+    return User(id=row.id, email=row.email, password_hash=row.password_hash,
+                created_at=as_utc(row.created_at), name=row.name, birthday=row.birthday,
+                is_admin=bool(row.is_admin))
+
+
+def _session(row: Any) -> Session:
+    return Session(
+        id=row.id, user_id=row.user_id, created_at=as_utc(row.created_at),
+        refresh_token_id=row.refresh_token_id,
+        previous_refresh_token_id=row.previous_refresh_token_id,
+        rotated_at=as_utc(row.rotated_at) if row.rotated_at else None,
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+        revoke_reason=row.revoke_reason,
+    )
+
+
+class SqlUsers:
+    """Users in the ``users`` table."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, user: User) -> None:
+        """Insert; a taken email (case-insensitively) raises :class:`UserExists`."""
+        try:
+            # A savepoint keeps the surrounding transaction usable after the conflict.
+            async with self._conn.begin_nested():
+                await self._conn.execute(insert(users).values(
+                    id=user.id, email=user.email, email_normalized=user.email_normalized,
+                    password_hash=user.password_hash, name=user.name, birthday=user.birthday,
+                    is_admin=user.is_admin, created_at=user.created_at))
+        except IntegrityError as exc:
+            raise UserExists() from exc
+
+    async def get(self, user_id: UUID) -> User | None:
+        """The user with ``user_id``."""
+        row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
+        return _user(row) if row else None
+
+    async def by_email(self, email: str) -> User | None:
+        """The user whose email matches case-insensitively."""
+        query = select(users).where(users.c.email_normalized == normalise_email(email))
+        row = (await self._conn.execute(query)).first()
+        return _user(row) if row else None
+
+    async def set_admin(self, user_id: UUID, is_admin: bool) -> None:
+        """Grant or withdraw the admin flag."""
+        await self._conn.execute(
+            update(users).where(users.c.id == user_id).values(is_admin=is_admin))
+
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
+        """Store a new hash (after a parameter upgrade)."""
+        await self._conn.execute(
+            update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+
+
+class SqlSessions:
+    """Sessions in the ``sessions`` table."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, session: Session) -> None:
+        """Insert a new session."""
+        await self._conn.execute(insert(sessions).values(
+            id=session.id, user_id=session.user_id, created_at=session.created_at,
+            refresh_token_id=session.refresh_token_id))
+
+    async def get(self, session_id: UUID) -> Session | None:
+        """The session with ``session_id``."""
+        query = select(sessions).where(sessions.c.id == session_id)
+        row = (await self._conn.execute(query)).first()
+        return _session(row) if row else None
+
+    async def rotate(
+        self, session_id: UUID, presented: UUID, successor: UUID, now: datetime
+    ) -> bool:
+        """Compare-and-set of the current refresh token id: one concurrent caller wins."""
+        result = await self._conn.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id, sessions.c.refresh_token_id == presented,
+                   sessions.c.revoked_at.is_(None))
+            .values(refresh_token_id=successor, previous_refresh_token_id=presented,
+                    rotated_at=now))
+        return result.rowcount == 1
+
+    async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
+        """End the session if it is active."""
+        result = await self._conn.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoke_reason=reason))
+        return result.rowcount == 1
+
+
+class SqlLoginFailures:
+    """Failed logins in ``login_failures``."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def record(self, email: str, client: str, at: datetime) -> None:
+        """Remember one failed attempt."""
+        await self._conn.execute(insert(login_failures).values(
+            email_normalized=normalise_email(email), client=client[:64], created_at=at))
+
+    async def _window(self, where: Any) -> tuple[int, datetime | None]:
+        query = select(func.count(), func.min(login_failures.c.created_at)).where(*where)
+        count, oldest = (await self._conn.execute(query)).one()
+        return int(count), as_utc(oldest) if oldest is not None else None
+
+    async def for_email(self, email: str, since: datetime) -> tuple[int, datetime | None]:
+        """Failures for ``email`` after ``since``."""
+        return await self._window([
+            login_failures.c.email_normalized == normalise_email(email),
+            login_failures.c.created_at > since])
+
+    async def for_client(self, client: str, since: datetime) -> tuple[int, datetime | None]:
+        """Failures from ``client`` after ``since``."""
+        return await self._window([
+            login_failures.c.client == client[:64], login_failures.c.created_at > since])
+
+    async def clear_email(self, email: str) -> None:
+        """Forget the failures of ``email`` (after a successful login)."""
+        await self._conn.execute(delete(login_failures).where(
+            login_failures.c.email_normalized == normalise_email(email)))
+
+    async def purge(self, before: datetime) -> int:
+        """Drop failures older than ``before``."""
+        result = await self._conn.execute(
+            delete(login_failures).where(login_failures.c.created_at < before))
+        return int(result.rowcount)

@@ -1,0 +1,248 @@
+"""sso's use cases; each owns its transaction and writes its events to the outbox."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from uuid import UUID, uuid4
+
+from authloyalty.platform import metrics
+from authloyalty.platform.db import utcnow
+from authloyalty.platform.errors import InvalidToken, ValidationFailed
+from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED, Event
+from authloyalty.platform.settings import SsoSettings
+from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
+from authloyalty.sso.domain import (
+    InvalidCredentials,
+    Session,
+    SsoUnitOfWork,
+    TokenReused,
+    TooManyAttempts,
+    User,
+    UserNotFound,
+)
+from authloyalty.sso.passwords import PasswordHasher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Input of :meth:`AuthService.register`."""
+
+    email: str
+    password: str
+    name: str | None = None
+    birthday: date | None = None
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    """What register/login/refresh return."""
+
+    user_id: UUID
+    tokens: TokenPair
+
+
+class AuthService:
+    """Registration, login, refresh, logout and user info."""
+
+    def __init__(
+        self,
+        uow: Callable[[], SsoUnitOfWork],
+        hasher: PasswordHasher,
+        issuer: TokenIssuer,
+        verifier: TokenVerifier,
+        settings: SsoSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._uow = uow
+        self._hasher = hasher
+        self._issuer = issuer
+        self._verifier = verifier
+        self._settings = settings
+        self._now = clock
+
+    def _check_password_policy(self, password: str) -> None:
+        minimum = self._settings.password_min_length
+        if len(password) < minimum:
+            raise ValidationFailed(f"password: must be at least {minimum} characters")
+
+    async def register(self, reg: Registration, *, is_admin: bool = False) -> IssuedTokens:
+        """Create the user and a session; announce ``user_registered`` in the same commit."""
+        self._check_password_policy(reg.password)
+        password_hash = await self._hasher.hash(reg.password)
+        now = self._now()
+        user = User(id=uuid4(), email=reg.email.strip(), password_hash=password_hash,
+                    created_at=now, name=reg.name, birthday=reg.birthday, is_admin=is_admin)
+        async with self._uow() as uow:
+            await uow.users.add(user)
+            session = await self._open_session(uow, user, now)
+            await uow.outbox.add(Event(type=USER_REGISTERED, key=str(user.id),
+                                       data={"user_id": str(user.id)}, occurred_at=now))
+            await uow.commit()
+        metrics.REGISTRATIONS.inc()
+        return IssuedTokens(user.id, self._pair(user, session))
+
+    async def _open_session(self, uow: SsoUnitOfWork, user: User, now: datetime) -> Session:
+        session = Session(id=uuid4(), user_id=user.id, created_at=now, refresh_token_id=uuid4())
+        await uow.sessions.add(session)
+        return session
+
+    def _pair(self, user: User, session: Session) -> TokenPair:
+        return self._issuer.issue_pair(user.id, session.id, user.is_admin, self._now(),
+                                       refresh_token_id=session.refresh_token_id)
+
+    async def login(self, email: str, password: str, client: str) -> IssuedTokens:
+        """Check the password (throttled per email and per client) and open a session."""
+        async with self._uow() as uow:
+            await self._check_throttle(uow, email, client)
+            user = await uow.users.by_email(email)
+        ok = await self._hasher.verify(user.password_hash if user else None, password)
+        now = self._now()
+        if not ok or user is None:
+            async with self._uow() as uow:
+                await uow.login_failures.record(email, client, now)
+                await uow.commit()
+            metrics.LOGINS.labels("invalid_credentials").inc()
+            raise InvalidCredentials()
+        async with self._uow() as uow:
+            await uow.login_failures.clear_email(email)
+            if self._hasher.needs_rehash(user.password_hash):
+                await uow.users.set_password_hash(user.id, await self._hasher.hash(password))
+            session = await self._open_session(uow, user, now)
+            await uow.commit()
+        metrics.LOGINS.labels("success").inc()
+        return IssuedTokens(user.id, self._pair(user, session))
+
+    async def _check_throttle(self, uow: SsoUnitOfWork, email: str, client: str) -> None:
+        policy = self._settings.login_throttle
+        if not policy.enabled:
+            return
+        now = self._now()
+        window = timedelta(seconds=policy.window_seconds)
+        since = now - window
+        for count, oldest, limit in (
+            (*await uow.login_failures.for_email(email, since), policy.max_failures_per_email),
+            (*await uow.login_failures.for_client(client, since),
+             policy.max_failures_per_client),
+        ):
+            if count >= limit and oldest is not None:
+                metrics.LOGINS.labels("throttled").inc()
+                raise TooManyAttempts(math.ceil((oldest + window - now).total_seconds()))
+
+    async def refresh(self, token: str) -> IssuedTokens:
+        """Spend a refresh token for a new pair; a spent token presented again ends the session."""
+        claims = self._verifier.verify(token, "refresh")
+        now = self._now()
+        async with self._uow() as uow:
+            session = await uow.sessions.get(claims.session_id)
+            if session is None or not session.active or session.user_id != claims.user_id:
+                metrics.REFRESHES.labels("invalid").inc()
+                raise InvalidToken("session has ended")
+            successor = uuid4()
+            if not await uow.sessions.rotate(session.id, claims.token_id, successor, now):
+                await self._on_refresh_race_or_reuse(uow, session, claims, now)
+            user = await uow.users.get(claims.user_id)
+            if user is None:
+                raise InvalidToken("user no longer exists")
+            await uow.commit()
+        metrics.REFRESHES.labels("success").inc()
+        pair = self._issuer.issue_pair(user.id, session.id, user.is_admin, now,
+                                       refresh_token_id=successor)
+        return IssuedTokens(user.id, pair)
+
+    async def _on_refresh_race_or_reuse(
+        self, uow: SsoUnitOfWork, session: Session, claims: TokenClaims, now: datetime
+    ) -> None:
+        # Reload: a concurrent refresh may have rotated it between our read and our update.
+        current = await uow.sessions.get(session.id)
+        grace = self._settings.refresh_reuse_grace_seconds
+        if (
+            current is not None and current.active and grace > 0
+            and current.previous_refresh_token_id == claims.token_id
+            and current.rotated_at is not None
+            and (now - current.rotated_at).total_seconds() <= grace
+        ):
+            metrics.REFRESHES.labels("grace").inc()
+            raise InvalidToken("refresh token was just rotated")
+        if current is not None and current.active:
+            await self._revoke(uow, current, "refresh_token_reuse", now)
+            await uow.commit()
+            log.warning("refresh token reuse: session %s revoked", session.id)
+        metrics.REFRESHES.labels("reused").inc()
+        raise TokenReused()
+
+    async def _revoke(self, uow: SsoUnitOfWork, session: Session, reason: str,
+                      now: datetime) -> bool:
+        if not await uow.sessions.revoke(session.id, reason, now):
+            return False
+        # Loyalty must refuse this session's access tokens until the last one expires.
+        until = now + timedelta(seconds=self._issuer.access_ttl)
+        await uow.outbox.add(Event(
+            type=SESSION_REVOKED, key=str(session.user_id), occurred_at=now,
+            data={"session_id": str(session.id), "user_id": str(session.user_id),
+                  "until": until.isoformat(), "reason": reason}))
+        metrics.SESSIONS_REVOKED.labels(reason).inc()
+        return True
+
+    async def logout(self, token: str) -> None:
+        """End the session of an access or refresh token."""
+        claims = self._verifier.verify(token)
+        now = self._now()
+        async with self._uow() as uow:
+            session = await uow.sessions.get(claims.session_id)
+            if session is None or session.user_id != claims.user_id:
+                raise InvalidToken("unknown session")
+            if not await self._revoke(uow, session, "logout", now):
+                raise InvalidToken("session has already ended")
+            await uow.commit()
+
+    async def authenticate(self, access_token: str) -> TokenClaims:
+        """Claims of a valid access token whose session is still active."""
+        claims = self._verifier.verify(access_token, "access")
+        async with self._uow() as uow:
+            session = await uow.sessions.get(claims.session_id)
+        if session is None or not session.active:
+            raise InvalidToken("session has ended")
+        return claims
+
+    async def user_info(self, access_token: str) -> User:
+        """The user behind an access token."""
+        claims = await self.authenticate(access_token)
+        async with self._uow() as uow:
+            user = await uow.users.get(claims.user_id)
+        if user is None:
+            raise InvalidToken("user no longer exists")
+        return user
+
+    async def get_user(self, user_id: UUID) -> User:
+        """A user by id (for other services)."""
+        async with self._uow() as uow:
+            user = await uow.users.get(user_id)
+        if user is None:
+            raise UserNotFound()
+        return user
+
+    async def ensure_admin(self, email: str, password: str) -> tuple[UUID, bool]:
+        """Create an admin, or promote the existing user; returns (user id, created)."""
+        async with self._uow() as uow:
+            user = await uow.users.by_email(email)
+            if user is not None:
+                await uow.users.set_admin(user.id, True)
+                await uow.commit()
+                return user.id, False
+        issued = await self.register(Registration(email=email, password=password),
+                                     is_admin=True)
+        return issued.user_id, True
+
+    async def purge_login_failures(self) -> int:
+        """Drop failures that fell out of the throttling window."""
+        before = self._now() - timedelta(seconds=self._settings.login_throttle.window_seconds)
+        async with self._uow() as uow:
+            removed = await uow.login_failures.purge(before)
+            await uow.commit()
+        return removed
