@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,13 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says why."""
 
 
-class DatabaseSettings(BaseModel):
+class _Section(BaseModel):
+    """A config section; unknown keys are refused so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DatabaseSettings(_Section):
     """Where one service keeps its data."""
 
     url: str | None = None
@@ -34,10 +40,8 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(default=10, ge=1, le=200)
     echo: bool = False
 
-    model_config = {"populate_by_name": True}
 
-
-class Argon2Settings(BaseModel):
+class Argon2Settings(_Section):
     """Argon2id cost parameters (OWASP: m=19 MiB, t=2, p=1)."""
 
     time_cost: int = Field(default=2, ge=1)
@@ -45,7 +49,7 @@ class Argon2Settings(BaseModel):
     parallelism: int = Field(default=1, ge=1)
 
 
-class ThrottleSettings(BaseModel):
+class ThrottleSettings(_Section):
     """Failed-login throttling; counts only failures inside the sliding window."""
 
     enabled: bool = True
@@ -54,7 +58,7 @@ class ThrottleSettings(BaseModel):
     max_failures_per_client: int = Field(default=100, ge=1)
 
 
-class SsoSettings(BaseModel):
+class SsoSettings(_Section):
     """Settings of the sso service."""
 
     http_host: str = "127.0.0.1"
@@ -77,7 +81,7 @@ class SsoSettings(BaseModel):
     trusted_proxies: list[str] = []
 
 
-class LoyaltySettings(BaseModel):
+class LoyaltySettings(_Section):
     """Settings of the loyalty service."""
 
     http_host: str = "127.0.0.1"
@@ -89,7 +93,7 @@ class LoyaltySettings(BaseModel):
     token_issuer: str | None = None
 
 
-class EventsSettings(BaseModel):
+class EventsSettings(_Section):
     """The event bus between the services and the outbox relay."""
 
     backend: Literal["inprocess"] = "inprocess"
@@ -98,7 +102,7 @@ class EventsSettings(BaseModel):
     relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
 
 
-class AdminSettings(BaseModel):
+class AdminSettings(_Section):
     """Bootstrap admin created (or promoted) at start when both fields are set."""
 
     email: str | None = None

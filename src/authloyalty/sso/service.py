@@ -28,6 +28,8 @@ from authloyalty.sso.passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
 
+REUSE = "refresh_token_reuse"
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -140,9 +142,11 @@ class AuthService:
         now = self._now()
         async with self._uow() as uow:
             session = await uow.sessions.get(claims.session_id)
-            if session is None or not session.active or session.user_id != claims.user_id:
+            if session is None or session.user_id != claims.user_id:
                 metrics.REFRESHES.labels("invalid").inc()
-                raise InvalidToken("session has ended")
+                raise InvalidToken("unknown session")
+            if not session.active:
+                self._refuse_ended_session(session, claims)
             successor = uuid4()
             if not await uow.sessions.rotate(session.id, claims.token_id, successor, now):
                 await self._on_refresh_race_or_reuse(uow, session, claims, now)
@@ -154,6 +158,15 @@ class AuthService:
         pair = self._issuer.issue_pair(user.id, session.id, user.is_admin, now,
                                        refresh_token_id=successor)
         return IssuedTokens(user.id, pair)
+
+    @staticmethod
+    def _refuse_ended_session(session: Session, claims: TokenClaims) -> None:
+        # A spent token of a session that reuse already ended is still a reuse: say so.
+        spent = claims.token_id != session.refresh_token_id
+        metrics.REFRESHES.labels("invalid").inc()
+        if session.revoke_reason == REUSE and spent:
+            raise TokenReused()
+        raise InvalidToken("session has ended")
 
     async def _on_refresh_race_or_reuse(
         self, uow: SsoUnitOfWork, session: Session, claims: TokenClaims, now: datetime
@@ -170,7 +183,7 @@ class AuthService:
             metrics.REFRESHES.labels("grace").inc()
             raise InvalidToken("refresh token was just rotated")
         if current is not None and current.active:
-            await self._revoke(uow, current, "refresh_token_reuse", now)
+            await self._revoke(uow, current, REUSE, now)
             await uow.commit()
             log.warning("refresh token reuse: session %s revoked", session.id)
         metrics.REFRESHES.labels("reused").inc()

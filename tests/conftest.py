@@ -1,0 +1,57 @@
+"""Shared fixtures: a throwaway PostgreSQL per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
+from authloyalty.platform.settings import Argon2Settings, Settings, load_settings
+
+FAST_ARGON2 = Argon2Settings(time_cost=1, memory_kib=64, parallelism=1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server from Debian's packages, started for this test session."""
+    base = scratch_dir("authloyalty-test-pg-")
+    cluster = PostgresCluster(base)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A new, empty database for one test (plain ``postgresql://`` URL)."""
+    name = f"t_{uuid4().hex[:16]}"
+    url = pg_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_cluster.drop_database(name)
+
+
+def settings_for(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
+    """Embedded-mode settings in ``data_dir`` (SQLite) or on ``database_url``."""
+    values: dict[str, object] = {"data_dir": data_dir, **overrides}
+    if database_url:
+        values["database_url"] = database_url
+    return load_settings(None, **values)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for each real backend in turn."""
+    sso = {"argon2": FAST_ARGON2.model_dump()}
+    if request.param == "sqlite":
+        return settings_for(tmp_path, sso=sso)
+    url = request.getfixturevalue("pg_url")
+    return settings_for(tmp_path, url, sso=sso)

@@ -1,0 +1,52 @@
+"""End-to-end fixtures: run ``authloyalty up`` as a subprocess and talk HTTP to it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from e2e_helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, Server, bearer, no_5xx
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The suite's shared server, with a bootstrap admin; SIGTERM must stop it in time."""
+    srv = Server(tmp_path_factory.mktemp("shared") / "data", admin=(ADMIN_EMAIL, ADMIN_PASSWORD))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.process is not None:
+            code = srv.stop()
+            assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()}"
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """A plain HTTP client; any 5xx answer fails the test at once (client mistakes never 5xx)."""
+    with httpx.Client(timeout=10.0, event_hooks={"response": [no_5xx]}) as client:
+        yield client
+
+
+@pytest.fixture
+def api(server: Server, http: httpx.Client) -> Api:
+    """Helpers bound to the shared server."""
+    return Api(server, http)
+
+
+@pytest.fixture(scope="session")
+def admin_token(server: Server) -> str:
+    """An access token of the bootstrap admin (one login for the whole suite)."""
+    with httpx.Client(timeout=10.0) as client:
+        r = client.post(f"{server.sso}/auth/login",
+                        json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    assert r.status_code == 200, r.text
+    token: str = r.json()["access_token"]
+    return token
+
+
+@pytest.fixture
+def admin(admin_token: str) -> dict[str, str]:
+    """Authorization header of the bootstrap admin."""
+    return bearer(admin_token)

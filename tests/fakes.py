@@ -1,0 +1,290 @@
+"""In-memory units of work for fast use-case tests; kept honest by tests/contract."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Self
+from uuid import UUID
+
+from authloyalty.loyalty.domain import (
+    Account,
+    IdempotencyRecord,
+    KeyTaken,
+    Kind,
+    LedgerEntry,
+)
+from authloyalty.platform.events import Event
+from authloyalty.sso.domain import Session, User, UserExists, normalise_email
+
+
+@dataclass
+class SsoState:
+    """Everything sso's fake database holds."""
+
+    users: dict[UUID, User] = field(default_factory=dict)
+    sessions: dict[UUID, Session] = field(default_factory=dict)
+    failures: list[tuple[str, str, datetime]] = field(default_factory=list)
+    outbox: list[Event] = field(default_factory=list)
+
+
+class FakeUsers:
+    def __init__(self, state: SsoState) -> None:
+        self._s = state
+
+    async def add(self, user: User) -> None:
+        if any(u.email_normalized == user.email_normalized for u in self._s.users.values()):
+            raise UserExists()
+        self._s.users[user.id] = copy.copy(user)
+
+    async def get(self, user_id: UUID) -> User | None:
+        user = self._s.users.get(user_id)
+        return copy.copy(user) if user else None
+
+    async def by_email(self, email: str) -> User | None:
+        wanted = normalise_email(email)
+        for user in self._s.users.values():
+            if user.email_normalized == wanted:
+                return copy.copy(user)
+        return None
+
+    async def set_admin(self, user_id: UUID, is_admin: bool) -> None:
+        if user_id in self._s.users:
+            self._s.users[user_id].is_admin = is_admin
+
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
+        if user_id in self._s.users:
+            self._s.users[user_id].password_hash = password_hash
+
+
+class FakeSessions:
+    def __init__(self, state: SsoState) -> None:
+        self._s = state
+
+    async def add(self, session: Session) -> None:
+        self._s.sessions[session.id] = copy.copy(session)
+
+    async def get(self, session_id: UUID) -> Session | None:
+        session = self._s.sessions.get(session_id)
+        return copy.copy(session) if session else None
+
+    async def rotate(self, session_id: UUID, presented: UUID, successor: UUID,
+                     now: datetime) -> bool:
+        session = self._s.sessions.get(session_id)
+        if session is None or not session.active or session.refresh_token_id != presented:
+            return False
+        self._s.sessions[session_id] = replace(
+            session, refresh_token_id=successor, previous_refresh_token_id=presented,
+            rotated_at=now)
+        return True
+
+    async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
+        session = self._s.sessions.get(session_id)
+        if session is None or not session.active:
+            return False
+        self._s.sessions[session_id] = replace(session, revoked_at=now, revoke_reason=reason)
+        return True
+
+
+class FakeLoginFailures:
+    def __init__(self, state: SsoState) -> None:
+        self._s = state
+
+    async def record(self, email: str, client: str, at: datetime) -> None:
+        self._s.failures.append((normalise_email(email), client[:64], at))
+
+    def _window(self, index: int, value: str, since: datetime) -> tuple[int, datetime | None]:
+        times = [f[2] for f in self._s.failures if f[index] == value and f[2] > since]
+        return len(times), min(times) if times else None
+
+    async def for_email(self, email: str, since: datetime) -> tuple[int, datetime | None]:
+        return self._window(0, normalise_email(email), since)
+
+    async def for_client(self, client: str, since: datetime) -> tuple[int, datetime | None]:
+        return self._window(1, client[:64], since)
+
+    async def clear_email(self, email: str) -> None:
+        wanted = normalise_email(email)
+        self._s.failures = [f for f in self._s.failures if f[0] != wanted]
+
+    async def purge(self, before: datetime) -> int:
+        kept = [f for f in self._s.failures if f[2] >= before]
+        removed = len(self._s.failures) - len(kept)
+        self._s.failures = kept
+        return removed
+
+
+class FakeOutbox:
+    def __init__(self, state: SsoState) -> None:
+        self._s = state
+
+    async def add(self, event: Event) -> None:
+        self._s.outbox.append(event)
+
+
+class _FakeUnitOfWork:
+    """Snapshot on enter, publish on commit; a lock serialises transactions like SQLite."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.committed = False
+
+    async def __aenter__(self) -> Self:
+        await self._store.lock.acquire()
+        self._work = copy.deepcopy(self._store.state)
+        self._bind(self._work)
+        return self
+
+    def _bind(self, state: Any) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._store.lock.release()
+
+    async def commit(self) -> None:
+        self._store.state = self._work
+        self._work = copy.deepcopy(self._work)
+        self._bind(self._work)
+        self.committed = True
+
+
+class FakeSsoStore:
+    """The shared 'database' of fake sso units of work."""
+
+    def __init__(self) -> None:
+        self.state = SsoState()
+        self.lock = asyncio.Lock()
+
+    def uow(self) -> FakeSsoUnitOfWork:
+        return FakeSsoUnitOfWork(self)
+
+
+class FakeSsoUnitOfWork(_FakeUnitOfWork):
+    def _bind(self, state: SsoState) -> None:
+        self.users = FakeUsers(state)
+        self.sessions = FakeSessions(state)
+        self.login_failures = FakeLoginFailures(state)
+        self.outbox = FakeOutbox(state)
+
+
+@dataclass
+class LoyaltyState:
+    """Everything loyalty's fake database holds."""
+
+    accounts: dict[UUID, Account] = field(default_factory=dict)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    keys: dict[tuple[UUID, str], IdempotencyRecord] = field(default_factory=dict)
+    inbox: set[UUID] = field(default_factory=set)
+    revocations: dict[UUID, datetime] = field(default_factory=dict)
+
+
+class FakeAccounts:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def get(self, user_id: UUID) -> Account | None:
+        return self._s.accounts.get(user_id)
+
+    async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
+        if user_id in self._s.accounts:
+            return False
+        self._s.accounts[user_id] = Account(user_id, balance, now)
+        return True
+
+    async def change_balance(self, user_id: UUID, delta: int, now: datetime) -> int | None:
+        account = self._s.accounts.get(user_id)
+        if account is None or account.balance + delta < 0:
+            return None
+        self._s.accounts[user_id] = replace(account, balance=account.balance + delta)
+        return account.balance + delta
+
+
+class FakeLedger:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
+                     balance_after: int, now: datetime) -> LedgerEntry:
+        entry = LedgerEntry(len(self._s.ledger) + 1, account_id, kind, amount, comment,
+                            balance_after, now)
+        self._s.ledger.append(entry)
+        return entry
+
+    async def page(self, account_id: UUID, limit: int, before_id: int | None
+                   ) -> list[LedgerEntry]:
+        mine = [e for e in reversed(self._s.ledger) if e.account_id == account_id
+                and (before_id is None or e.id < before_id)]
+        return mine[:limit]
+
+    async def total(self, account_id: UUID) -> int:
+        return sum(e.amount if e.kind == "deposit" else -e.amount
+                   for e in self._s.ledger if e.account_id == account_id)
+
+
+class FakeIdempotencyKeys:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def get(self, caller_id: UUID, key: str) -> IdempotencyRecord | None:
+        return self._s.keys.get((caller_id, key))
+
+    async def add(self, record: IdempotencyRecord) -> None:
+        if (record.caller_id, record.key) in self._s.keys:
+            raise KeyTaken
+        self._s.keys[(record.caller_id, record.key)] = record
+
+    async def purge(self, before: datetime) -> int:
+        old = [k for k, r in self._s.keys.items() if r.created_at < before]
+        for k in old:
+            del self._s.keys[k]
+        return len(old)
+
+
+class FakeInbox:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def add(self, event_id: UUID, event_type: str, now: datetime) -> bool:
+        if event_id in self._s.inbox:
+            return False
+        self._s.inbox.add(event_id)
+        return True
+
+
+class FakeRevocations:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def add(self, session_id: UUID, until: datetime) -> None:
+        self._s.revocations.setdefault(session_id, until)
+
+    async def active(self, now: datetime) -> list[tuple[UUID, datetime]]:
+        return [(s, u) for s, u in self._s.revocations.items() if u > now]
+
+    async def purge(self, before: datetime) -> int:
+        old = [s for s, u in self._s.revocations.items() if u < before]
+        for s in old:
+            del self._s.revocations[s]
+        return len(old)
+
+
+class FakeLoyaltyStore:
+    """The shared 'database' of fake loyalty units of work."""
+
+    def __init__(self) -> None:
+        self.state = LoyaltyState()
+        self.lock = asyncio.Lock()
+
+    def uow(self) -> FakeLoyaltyUnitOfWork:
+        return FakeLoyaltyUnitOfWork(self)
+
+
+class FakeLoyaltyUnitOfWork(_FakeUnitOfWork):
+    def _bind(self, state: LoyaltyState) -> None:
+        self.accounts = FakeAccounts(state)
+        self.ledger = FakeLedger(state)
+        self.idempotency = FakeIdempotencyKeys(state)
+        self.inbox = FakeInbox(state)
+        self.revocations = FakeRevocations(state)

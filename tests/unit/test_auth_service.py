@@ -1,0 +1,229 @@
+"""sso's use cases against the in-memory unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+
+from authloyalty.platform.errors import InvalidToken, ValidationFailed
+from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED
+from authloyalty.platform.settings import SsoSettings, ThrottleSettings
+from authloyalty.platform.tokens import KeyStore, SigningKey, TokenIssuer, TokenVerifier
+from authloyalty.platform.tokens import generate_private_key
+from authloyalty.sso.domain import InvalidCredentials, TokenReused, TooManyAttempts, UserExists
+from authloyalty.sso.passwords import PasswordHasher
+from authloyalty.sso.service import AuthService, Registration
+from tests.conftest import FAST_ARGON2
+from tests.fakes import FakeSsoStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> FakeSsoStore:
+    return FakeSsoStore()
+
+
+def make_service(store: FakeSsoStore, clock: Clock, **settings: object) -> AuthService:
+    cfg = SsoSettings.model_validate({"argon2": FAST_ARGON2.model_dump(), **settings})
+    keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
+    issuer = TokenIssuer(keys, cfg.issuer, cfg.access_token_ttl_seconds,
+                         cfg.refresh_token_ttl_seconds)
+    # Tokens are checked against the real clock by PyJWT, so keep the fake clock near it.
+    clock.now = datetime.now(UTC)
+    return AuthService(store.uow, PasswordHasher(cfg.argon2), issuer,
+                       TokenVerifier(keys, cfg.issuer), cfg, clock)
+
+
+@pytest.fixture
+def service(store: FakeSsoStore, clock: Clock) -> AuthService:
+    return make_service(store, clock)
+
+
+async def test_register_writes_user_session_and_event_in_one_commit(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    issued = await service.register(Registration("Ann@Example.com", "long enough"))
+    user = store.state.users[issued.user_id]
+    assert user.email == "Ann@Example.com"
+    assert user.password_hash.startswith("$argon2id$")
+    assert len(store.state.sessions) == 1
+    [event] = store.state.outbox
+    assert (event.type, event.key, event.data) == (
+        USER_REGISTERED, str(issued.user_id), {"user_id": str(issued.user_id)})
+
+
+async def test_duplicate_email_is_refused_case_insensitively_and_writes_nothing(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    await service.register(Registration("ann@example.com", "long enough"))
+    with pytest.raises(UserExists):
+        await service.register(Registration("ANN@example.COM", "other password"))
+    assert len(store.state.users) == 1
+    assert len(store.state.outbox) == 1
+
+
+async def test_password_shorter_than_configured_minimum_is_refused(
+    store: FakeSsoStore, clock: Clock
+) -> None:
+    service = make_service(store, clock, password_min_length=12)
+    with pytest.raises(ValidationFailed, match="at least 12"):
+        await service.register(Registration("a@example.com", "elevenchars"))
+    assert store.state.users == {}
+
+
+async def test_login_checks_password_and_opens_a_new_session(service: AuthService) -> None:
+    first = await service.register(Registration("b@example.com", "long enough"))
+    second = await service.login("B@EXAMPLE.COM", "long enough", "10.0.0.1")
+    assert second.user_id == first.user_id
+    with pytest.raises(InvalidCredentials):
+        await service.login("b@example.com", "wrong password", "10.0.0.1")
+    with pytest.raises(InvalidCredentials):
+        await service.login("nobody@example.com", "long enough", "10.0.0.1")
+
+
+async def test_login_rehashes_when_parameters_change(store: FakeSsoStore, clock: Clock) -> None:
+    old = make_service(store, clock)
+    issued = await old.register(Registration("c@example.com", "long enough"))
+    before = store.state.users[issued.user_id].password_hash
+    stronger = make_service(store, clock, argon2={"time_cost": 2, "memory_kib": 128})
+    await stronger.login("c@example.com", "long enough", "x")
+    after = store.state.users[issued.user_id].password_hash
+    assert after != before and "t=2" in after and "m=128" in after
+
+
+async def test_throttle_after_five_failures_per_email_with_retry_after(
+    service: AuthService, clock: Clock
+) -> None:
+    await service.register(Registration("d@example.com", "long enough"))
+    for _ in range(5):
+        with pytest.raises(InvalidCredentials):
+            await service.login("d@example.com", "wrong password", "10.0.0.2")
+    with pytest.raises(TooManyAttempts) as caught:
+        await service.login("d@example.com", "long enough", "10.0.0.2")
+    assert 0 < caught.value.retry_after <= 900
+    clock.advance(901)
+    assert (await service.login("d@example.com", "long enough", "10.0.0.2")).user_id
+
+
+async def test_success_resets_the_email_counter(service: AuthService) -> None:
+    await service.register(Registration("e@example.com", "long enough"))
+    for _ in range(4):
+        with pytest.raises(InvalidCredentials):
+            await service.login("e@example.com", "wrong password", "10.0.0.3")
+    await service.login("e@example.com", "long enough", "10.0.0.3")
+    for _ in range(4):
+        with pytest.raises(InvalidCredentials):
+            await service.login("e@example.com", "wrong password", "10.0.0.3")
+
+
+async def test_throttle_per_client_address(store: FakeSsoStore, clock: Clock) -> None:
+    service = make_service(store, clock, login_throttle=ThrottleSettings(
+        max_failures_per_client=3).model_dump())
+    for i in range(3):
+        with pytest.raises(InvalidCredentials):
+            await service.login(f"x{i}@example.com", "whatever1", "10.9.9.9")
+    with pytest.raises(TooManyAttempts):
+        await service.login("fresh@example.com", "whatever1", "10.9.9.9")
+    with pytest.raises(InvalidCredentials):
+        await service.login("fresh@example.com", "whatever1", "10.9.9.8")
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_session(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    issued = await service.register(Registration("f@example.com", "long enough"))
+    rotated = await service.refresh(issued.tokens.refresh_token)
+    assert rotated.tokens.refresh_token != issued.tokens.refresh_token
+    await service.authenticate(rotated.tokens.access_token)
+    with pytest.raises(TokenReused):
+        await service.refresh(issued.tokens.refresh_token)
+    with pytest.raises(InvalidToken):
+        await service.refresh(rotated.tokens.refresh_token)
+    with pytest.raises(InvalidToken):
+        await service.authenticate(rotated.tokens.access_token)
+    revoked = [e for e in store.state.outbox if e.type == SESSION_REVOKED]
+    assert len(revoked) == 1 and revoked[0].data["reason"] == "refresh_token_reuse"
+
+
+async def test_reuse_grace_refuses_without_ending_the_session(
+    store: FakeSsoStore, clock: Clock
+) -> None:
+    service = make_service(store, clock, refresh_reuse_grace_seconds=5)
+    issued = await service.register(Registration("g@example.com", "long enough"))
+    rotated = await service.refresh(issued.tokens.refresh_token)
+    with pytest.raises(InvalidToken) as caught:
+        await service.refresh(issued.tokens.refresh_token)
+    assert not isinstance(caught.value, TokenReused)
+    await service.authenticate(rotated.tokens.access_token)
+    clock.advance(6)
+    with pytest.raises(TokenReused):
+        await service.refresh(issued.tokens.refresh_token)
+
+
+async def test_parallel_refreshes_never_yield_two_live_successors(service: AuthService) -> None:
+    issued = await service.register(Registration("h@example.com", "long enough"))
+    results = await asyncio.gather(
+        *(service.refresh(issued.tokens.refresh_token) for _ in range(8)),
+        return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, TokenReused) for r in results if isinstance(r, BaseException))
+    with pytest.raises(InvalidToken):
+        await service.authenticate(winners[0].tokens.access_token)
+
+
+async def test_access_token_is_not_a_refresh_token(service: AuthService) -> None:
+    issued = await service.register(Registration("i@example.com", "long enough"))
+    with pytest.raises(InvalidToken, match="refresh token required"):
+        await service.refresh(issued.tokens.access_token)
+
+
+async def test_logout_with_either_token_ends_the_session_once(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    a = await service.register(Registration("j@example.com", "long enough"))
+    await service.logout(a.tokens.refresh_token)
+    with pytest.raises(InvalidToken):
+        await service.authenticate(a.tokens.access_token)
+    with pytest.raises(InvalidToken):
+        await service.logout(a.tokens.access_token)
+    b = await service.login("j@example.com", "long enough", "x")
+    await service.logout(b.tokens.access_token)
+    with pytest.raises(InvalidToken):
+        await service.refresh(b.tokens.refresh_token)
+    events = [e for e in store.state.outbox if e.type == SESSION_REVOKED]
+    assert [e.data["reason"] for e in events] == ["logout", "logout"]
+    until = datetime.fromisoformat(events[0].data["until"])
+    assert until > datetime.now(UTC) + timedelta(minutes=14)
+
+
+async def test_user_info_and_admin_promotion(service: AuthService) -> None:
+    issued = await service.register(Registration("k@example.com", "long enough", name="Kim"))
+    user = await service.user_info(issued.tokens.access_token)
+    assert (user.name, user.is_admin) == ("Kim", False)
+    user_id, created = await service.ensure_admin("K@example.com", "ignored password")
+    assert (user_id, created) == (issued.user_id, False)
+    assert (await service.get_user(user_id)).is_admin
+    new_id, created = await service.ensure_admin("boss@example.com", "long enough")
+    assert created and isinstance(new_id, UUID)
+    logged = await service.login("boss@example.com", "long enough", "x")
+    claims = await service.authenticate(logged.tokens.access_token)
+    assert (claims.user_id, claims.admin) == (new_id, True)

@@ -1,0 +1,47 @@
+"""Configuration precedence and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from authloyalty.platform.settings import ConfigError, load_settings
+
+
+def test_yaml_then_environment_then_overrides(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("sso:\n  http_port: 9000\n  issuer: from-yaml\nloyalty:\n"
+                      "  welcome_bonus: 5\n")
+    monkeypatch.setenv("AUTHLOYALTY_SSO__ISSUER", "from-env")
+    monkeypatch.setenv("AUTHLOYALTY_LOYALTY__WELCOME_BONUS", "7")
+    settings = load_settings(config, loyalty={"welcome_bonus": 9})
+    assert settings.sso.http_port == 9000
+    assert settings.sso.issuer == "from-env"
+    assert settings.loyalty.welcome_bonus == 9
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("loyalty:\n  http_port: 9100\n")
+    monkeypatch.setenv("CONFIG_PATH", str(config))
+    assert load_settings().loyalty.http_port == 9100
+
+
+def test_missing_file_unknown_key_and_keyless_production_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sso:\n  htp_port: 1\n")
+    with pytest.raises(ConfigError):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="signing_keys_dir"):
+        load_settings(None, mode="production")
+
+
+def test_admin_from_short_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHLOYALTY_ADMIN_EMAIL", "root@example.com")
+    monkeypatch.setenv("AUTHLOYALTY_ADMIN_PASSWORD", "long enough")
+    admin = load_settings().admin
+    assert (admin.email, admin.password) == ("root@example.com", "long enough")
