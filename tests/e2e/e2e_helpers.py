@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,20 @@ from typing import Any
 import httpx
 import pytest
 
-VENV_BIN = Path(sys.executable).parent
-AUTHLOYALTY = str(VENV_BIN / "authloyalty")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _executable() -> str:
+    for candidate in (ROOT / ".venv" / "bin" / "authloyalty",
+                      Path(sys.executable).parent / "authloyalty"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("authloyalty")
+    assert found, "the authloyalty command is not installed"
+    return found
+
+
+AUTHLOYALTY = _executable()
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 BONUS_DEADLINE = 5.0
@@ -51,6 +64,7 @@ class Server:
 
     data_dir: Path
     admin: tuple[str, str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
     sso_port: int = 0
     loyalty_port: int = 0
     grpc_port: int = 0
@@ -90,7 +104,7 @@ class Server:
         self._log_file.write(f"\n===== start #{self.starts + 1}: {command}\n".encode())
         self._log_file.flush()
         self.process = subprocess.Popen(command, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, env=server_env())
+                                        stderr=subprocess.STDOUT, env=server_env(**self.env))
         self.starts += 1
         deadline = time.monotonic() + START_TIMEOUT
         with httpx.Client(timeout=2.0) as client:
@@ -255,3 +269,28 @@ def error_code(response: httpx.Response) -> str:
     assert body["error"], body
     code: str = body["code"]
     return code
+
+
+def run_cli(*args: str, timeout: float = 60.0, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``authloyalty ARGS`` as a user would, capturing its output."""
+    return subprocess.run([AUTHLOYALTY, *args], capture_output=True, text=True,
+                          timeout=timeout, env=server_env(**env), check=False)
+
+
+def history(api: Api, headers: dict[str, str], path: str = "/loyalty/me/transactions",
+            limit: int = 100) -> list[dict[str, Any]]:
+    """Every history item, following ``next_cursor`` to the end."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(100):
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        r = api.loy("GET", path, headers=headers, params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return items
+    pytest.fail("history pagination does not end")

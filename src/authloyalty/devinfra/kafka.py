@@ -656,6 +656,7 @@ class KafkaBroker:
             "-XX:TieredStopAtLevel=1",
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
+            "-Dlog4j2.shutdownHookEnabled=false",  # Kafka's own hook logs the shutdown
             f"-Dlog4j2.configurationFile={_log4j2_config(self.base_dir)}",
             f"-Dkafka.logs.dir={self.base_dir / 'logs'}",
             *self.java_options,
@@ -688,6 +689,10 @@ class KafkaBroker:
             "share.coordinator.state.topic.min.isr": min_isr,
             "share.coordinator.state.topic.num.partitions": partitions,
             "group.initial.rebalance.delay.ms": 0,
+            # A restarted (or killed) node can only re-register once its old broker session
+            # expired (default 9 s); short sessions make restarts and failover tests quick.
+            "broker.heartbeat.interval.ms": 500,
+            "broker.session.timeout.ms": 3000,
             # Fewer threads and a small log-cleaner buffer (default 128 MiB) for small heaps.
             "num.network.threads": 2,
             "num.io.threads": 4,

@@ -1,0 +1,81 @@
+"""One behaviour, three implementations: the fake must act like SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from authloyalty.loyalty.domain import IdempotencyRecord, KeyTaken, StoredReply
+
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+
+
+async def test_accounts_open_once_and_never_go_negative(loyalty_uow: Callable[[], Any]) -> None:
+    owner = uuid4()
+    async with loyalty_uow() as uow:
+        assert await uow.accounts.open(owner, 100, NOW)
+        assert not await uow.accounts.open(owner, 500, NOW)
+        assert await uow.accounts.change_balance(owner, -60, NOW) == 40
+        assert await uow.accounts.change_balance(owner, -41, NOW) is None
+        assert await uow.accounts.change_balance(uuid4(), 5, NOW) is None
+        await uow.commit()
+    async with loyalty_uow() as uow:
+        account = await uow.accounts.get(owner)
+        assert await uow.accounts.get(uuid4()) is None
+    assert account is not None and (account.balance, account.created_at) == (40, NOW)
+
+
+async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]) -> None:
+    owner, other = uuid4(), uuid4()
+    async with loyalty_uow() as uow:
+        await uow.accounts.open(owner, 0, NOW)
+        await uow.accounts.open(other, 0, NOW)
+        first = await uow.ledger.append(owner, "deposit", 100, "registration", 100, NOW)
+        await uow.ledger.append(other, "deposit", 5, "x", 5, NOW)
+        second = await uow.ledger.append(owner, "withdrawal", 30, "tea", 70, NOW)
+        await uow.commit()
+    assert second.id > first.id
+    async with loyalty_uow() as uow:
+        page = await uow.ledger.page(owner, 10, None)
+        older = await uow.ledger.page(owner, 10, second.id)
+        total = await uow.ledger.total(owner)
+    assert [(e.kind, e.amount, e.balance_after, e.comment) for e in page] == [
+        ("withdrawal", 30, 70, "tea"), ("deposit", 100, 100, "registration")]
+    assert [e.id for e in older] == [first.id]
+    assert page[0].created_at == NOW
+    assert total == 70
+
+
+async def test_idempotency_keys(loyalty_uow: Callable[[], Any]) -> None:
+    caller = uuid4()
+    record = IdempotencyRecord(caller, "key-1", "f" * 64, StoredReply(201, b'{"a":1}'), NOW)
+    async with loyalty_uow() as uow:
+        await uow.idempotency.add(record)
+        with pytest.raises(KeyTaken):
+            await uow.idempotency.add(record)
+        await uow.commit()
+    async with loyalty_uow() as uow:
+        assert await uow.idempotency.get(caller, "key-1") == record
+        assert await uow.idempotency.get(uuid4(), "key-1") is None
+        assert await uow.idempotency.purge(NOW) == 0
+        assert await uow.idempotency.purge(NOW + timedelta(seconds=1)) == 1
+        await uow.commit()
+
+
+async def test_inbox_and_revocations(loyalty_uow: Callable[[], Any]) -> None:
+    event_id, sid = uuid4(), uuid4()
+    async with loyalty_uow() as uow:
+        assert await uow.inbox.add(event_id, "user_registered", NOW)
+        assert not await uow.inbox.add(event_id, "user_registered", NOW)
+        await uow.revocations.add(sid, NOW + timedelta(minutes=15))
+        await uow.revocations.add(sid, NOW + timedelta(minutes=15))
+        await uow.revocations.add(uuid4(), NOW - timedelta(minutes=1))
+        await uow.commit()
+    async with loyalty_uow() as uow:
+        assert await uow.revocations.active(NOW) == [(sid, NOW + timedelta(minutes=15))]
+        assert await uow.revocations.purge(NOW) == 1
+        await uow.commit()

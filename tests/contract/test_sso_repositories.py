@@ -1,0 +1,98 @@
+"""One behaviour, three implementations: the fake must act like SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from authloyalty.platform.events import Event
+from authloyalty.sso.domain import Session, User, UserExists
+
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def new_user(email: str) -> User:
+    return User(id=uuid4(), email=email, password_hash="$argon2id$x", created_at=NOW,
+                name="Ann", birthday=date(1990, 5, 17))
+
+
+async def test_users_round_trip_and_case_insensitive_uniqueness(
+        sso_uow: Callable[[], Any]) -> None:
+    user = new_user("Ann@Example.com")
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+        await uow.commit()
+    async with sso_uow() as uow:
+        with pytest.raises(UserExists):
+            await uow.users.add(new_user("ann@EXAMPLE.com"))
+        # The transaction stays usable after the conflict.
+        found = await uow.users.by_email("ANN@example.com")
+        await uow.users.set_admin(user.id, True)
+        await uow.commit()
+    assert found is not None
+    assert (found.id, found.email, found.name, found.birthday, found.created_at) == (
+        user.id, "Ann@Example.com", "Ann", date(1990, 5, 17), NOW)
+    async with sso_uow() as uow:
+        again = await uow.users.get(user.id)
+        assert await uow.users.get(uuid4()) is None
+    assert again is not None and again.is_admin
+
+
+async def test_uncommitted_work_is_rolled_back(sso_uow: Callable[[], Any]) -> None:
+    user = new_user("rollback@example.com")
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+    async with sso_uow() as uow:
+        assert await uow.users.get(user.id) is None
+
+
+async def test_session_rotation_is_compare_and_set(sso_uow: Callable[[], Any]) -> None:
+    user = new_user("s@example.com")
+    first, second, third = uuid4(), uuid4(), uuid4()
+    session = Session(id=uuid4(), user_id=user.id, created_at=NOW, refresh_token_id=first)
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+        await uow.sessions.add(session)
+        assert await uow.sessions.rotate(session.id, first, second, NOW)
+        assert not await uow.sessions.rotate(session.id, first, third, NOW)
+        await uow.commit()
+    async with sso_uow() as uow:
+        stored = await uow.sessions.get(session.id)
+        assert stored is not None
+        assert (stored.refresh_token_id, stored.previous_refresh_token_id) == (second, first)
+        assert await uow.sessions.revoke(session.id, "logout", NOW)
+        assert not await uow.sessions.revoke(session.id, "logout", NOW)
+        assert not await uow.sessions.rotate(session.id, second, third, NOW)
+        await uow.commit()
+    async with sso_uow() as uow:
+        ended = await uow.sessions.get(session.id)
+    assert ended is not None and not ended.active and ended.revoke_reason == "logout"
+
+
+async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:
+    async with sso_uow() as uow:
+        for minutes in (1, 2, 20):
+            await uow.login_failures.record("F@example.com", "1.2.3.4", NOW - timedelta(
+                minutes=minutes))
+        await uow.login_failures.record("other@example.com", "1.2.3.4", NOW)
+        await uow.commit()
+    since = NOW - timedelta(minutes=15)
+    async with sso_uow() as uow:
+        assert await uow.login_failures.for_email("f@example.com", since) == (
+            2, NOW - timedelta(minutes=2))
+        assert (await uow.login_failures.for_client("1.2.3.4", since))[0] == 3
+        await uow.login_failures.clear_email("f@EXAMPLE.com")
+        assert (await uow.login_failures.for_email("f@example.com", since))[0] == 0
+        assert await uow.login_failures.purge(NOW - timedelta(minutes=1)) == 0
+        assert await uow.login_failures.purge(NOW + timedelta(seconds=1)) == 1
+        await uow.commit()
+
+
+async def test_outbox_accepts_events(sso_uow: Callable[[], Any]) -> None:
+    async with sso_uow() as uow:
+        await uow.outbox.add(Event(type="user_registered", key="k", data={"user_id": "k"}))
+        await uow.commit()
