@@ -26,7 +26,8 @@ async def test_accounts_open_once_and_never_go_negative(loyalty_uow: Callable[[]
     async with loyalty_uow() as uow:
         account = await uow.accounts.get(owner)
         assert await uow.accounts.get(uuid4()) is None
-    assert account is not None and (account.balance, account.created_at) == (40, NOW)
+    assert account is not None
+    assert (account.balance, account.created_at) == (40, NOW)
 
 
 async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]) -> None:

@@ -39,7 +39,8 @@ async def test_users_round_trip_and_case_insensitive_uniqueness(
     async with sso_uow() as uow:
         again = await uow.users.get(user.id)
         assert await uow.users.get(uuid4()) is None
-    assert again is not None and again.is_admin
+    assert again is not None
+    assert again.is_admin
 
 
 async def test_uncommitted_work_is_rolled_back(sso_uow: Callable[[], Any]) -> None:
@@ -70,7 +71,9 @@ async def test_session_rotation_is_compare_and_set(sso_uow: Callable[[], Any]) -
         await uow.commit()
     async with sso_uow() as uow:
         ended = await uow.sessions.get(session.id)
-    assert ended is not None and not ended.active and ended.revoke_reason == "logout"
+    assert ended is not None
+    assert not ended.active
+    assert ended.revoke_reason == "logout"
 
 
 async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:

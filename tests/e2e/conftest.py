@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, Server, bearer, no_5xx
+
+from tests.e2e.e2e_helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, Server, bearer, no_5xx
 
 
 @pytest.fixture(scope="session")

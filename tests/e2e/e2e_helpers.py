@@ -242,7 +242,10 @@ class Api:
         return account
 
     def balance(self, account: Account) -> int:
-        r = self.loy("GET", "/loyalty/me", headers=account.auth)
+        return self.balance_of(account.auth)
+
+    def balance_of(self, headers: dict[str, str]) -> int:
+        r = self.loy("GET", "/loyalty/me", headers=headers)
         assert r.status_code == 200, r.text
         value: int = r.json()["balance"]
         return value

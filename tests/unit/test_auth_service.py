@@ -11,8 +11,13 @@ import pytest
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
 from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED
 from authloyalty.platform.settings import SsoSettings, ThrottleSettings
-from authloyalty.platform.tokens import KeyStore, SigningKey, TokenIssuer, TokenVerifier
-from authloyalty.platform.tokens import generate_private_key
+from authloyalty.platform.tokens import (
+    KeyStore,
+    SigningKey,
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key,
+)
 from authloyalty.sso.domain import InvalidCredentials, TokenReused, TooManyAttempts, UserExists
 from authloyalty.sso.passwords import PasswordHasher
 from authloyalty.sso.service import AuthService, Registration
@@ -106,7 +111,9 @@ async def test_login_rehashes_when_parameters_change(store: FakeSsoStore, clock:
     stronger = make_service(store, clock, argon2={"time_cost": 2, "memory_kib": 128})
     await stronger.login("c@example.com", "long enough", "x")
     after = store.state.users[issued.user_id].password_hash
-    assert after != before and "t=2" in after and "m=128" in after
+    assert after != before
+    assert "t=2" in after
+    assert "m=128" in after
 
 
 async def test_throttle_after_five_failures_per_email_with_retry_after(
@@ -160,7 +167,8 @@ async def test_refresh_rotates_and_reuse_revokes_the_session(
     with pytest.raises(InvalidToken):
         await service.authenticate(rotated.tokens.access_token)
     revoked = [e for e in store.state.outbox if e.type == SESSION_REVOKED]
-    assert len(revoked) == 1 and revoked[0].data["reason"] == "refresh_token_reuse"
+    assert len(revoked) == 1
+    assert revoked[0].data["reason"] == "refresh_token_reuse"
 
 
 async def test_reuse_grace_refuses_without_ending_the_session(
@@ -223,7 +231,8 @@ async def test_user_info_and_admin_promotion(service: AuthService) -> None:
     assert (user_id, created) == (issued.user_id, False)
     assert (await service.get_user(user_id)).is_admin
     new_id, created = await service.ensure_admin("boss@example.com", "long enough")
-    assert created and isinstance(new_id, UUID)
+    assert created
+    assert isinstance(new_id, UUID)
     logged = await service.login("boss@example.com", "long enough", "x")
     claims = await service.authenticate(logged.tokens.access_token)
     assert (claims.user_id, claims.admin) == (new_id, True)

@@ -138,7 +138,8 @@ async def test_history_pages_newest_first(
     assert [e.amount for e in first.items] == [3, 2]
     assert first.next_cursor is not None
     rest = await service.history(owner, owner.user_id, 2, first.next_cursor)
-    assert [e.amount for e in rest.items] == [1, 100] and rest.next_cursor is None
+    assert [e.amount for e in rest.items] == [1, 100]
+    assert rest.next_cursor is None
     with pytest.raises(ValidationFailed):
         await service.history(owner, owner.user_id, 2, "abc")
 

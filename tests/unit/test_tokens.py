@@ -37,7 +37,8 @@ def test_pair_verifies_and_carries_the_specified_claims(algorithm: str) -> None:
     verifier = TokenVerifier(keys, "iss-x")
     access = verifier.verify(pair.access_token, "access")
     refresh = verifier.verify(pair.refresh_token, "refresh")
-    assert access.session_id == refresh.session_id and access.token_id != refresh.token_id
+    assert access.session_id == refresh.session_id
+    assert access.token_id != refresh.token_id
     assert access.admin is True
     claims = _payload(pair.access_token)
     assert set(claims) == {"iss", "sub", "uid", "iat", "exp", "jti", "sid", "token_type", "admin"}
@@ -57,7 +58,7 @@ def test_wrong_type_expired_foreign_and_tampered_tokens_are_refused() -> None:
     other = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
     with pytest.raises(InvalidToken, match="unknown key"):
         TokenVerifier(other, "iss").verify(pair.access_token)
-    head, body, sig = pair.access_token.split(".")
+    head, _body, sig = pair.access_token.split(".")
     forged = base64.urlsafe_b64encode(json.dumps(
         {**_payload(pair.access_token), "admin": True}).encode()).rstrip(b"=").decode()
     with pytest.raises(InvalidToken):
@@ -74,7 +75,8 @@ def test_hs256_token_with_our_kid_is_refused() -> None:
     now = int(time.time())
     token = jwt.encode({"iss": "iss", "sub": str(uuid4()), "iat": now, "exp": now + 60,
                         "jti": str(uuid4()), "sid": str(uuid4()), "token_type": "access"},
-                       "a-shared-secret-of-at-least-32-bytes!", algorithm="HS256", headers={"kid": keys.active.kid})
+                       "a-shared-secret-of-at-least-32-bytes!", algorithm="HS256",
+                       headers={"kid": keys.active.kid})
     with pytest.raises(InvalidToken):
         TokenVerifier(keys, "iss").verify(token)
 
