@@ -21,7 +21,8 @@ CLAIMS = {"iss", "sub", "uid", "iat", "exp", "jti", "sid", "token_type", "admin"
 
 def _segments(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     def part(segment: str) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        padded = segment + "=" * (-len(segment) % 4)
+        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
         return value
 
     header, payload, signature = token.split(".")
@@ -142,7 +143,7 @@ def test_forged_tokens_are_refused(api: Api) -> None:
     forgeries = {
         "tampered admin claim": _forge(user.access, admin=True),
         "tampered subject": _forge(user.access, sub="00000000-0000-0000-0000-000000000000"),
-        "alg none": jwt.encode(payload, None, algorithm="none", headers={"kid": header["kid"]}),
+        "alg none": jwt.encode(payload, "", algorithm="none", headers={"kid": header["kid"]}),
         "foreign key, our kid": jwt.encode(payload, stranger, algorithm="EdDSA",
                                            headers={"kid": header["kid"]}),
         "foreign key, no kid": jwt.encode(payload, stranger, algorithm="EdDSA"),

@@ -787,25 +787,29 @@ class KafkaCluster:
         if ports is not None and len(ports) != brokers:
             raise ValueError(f"need {brokers} ports, got {len(ports)}")
         free = _free_ports(2 * brokers)
-        client_ports = list(ports) if ports is not None else free[:brokers]
         voters = [Voter(i + 1, free[brokers + i], _random_id()) for i in range(brokers)]
         cluster_id = _random_id()
-        self.nodes = [
-            KafkaBroker(
-                self.base_dir / f"node-{voter.node_id}",
-                client_ports[i],
-                heap=heap,
-                node_id=voter.node_id,
-                controller_port=voter.port,
-                voters=voters,
-                quorum=quorum,
-                cluster_id=cluster_id,
-                properties=properties,
-                java_options=java_options,
-                classpath=classpath,
+        self.nodes: list[KafkaBroker] = []
+        for i, voter in enumerate(voters):
+            node_dir = self.base_dir / f"node-{voter.node_id}"
+            port: int | None = free[i] if ports is None else ports[i]
+            if ports is None and (node_dir / _NODE_FILE).is_file():
+                port = None  # formatted before: the node reloads its saved ports and ids
+            self.nodes.append(
+                KafkaBroker(
+                    node_dir,
+                    port,
+                    heap=heap,
+                    node_id=voter.node_id,
+                    controller_port=voter.port,
+                    voters=voters,
+                    quorum=quorum,
+                    cluster_id=cluster_id,
+                    properties=properties,
+                    java_options=java_options,
+                    classpath=classpath,
+                )
             )
-            for i, voter in enumerate(voters)
-        ]
         self._saved_path = saved_path
 
     @property
@@ -947,10 +951,12 @@ def _serve(args: argparse.Namespace) -> int:
         }
         _write_json(state_path, state)
         print(f"kafka ready on {target.bootstrap_servers}", flush=True)
+        reported: set[int] = set()
         while not stop.wait(1.0):
             for node in _nodes(target):
-                if not node.is_running():
-                    print(f"node {node.node_id} is not running", flush=True)
+                if not node.is_running() and node.node_id not in reported:
+                    reported.add(node.node_id)
+                    print(f"node {node.node_id} exited; see {node.log_file}", flush=True)
     finally:
         target.stop()
         with contextlib.suppress(FileNotFoundError):
@@ -1024,15 +1030,20 @@ def _stop(args: argparse.Namespace) -> int:
         if not _wait_pid(pid, args.timeout + 10):
             _signal_group(pid, signal.SIGKILL)
             _wait_pid(pid, 10)
-    # Safety net if the supervisor was killed: brokers run in their own process groups.
+    # Safety net if the supervisor was killed: brokers run in their own process groups. SIGTERM
+    # them all at once: a node stopped last, alone, hangs in controlled shutdown (no quorum).
+    orphans = []
     for node in state.get("nodes", []):
         node_pid = int(node.get("pid") or 0)
         config = str(Path(node["dir"]) / "server.properties")
         if node_pid and _pid_alive(node_pid) and config in _cmdline(node_pid):
             _signal_group(node_pid, signal.SIGTERM)
-            if not _wait_pid(node_pid, args.timeout):
-                _signal_group(node_pid, signal.SIGKILL)
-                _wait_pid(node_pid, 10)
+            orphans.append(node_pid)
+    deadline = time.monotonic() + args.timeout
+    for node_pid in orphans:
+        if not _wait_pid(node_pid, max(deadline - time.monotonic(), 0.0)):
+            _signal_group(node_pid, signal.SIGKILL)
+            _wait_pid(node_pid, 10)
     with contextlib.suppress(FileNotFoundError):
         (base_dir / _STATE_FILE).unlink()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 
 Render = Callable[[LedgerEntry], StoredReply]
+_CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits only, always within a 64-bit id
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,6 @@ def _replay(stored: IdempotencyRecord, request: Idempotency) -> StoredReply:
 def _parse_cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not _CURSOR.fullmatch(cursor):
         raise ValidationFailed("cursor: not a cursor returned by this API")
     return int(cursor)

@@ -88,7 +88,8 @@ async def _on_domain_error(_: Request, exc: Exception) -> Response:
     return error_response(status, exc.code, exc.message, headers or None)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {400: "validation_error", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large"}
 
 
 async def _on_http_error(_: Request, exc: Exception) -> Response:
@@ -111,10 +112,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuse request bodies over ``limit`` bytes with 413, declared or streamed."""
 
@@ -132,27 +129,32 @@ class BodyLimitMiddleware:
                 return
         received = 0
         started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    # Answer 413 ourselves; the app sees a client that went away.
+                    refused = True
+                    if not started:
+                        await _send_413(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_413(send)
+        await self.app(scope, limited_receive, guarded_send)
 
 
 async def _send_413(send: Send) -> None:

@@ -7,8 +7,22 @@ from datetime import date, datetime
 from typing import Protocol, Self
 from uuid import UUID
 
+from pydantic.networks import validate_email
+
 from authloyalty.platform.errors import DomainError, ErrorKind
 from authloyalty.platform.events import Event
+
+
+def email_problem(email: str) -> str | None:
+    """Why ``email`` is not acceptable, or None when it is."""
+    value = email.strip()
+    if len(value) > 254:
+        return "must be at most 254 characters"
+    try:
+        validate_email(value)
+    except Exception:
+        return "not a valid email address"
+    return None
 
 
 def normalise_email(email: str) -> str:

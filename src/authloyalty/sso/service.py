@@ -23,6 +23,7 @@ from authloyalty.sso.domain import (
     TooManyAttempts,
     User,
     UserNotFound,
+    email_problem,
 )
 from authloyalty.sso.passwords import PasswordHasher
 
@@ -68,14 +69,17 @@ class AuthService:
         self._settings = settings
         self._now = clock
 
-    def _check_password_policy(self, password: str) -> None:
+    def _check_registration(self, reg: Registration) -> None:
+        problem = email_problem(reg.email)
+        if problem:
+            raise ValidationFailed(f"email: {problem}")
         minimum = self._settings.password_min_length
-        if len(password) < minimum:
+        if len(reg.password) < minimum:
             raise ValidationFailed(f"password: must be at least {minimum} characters")
 
     async def register(self, reg: Registration, *, is_admin: bool = False) -> IssuedTokens:
         """Create the user and a session; announce ``user_registered`` in the same commit."""
-        self._check_password_policy(reg.password)
+        self._check_registration(reg)
         password_hash = await self._hasher.hash(reg.password)
         now = self._now()
         user = User(id=uuid4(), email=reg.email.strip(), password_hash=password_hash,
