@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,17 @@ from authloyalty.platform.events import (
     InProcessBus,
 )
 from authloyalty.platform.http import create_app
-from authloyalty.platform.migrations import upgrade
+from authloyalty.platform.jwks import JwksKeyProvider
+from authloyalty.platform.kafka import (
+    KafkaEventConsumer,
+    KafkaPublisher,
+    ensure_topics,
+    schema_registry,
+)
+from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.migrations import ensure_current, upgrade
 from authloyalty.platform.outbox import OutboxRelay
-from authloyalty.platform.settings import LoyaltySettings, Settings, SsoSettings
+from authloyalty.platform.settings import ConfigError, LoyaltySettings, Settings, SsoSettings
 from authloyalty.platform.tokens import KeyProvider, KeyStore, TokenIssuer, TokenVerifier
 from authloyalty.sso import http as sso_http
 from authloyalty.sso import tables as sso_tables
@@ -63,6 +72,10 @@ def load_keys(settings: Settings) -> KeyStore:
     configured = settings.sso.signing_keys_dir
     if configured is not None:
         return KeyStore.load_dir(configured)
+    if settings.mode == "production":
+        raise ConfigError(
+            "production mode needs sso.signing_keys_dir (create a key with "
+            "`authloyalty keys generate --dir DIR`); no key is ever built in")
     return KeyStore.load_or_create(Path(settings.data_dir) / "keys",
                                    settings.sso.signing_algorithm)
 
@@ -109,7 +122,8 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     return SsoContainer(cfg, target, engine, keys, service, relay)
 
 
-def build_loyalty(settings: Settings, keys: KeyProvider) -> LoyaltyContainer:
+def build_loyalty(settings: Settings, keys: KeyProvider,
+                  knows_key: Callable[[str], Awaitable[bool]] | None = None) -> LoyaltyContainer:
     """Wire loyalty: database, local token verification with revocations, use cases."""
     target = loyalty_database(settings)
     engine = create_engine(target)
@@ -119,7 +133,7 @@ def build_loyalty(settings: Settings, keys: KeyProvider) -> LoyaltyContainer:
         return SqlLoyaltyUnitOfWork(engine)
 
     revoked = RevokedSessions()
-    authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked)
+    authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
     return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers)
@@ -188,11 +202,7 @@ class EmbeddedSystem:
 
     async def stop(self) -> None:
         """Stop background work (after a last relay pass) and close the databases."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(self.tasks)
         with contextlib.suppress(Exception):
             await self.sso.relay.run_once()
         await self.sso.engine.dispose()
@@ -208,3 +218,116 @@ def build_embedded(settings: Settings) -> EmbeddedSystem:
     bus.subscribe(USER_REGISTERED, loyalty.handlers.user_registered)
     bus.subscribe(SESSION_REVOKED, loyalty.handlers.session_revoked)
     return EmbeddedSystem(settings, sso, loyalty, bus)
+
+
+def instance_id(settings: Settings) -> str:
+    """This loyalty replica's name (its own consumer group for session revocations)."""
+    configured = settings.events.kafka.instance_id
+    return configured or f"{socket.gethostname()}-{settings.loyalty.http_port}"
+
+
+def kafka_publisher(settings: Settings) -> KafkaPublisher:
+    """The relay's publisher on Kafka, serialising through the Schema Registry."""
+    cfg = settings.events.kafka
+    return KafkaPublisher(cfg, EventCodec(cfg, schema_registry(cfg)))
+
+
+@dataclass
+class SsoProcess:
+    """sso on its own (production): HTTP, and the outbox relay unless it runs elsewhere."""
+
+    settings: Settings
+    sso: SsoContainer
+    publisher: KafkaPublisher
+    run_relay: bool = True
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Check the schema, create topics, start the relay and maintenance."""
+        await ensure_current("sso", self.sso.engine)
+        if self.settings.events.kafka.create_topics:
+            await asyncio.to_thread(ensure_topics, self.settings.events.kafka)
+        if self.run_relay:
+            self.tasks.append(asyncio.create_task(self.sso.relay.run_forever()))
+        self.tasks.append(asyncio.create_task(_every(
+            MAINTENANCE_INTERVAL_SECONDS, self.sso.service.purge_login_failures, "purge")))
+
+    async def stop(self) -> None:
+        """Stop background work and release clients."""
+        await _cancel(self.tasks)
+        await asyncio.to_thread(self.publisher.close)
+        await self.sso.engine.dispose()
+
+
+def build_sso_process(settings: Settings, *, run_relay: bool = True) -> SsoProcess:
+    """sso with a Kafka relay."""
+    publisher = kafka_publisher(settings)
+    return SsoProcess(settings, build_sso(settings, publisher, load_keys(settings)), publisher,
+                      run_relay)
+
+
+@dataclass
+class LoyaltyProcess:
+    """loyalty on its own: HTTP, keys from sso's JWKS, Kafka consumers."""
+
+    settings: Settings
+    loyalty: LoyaltyContainer
+    jwks: JwksKeyProvider
+    consumers: list[KafkaEventConsumer]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Check the schema, rebuild revocations, fetch keys, start consuming."""
+        await ensure_current("loyalty", self.loyalty.engine)
+        if self.settings.events.kafka.create_topics:
+            await asyncio.to_thread(ensure_topics, self.settings.events.kafka)
+        await self.loyalty.handlers.load_revocations()
+        try:
+            await self.jwks.refresh()
+        except Exception as exc:  # sso may start later; unknown kids trigger a refetch
+            log.warning("JWKS not loaded yet: %s", exc)
+        self.tasks += [asyncio.create_task(c.run()) for c in self.consumers]
+        self.tasks.append(asyncio.create_task(self.jwks.refresh_forever()))
+        self.tasks.append(asyncio.create_task(_every(
+            MAINTENANCE_INTERVAL_SECONDS, self._maintenance, "maintenance")))
+
+    async def _maintenance(self) -> None:
+        await self.loyalty.service.purge_idempotency_keys()
+        await self.loyalty.handlers.purge_revocations()
+
+    async def stop(self) -> None:
+        """Let consumers finish their record and commit, then close."""
+        for consumer in self.consumers:
+            consumer.stop()
+        consumer_tasks = self.tasks[: len(self.consumers)]
+        await asyncio.wait(consumer_tasks, timeout=15.0)
+        await _cancel(self.tasks)
+        await self.loyalty.engine.dispose()
+
+
+def build_loyalty_process(settings: Settings) -> LoyaltyProcess:
+    """loyalty verifying tokens with sso's JWKS and consuming sso's events from Kafka."""
+    if not settings.loyalty.jwks_url:
+        raise ConfigError("loyalty.jwks_url is required when loyalty runs on its own")
+    jwks = JwksKeyProvider(settings.loyalty.jwks_url,
+                           min_refresh_seconds=settings.loyalty.jwks_min_refresh_seconds)
+    loyalty = build_loyalty(settings, jwks, knows_key=jwks.knows)
+    cfg = settings.events.kafka
+    codec = EventCodec(cfg, None)
+    handlers = loyalty.handlers
+    consumers = [
+        KafkaEventConsumer(cfg, codec, {USER_REGISTERED: handlers.user_registered},
+                           [cfg.registration_topic], cfg.consumer_group),
+        KafkaEventConsumer(cfg, codec, {SESSION_REVOKED: handlers.session_revoked},
+                           [cfg.sessions_topic],
+                           f"{cfg.consumer_group}-revocations-{instance_id(settings)}"),
+    ]
+    return LoyaltyProcess(settings, loyalty, jwks, consumers)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

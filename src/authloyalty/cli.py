@@ -1,4 +1,4 @@
-"""Command line: ``authloyalty up | migrate | admin create | keys generate``."""
+"""Command line: ``authloyalty up | sso | loyalty | relay | migrate | admin | keys``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,19 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from authloyalty.bootstrap import EmbeddedSystem, build_embedded, loyalty_app, sso_app
+from authloyalty.bootstrap import (
+    EmbeddedSystem,
+    build_embedded,
+    build_loyalty_process,
+    build_sso_process,
+    loyalty_app,
+    loyalty_database,
+    sso_app,
+    sso_database,
+)
+from authloyalty.platform.db import create_engine
 from authloyalty.platform.logging import configure_logging
+from authloyalty.platform.migrations import SchemaOutOfDate, upgrade
 from authloyalty.platform.settings import ConfigError, Settings, load_settings
 from authloyalty.platform.tokens import write_new_key
 
@@ -43,8 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--admin-email")
     up.add_argument("--admin-password")
 
-    migrate = sub.add_parser("migrate", help="apply every service's migrations")
+    migrate = sub.add_parser("migrate", help="apply the services' migrations")
     _common(migrate)
+    migrate.add_argument("--service", choices=["sso", "loyalty", "all"], default="all")
+
+    for name, text in (("sso", "run the sso service alone (Kafka relay included)"),
+                       ("loyalty", "run the loyalty service alone (Kafka consumer included)"),
+                       ("relay", "run only sso's outbox relay")):
+        service = sub.add_parser(name, help=text)
+        _common(service)
+        if name == "sso":
+            service.add_argument("--no-relay", action="store_true",
+                                 help="leave the outbox to `authloyalty relay` processes")
 
     admin = sub.add_parser("admin", help="manage admins")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
@@ -115,17 +136,13 @@ def _banner(settings: Settings, system: EmbeddedSystem) -> str:
     ])
 
 
-async def _up(settings: Settings) -> int:
-    system = build_embedded(settings)
-    await system.start()
-    servers = [
-        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port),
-        _server(loyalty_app(system.loyalty), settings.loyalty.http_host,
-                settings.loyalty.http_port),
-    ]
+async def _serve(servers: list[_Server], banner: str) -> bool:
+    """Serve until SIGINT/SIGTERM; False if a server could not start."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
 
     def _exit() -> None:
+        stop.set()
         for server in servers:
             server.should_exit = True
 
@@ -136,22 +153,81 @@ async def _up(settings: Settings) -> int:
         if any(t.done() for t in serving):
             break
         await asyncio.sleep(0.05)
-    if all(s.started for s in servers):
-        print(_banner(settings, system), flush=True)
+    started = all(s.started for s in servers)
+    if started:
+        print(banner, flush=True)
     else:
         _exit()
     await asyncio.gather(*serving, return_exceptions=True)
-    await system.stop()
-    return 0 if all(s.started for s in servers) else 1
+    return started
 
 
-async def _migrate(settings: Settings) -> int:
+async def _up(settings: Settings) -> int:
     system = build_embedded(settings)
+    await system.start()
+    servers = [
+        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port),
+        _server(loyalty_app(system.loyalty), settings.loyalty.http_host,
+                settings.loyalty.http_port),
+    ]
     try:
-        await system.migrate()
+        started = await _serve(servers, _banner(settings, system))
     finally:
         await system.stop()
-    print("migrations applied: sso, loyalty")
+    return 0 if started else 1
+
+
+async def _run_sso(settings: Settings, relay: bool) -> int:
+    process = build_sso_process(settings, run_relay=relay)
+    try:
+        await process.start()
+        cfg = settings.sso
+        started = await _serve([_server(sso_app(process.sso), cfg.http_host, cfg.http_port)],
+                               f"sso listening on http://{cfg.http_host}:{cfg.http_port}")
+    finally:
+        await process.stop()
+    return 0 if started else 1
+
+
+async def _run_loyalty(settings: Settings) -> int:
+    process = build_loyalty_process(settings)
+    try:
+        await process.start()
+        cfg = settings.loyalty
+        started = await _serve(
+            [_server(loyalty_app(process.loyalty), cfg.http_host, cfg.http_port)],
+            f"loyalty listening on http://{cfg.http_host}:{cfg.http_port}")
+    finally:
+        await process.stop()
+    return 0 if started else 1
+
+
+async def _run_relay(settings: Settings) -> int:
+    process = build_sso_process(settings, run_relay=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await process.start()
+        print("outbox relay running", flush=True)
+        await stop.wait()
+    finally:
+        await process.stop()
+    return 0
+
+
+async def _migrate(settings: Settings, service: str) -> int:
+    targets = [("sso", sso_database(settings)), ("loyalty", loyalty_database(settings))]
+    for name, target in targets:
+        if service not in (name, "all"):
+            continue
+        engine = create_engine(target)
+        try:
+            await upgrade(name, engine, target)
+        finally:
+            await engine.dispose()
+        print(f"migrations applied: {name} ({target.describe()})")
     return 0
 
 
@@ -187,11 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             return asyncio.run(_up(settings))
         if args.command == "migrate":
-            return asyncio.run(_migrate(settings))
+            return asyncio.run(_migrate(settings, args.service))
+        if args.command == "sso":
+            return asyncio.run(_run_sso(settings, relay=not args.no_relay))
+        if args.command == "loyalty":
+            return asyncio.run(_run_loyalty(settings))
+        if args.command == "relay":
+            return asyncio.run(_run_relay(settings))
         return asyncio.run(_admin_create(settings, args.email, args.password))
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    except (ConfigError, SchemaOutOfDate) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -24,7 +24,7 @@ def render(entry: LedgerEntry) -> StoredReply:
 async def registered_user(system: EmbeddedSystem, email: str) -> tuple[Principal, str]:
     issued = await system.sso.service.register(Registration(email, "long enough"))
     assert await system.sso.relay.run_once() >= 1
-    claims = system.loyalty.authenticator.principal(issued.tokens.access_token)
+    claims = await system.loyalty.authenticator.principal(issued.tokens.access_token)
     return claims, issued.tokens.refresh_token
 
 
@@ -88,7 +88,7 @@ async def test_parallel_refreshes_yield_one_successor_then_the_session_ends(
     # Loyalty hears of it through the outbox as well.
     await system.sso.relay.run_once()
     with pytest.raises(InvalidToken):
-        system.loyalty.authenticator.principal(winners[0].tokens.access_token)
+        await system.loyalty.authenticator.principal(winners[0].tokens.access_token)
 
 
 async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from authloyalty.bootstrap import load_keys
 from authloyalty.platform.settings import ConfigError, load_settings
 
 
@@ -30,6 +31,8 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_missing_file_unknown_key_and_keyless_production_are_refused(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "data"
+    tmp_path.mkdir()
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
@@ -37,7 +40,8 @@ def test_missing_file_unknown_key_and_keyless_production_are_refused(tmp_path: P
     with pytest.raises(ConfigError):
         load_settings(bad)
     with pytest.raises(ConfigError, match="signing_keys_dir"):
-        load_settings(None, mode="production")
+        load_keys(load_settings(None, mode="production", data_dir=tmp_path))
+    assert not (tmp_path / "keys").exists()  # nothing generated behind the operator's back
 
 
 def test_admin_from_short_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,9 @@ from authloyalty.platform.http import BearerToken, dump_json, error_response, su
 from authloyalty.platform.schemas import ERRORS, StatusOut
 
 
-def _principal(request: Request, token: Annotated[str, Depends(BearerToken())]) -> Principal:
-    principal: Principal = request.app.state.container.authenticator.principal(token)
+async def _principal(request: Request, token: Annotated[str, Depends(BearerToken())]
+                     ) -> Principal:
+    principal: Principal = await request.app.state.container.authenticator.principal(token)
     return principal
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from uuid import UUID
 
@@ -10,7 +10,7 @@ from authloyalty.loyalty.domain import Principal
 from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.platform.tokens import TokenVerifier
+from authloyalty.platform.tokens import TokenVerifier, UnknownSigningKey
 
 
 class RevokedSessions:
@@ -46,15 +46,26 @@ class RevokedSessions:
 
 
 class Authenticator:
-    """Turns an access token into a :class:`Principal`, locally: signature, claims, revocation."""
+    """Turns an access token into a :class:`Principal`, locally: signature, claims, revocation.
 
-    def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions) -> None:
+    ``knows_key`` (a JWKS cache in a separate process) gets a chance to learn a new signing key
+    before a token with an unknown ``kid`` is refused.
+    """
+
+    def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions,
+                 knows_key: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._verifier = verifier
         self._revoked = revoked
+        self._knows_key = knows_key
 
-    def principal(self, token: str) -> Principal:
+    async def principal(self, token: str) -> Principal:
         """The caller, or :class:`InvalidToken`."""
-        claims = self._verifier.verify(token, "access")
+        try:
+            claims = self._verifier.verify(token, "access")
+        except UnknownSigningKey as exc:
+            if self._knows_key is None or not await self._knows_key(exc.kid):
+                raise
+            claims = self._verifier.verify(token, "access")
         if claims.session_id in self._revoked:
             raise InvalidToken("session has ended")
         return Principal(user_id=claims.user_id, session_id=claims.session_id,

@@ -42,3 +42,10 @@ OUTBOX_OLDEST_AGE = Gauge(
 REVOKED_SESSIONS_CACHED = Gauge(
     "authloyalty_revoked_sessions_cached", "Revoked sessions loyalty currently refuses"
 )
+DEAD_LETTERS = Counter(
+    "authloyalty_dead_letters_total", "Records moved to a dead-letter topic", ["topic"]
+)
+CONSUMER_LAG = Gauge(
+    "authloyalty_consumer_lag", "Records not yet consumed, per partition",
+    ["group", "topic", "partition"],
+)

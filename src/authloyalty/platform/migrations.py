@@ -64,3 +64,23 @@ async def current_revision(service: str, engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as conn:
         return await conn.run_sync(_read)
+
+
+def head_revision(service: str) -> str | None:
+    """The newest revision of ``service``'s history."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(service)).get_current_head()
+
+
+async def ensure_current(service: str, engine: AsyncEngine) -> None:
+    """Refuse to run against a database that ``authloyalty migrate`` has not brought up to date."""
+    current, head = await current_revision(service, engine), head_revision(service)
+    if current != head:
+        raise SchemaOutOfDate(
+            f"{service} database is at revision {current or 'none'}, this version needs "
+            f"{head}: run `authloyalty migrate`")
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database schema does not match the code."""

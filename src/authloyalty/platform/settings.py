@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -91,12 +91,43 @@ class LoyaltySettings(_Section):
     idempotency_ttl_hours: int = Field(default=24, ge=24)
     # Expected `iss` of access tokens; defaults to sso.issuer.
     token_issuer: str | None = None
+    # Where a separate loyalty process fetches sso's public keys.
+    jwks_url: str | None = None
+    # A key id not in the cached JWKS triggers a refetch at most this often.
+    jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
+
+
+class KafkaSettings(_Section):
+    """Kafka and the Schema Registry (production event bus)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Confluent-compatible Schema Registry; ``mock://…`` keeps schemas in process (tests).
+    schema_registry_url: str = "mock://authloyalty"
+    registration_topic: str = "registration"
+    sessions_topic: str = "sessions"
+    dead_letter_suffix: str = ".dlq"
+    consumer_group: str = "loyalty"
+    # Distinguishes loyalty replicas: each one reads every session revocation.
+    instance_id: str | None = None
+    # Attempts before a message that keeps failing (not for lack of a database) is dead-lettered.
+    max_attempts: int = Field(default=5, ge=1)
+    # Consumed offsets are committed this often, always after the database commit.
+    commit_interval_ms: int = Field(default=1000, ge=1)
+    delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    create_topics: bool = True
+    topic_partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Revocations only matter while an access token could still be valid.
+    sessions_retention_hours: int = Field(default=24, ge=1)
+    # Extra librdkafka settings (security.protocol, sasl.*, …) for every client.
+    client: dict[str, str] = {}
 
 
 class EventsSettings(_Section):
     """The event bus between the services and the outbox relay."""
 
-    backend: Literal["inprocess"] = "inprocess"
+    backend: Literal["inprocess", "kafka"] = "inprocess"
+    kafka: KafkaSettings = KafkaSettings()
     relay_batch_size: int = Field(default=100, ge=1, le=10_000)
     relay_poll_interval_seconds: float = Field(default=0.5, gt=0)
     relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
@@ -138,15 +169,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Command line over environment over YAML."""
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
-
-    @model_validator(mode="after")
-    def _production_needs_explicit_secrets(self) -> Settings:
-        if self.mode == "production" and self.sso.signing_keys_dir is None:
-            raise ValueError(
-                "production mode needs sso.signing_keys_dir (generate keys with "
-                "`authloyalty keys generate --dir DIR`); no key is ever built in"
-            )
-        return self
 
     @property
     def token_issuer(self) -> str:

@@ -59,6 +59,14 @@ def public_jwk(key: PublicKey) -> dict[str, Any]:
     return dict(jwk)
 
 
+class UnknownSigningKey(InvalidToken):
+    """The token names a ``kid`` we do not (yet) know."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__("token signed by an unknown key")
+        self.kid = kid
+
+
 @dataclass(frozen=True)
 class VerificationKey:
     """A public key a token may be signed with."""
@@ -242,9 +250,11 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken("malformed token") from exc
         kid = header.get("kid")
-        key = self._keys.verification_key(kid) if isinstance(kid, str) else None
+        if not isinstance(kid, str):
+            raise InvalidToken("token has no key id")
+        key = self._keys.verification_key(kid)
         if key is None:
-            raise InvalidToken("token signed by an unknown key")
+            raise UnknownSigningKey(kid)
         try:
             payload = jwt.decode(
                 token, key.key, algorithms=[key.algorithm], issuer=self._issuer,

@@ -1,0 +1,263 @@
+"""Kafka as the event bus: the outbox relay's publisher and an at-least-once consumer.
+
+Consumed offsets are stored only after the handler's database transaction committed and are
+committed by librdkafka every ``commit_interval_ms``; a crash in between means a redelivery,
+which the handlers recognise (inbox). Records that can never be processed go to
+``<topic>.dlq`` with the error in their headers, and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from authloyalty.platform import metrics
+from authloyalty.platform.events import Event, EventHandler, PermanentEventError
+from authloyalty.platform.kafka_codec import EventCodec, Headers, Record
+from authloyalty.platform.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def schema_registry(settings: KafkaSettings) -> SchemaRegistryClient:
+    """A Schema Registry client (``mock://`` URLs give the in-process mock)."""
+    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
+
+
+def _client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client, **extra}
+
+
+def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
+    """Create our topics if they do not exist (idempotent)."""
+    admin = AdminClient(_client_conf(settings))
+    retention = str(settings.sessions_retention_hours * 3600 * 1000)
+    wanted = [
+        NewTopic(settings.registration_topic, settings.topic_partitions,
+                 settings.replication_factor),
+        NewTopic(settings.registration_topic + settings.dead_letter_suffix, 1,
+                 settings.replication_factor),
+        NewTopic(settings.sessions_topic, settings.topic_partitions,
+                 settings.replication_factor, config={"retention.ms": retention}),
+        NewTopic(settings.sessions_topic + settings.dead_letter_suffix, 1,
+                 settings.replication_factor),
+    ]
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        else:
+            log.info("created topic %s", topic)
+
+
+class KafkaPublisher:
+    """The outbox relay's :class:`~authloyalty.platform.events.EventPublisher` on Kafka."""
+
+    def __init__(self, settings: KafkaSettings, codec: EventCodec) -> None:
+        self._codec = codec
+        self._timeout = settings.delivery_timeout_seconds
+        self._producer = Producer(_client_conf(
+            settings, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                         "message.timeout.ms": int(self._timeout * 1000)}))
+
+    async def publish(self, events: Sequence[Event]) -> list[str | None]:
+        """Produce every event and wait for the broker's acknowledgements."""
+        return await asyncio.to_thread(self._publish, events)
+
+    def _publish(self, events: Sequence[Event]) -> list[str | None]:
+        results: list[str | None] = ["delivery not confirmed"] * len(events)
+
+        def report(index: int) -> Any:
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                results[index] = None if err is None else f"kafka: {err.str()}"
+            return on_delivery
+
+        for index, event in enumerate(events):
+            try:
+                topic, key, value, headers = self._codec.encode(event)
+            except Exception as exc:
+                results[index] = f"encode: {exc}"
+                continue
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers,
+                                       on_delivery=report(index))
+            except BufferError:
+                self._producer.flush(self._timeout)
+                self._producer.produce(topic, value=value, key=key, headers=headers,
+                                       on_delivery=report(index))
+            except KafkaException as exc:
+                results[index] = f"kafka: {exc}"
+        self._producer.flush(self._timeout + 1.0)
+        return results
+
+    def close(self) -> None:
+        """Deliver what is queued (briefly) and release the client."""
+        self._producer.flush(2.0)
+
+
+def _header_list(headers: Any) -> Headers:
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Failures of our infrastructure (database down), not of the record: retry forever."""
+    return isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError) or bool(
+        getattr(exc, "connection_invalidated", False))
+
+
+class KafkaEventConsumer:
+    """Feeds records of ``topics`` to handlers by event type, at least once, in order."""
+
+    def __init__(self, settings: KafkaSettings, codec: EventCodec,
+                 handlers: Mapping[str, EventHandler], topics: Sequence[str], group_id: str,
+                 *, max_backoff_seconds: float = 10.0) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._handlers = dict(handlers)
+        self._topics = list(topics)
+        self._group_id = group_id
+        self._max_backoff = max_backoff_seconds
+        self._stopping = asyncio.Event()
+        self._consumer = Consumer(_client_conf(settings, **{
+            "group.id": group_id,
+            "client.id": f"{group_id}-{socket.gethostname()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": settings.commit_interval_ms,
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+            "max.poll.interval.ms": 600000,
+        }))
+        self._dead_letters = Producer(_client_conf(settings, **{"acks": "all"}))
+
+    def stop(self) -> None:
+        """Finish the record in hand, commit and leave the group."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; always closes the consumer (committing stored offsets)."""
+        self._consumer.subscribe(self._topics)
+        lag_task = asyncio.create_task(self._report_lag())
+        try:
+            while not self._stopping.is_set():
+                message = await asyncio.to_thread(self._consumer.poll, 0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    self._log_error(error)
+                    continue
+                await self._process(message)
+        finally:
+            lag_task.cancel()
+            await asyncio.to_thread(self._consumer.close)
+            await asyncio.to_thread(self._dead_letters.flush, 5.0)
+
+    @staticmethod
+    def _log_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        log.warning("consumer error: %s", error.str())
+
+    async def _process(self, message: Message) -> None:
+        record = Record(topic=message.topic() or "", partition=message.partition() or 0,
+                        offset=message.offset() or 0, key=message.key(), value=message.value(),
+                        headers=_header_list(message.headers()))
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                event = self._codec.decode(record)
+                handler = self._handlers.get(event.type)
+                if handler is None:
+                    raise PermanentEventError(f"no handler for {event.type}")
+                await handler(event)
+                break
+            except PermanentEventError as exc:
+                await self._dead_letter(record, str(exc), attempts)
+                break
+            except Exception as exc:
+                if not _is_transient(exc) and attempts >= self._settings.max_attempts:
+                    await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempts)
+                    break
+                metrics.EVENTS_CONSUMED.labels(record.topic, "retry").inc()
+                log.warning("record %s/%d@%d failed (attempt %d), retrying: %r", record.topic,
+                            record.partition, record.offset, attempts, exc)
+                delay = min(self._max_backoff, 0.2 * 2 ** min(attempts, 10))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    continue
+                return  # stopping: leave the offset uncommitted, the record comes again
+        # Only now may the offset be committed: the effect is durable.
+        self._consumer.store_offsets(message=message)
+
+    async def _dead_letter(self, record: Record, error: str, attempts: int) -> None:
+        topic = record.topic + self._settings.dead_letter_suffix
+        headers: Headers = [(k, v) for k, v in record.headers if v is not None]
+        headers += [
+            ("dlq-error", error[:1000].encode()),
+            ("dlq-original-topic", record.topic.encode()),
+            ("dlq-original-partition", str(record.partition).encode()),
+            ("dlq-original-offset", str(record.offset).encode()),
+            ("dlq-attempts", str(attempts).encode()),
+        ]
+        failure: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failure.append(err.str())
+
+        def produce() -> int:
+            self._dead_letters.produce(topic, value=record.value, key=record.key,
+                                       headers=headers, on_delivery=on_delivery)
+            return int(self._dead_letters.flush(self._settings.delivery_timeout_seconds))
+
+        while True:
+            remaining = await asyncio.to_thread(produce)
+            if remaining == 0 and not failure:
+                break
+            log.warning("cannot write to %s yet (%s); retrying", topic, failure or "timeout")
+            failure.clear()
+            await asyncio.sleep(1.0)
+        metrics.DEAD_LETTERS.labels(record.topic).inc()
+        log.error("record %s/%d@%d dead-lettered to %s: %s", record.topic, record.partition,
+                  record.offset, topic, error)
+
+    async def _report_lag(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                lags = await asyncio.to_thread(self._lags)
+            except KafkaException as exc:
+                log.debug("lag unavailable: %s", exc)
+                continue
+            for (topic, partition), lag in lags.items():
+                metrics.CONSUMER_LAG.labels(self._group_id, topic, str(partition)).set(lag)
+
+    def _lags(self) -> dict[tuple[str, int], int]:
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.position(assigned):
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=2.0, cached=False)
+            position = tp.offset if tp.offset >= 0 else high
+            lags[(tp.topic, tp.partition)] = max(0, high - position)
+        return lags

@@ -1,0 +1,4 @@
+"""Generated from proto/ by scripts/gen_proto.sh. DO NOT EDIT: change the .proto and rerun it.
+
+Modules: registration.v1.registration_pb2, session.v1.session_pb2, sso.sso_pb2, sso.sso_pb2_grpc.
+"""
