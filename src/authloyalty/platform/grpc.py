@@ -112,6 +112,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         def wrap(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def observed(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
+                peer = context.peer()  # gone once the call is cancelled
                 code = grpc.StatusCode.UNKNOWN
                 try:
                     response = await behaviour(request, context)
@@ -132,7 +133,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     GRPC_REQUESTS.labels(method, code.name).inc()
                     GRPC_LATENCY.labels(method).observe(elapsed)
                     log.info("grpc %s %s %.1fms peer=%s", method, code.name, elapsed * 1000,
-                             context.peer())
+                             peer)
             return observed
 
         return _wrap_unary(await continuation(handler_call_details), wrap)

@@ -21,9 +21,6 @@ from authloyalty.sso.service import AuthService, Registration
 
 SERVICE_NAME = sso_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
-# The generated module has no annotations; this gives its registration function a type.
-_add_servicer: Callable[[AuthServicer, grpc.aio.Server], None] = (
-    sso_pb2_grpc.add_AuthServicer_to_server)
 
 
 def _require_credentials(email: str, password: str) -> None:
@@ -120,6 +117,11 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
             user_id=str(user.id), email=user.email, name=user.name or "",
             birthday=user.birthday.isoformat() if user.birthday else "",
             is_admin=user.is_admin)
+
+
+# The generated module has no annotations; this gives its registration function a type.
+_add_servicer: Callable[[AuthServicer, grpc.aio.Server], None] = (
+    sso_pb2_grpc.add_AuthServicer_to_server)
 
 
 def build_grpc_server(service: AuthService, host: str, port: int

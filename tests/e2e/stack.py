@@ -1,0 +1,183 @@
+"""sso, loyalty and relay as separate processes on PostgreSQL and a real Kafka broker."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import yaml
+
+from authloyalty.devinfra.kafka import KafkaBroker
+from authloyalty.devinfra.postgres import PostgresCluster
+from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port, server_env
+
+
+@dataclass
+class Service:
+    """One ``authloyalty <command> --config FILE`` process."""
+
+    command: str
+    config: Path
+    health_url: str | None
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.config.parent / f"{self.command}.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start and wait for its health check (or for its banner line)."""
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [AUTHLOYALTY, self.command, "--config", str(self.config), *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, env=server_env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"{self.command} exited early:\n{self.output()}")
+            if self._ready():
+                return
+            time.sleep(0.1)
+        self.kill()
+        pytest.fail(f"{self.command} not ready in {timeout} s:\n{self.output()}")
+
+    def _ready(self) -> bool:
+        if self.health_url is None:
+            return "relay running" in self.output()
+        try:
+            return httpx.get(self.health_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def output(self) -> str:
+        """What the process wrote."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM and wait."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=20)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@dataclass
+class Stack:
+    """Config and processes of one separate-process deployment."""
+
+    root: Path
+    pg: PostgresCluster
+    broker: KafkaBroker
+    database: str = field(default_factory=lambda: f"stack_{uuid4().hex[:10]}")
+    sso_port: int = field(default_factory=free_port)
+    loyalty_port: int = field(default_factory=free_port)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def sso(self) -> str:
+        return f"http://127.0.0.1:{self.sso_port}"
+
+    @property
+    def loyalty(self) -> str:
+        return f"http://127.0.0.1:{self.loyalty_port}"
+
+    def write_config(self, **kafka: Any) -> Path:
+        """Production-mode config: own schema per service, Kafka bus, a fresh signing key."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        url = self.pg.create_database(self.database)
+        keys = self.root / "keys"
+        subprocess.run([AUTHLOYALTY, "keys", "generate", "--dir", str(keys)], check=True,
+                       capture_output=True)
+        config = {
+            "mode": "production",
+            "log_format": "console",
+            "sso": {"http_port": self.sso_port, "signing_keys_dir": str(keys),
+                    "database": {"url": url, "schema": "sso"},
+                    # Hashing cost is not what these tests measure.
+                    "argon2": {"time_cost": 1, "memory_kib": 1024},
+                    "login_throttle": {"max_failures_per_client": 100000}},
+            "loyalty": {"http_port": self.loyalty_port,
+                        "database": {"url": url, "schema": "loyalty"},
+                        "jwks_url": f"{self.sso}/.well-known/jwks.json"},
+            "events": {"backend": "kafka", "relay_poll_interval_seconds": 0.2,
+                       "relay_max_backoff_seconds": 2.0,
+                       "kafka": {"bootstrap_servers": self.broker.bootstrap_servers,
+                                 "delivery_timeout_seconds": 3.0, **kafka}},
+        }
+        path = self.root / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([AUTHLOYALTY, "migrate", "--config", str(path)], check=True,
+                       capture_output=True, env=server_env())
+        return path
+
+    def start(self, name: str, *extra: str) -> Service:
+        """Start ``sso``, ``loyalty`` or ``relay``."""
+        health = {"sso": f"{self.sso}/auth/healthz", "loyalty": f"{self.loyalty}/loyalty/healthz",
+                  "relay": None}[name]
+        service = self.services.get(name) or Service(name, self.root / "config.yaml", health,
+                                                      list(extra))
+        self.services[name] = service
+        service.start()
+        return service
+
+    def stop_all(self) -> None:
+        """Stop every process still running."""
+        for service in self.services.values():
+            if service.process is not None:
+                try:
+                    service.stop()
+                except subprocess.TimeoutExpired:
+                    service.kill()
+
+    def sql(self, query: str) -> str:
+        """Run SQL on the stack's database."""
+        return self.pg.psql(query, self.database).strip()
+
+    def bonus_counts(self) -> dict[str, int]:
+        """Welcome bonuses per account, read straight from loyalty's tables."""
+        out = self.sql("SELECT account_id, count(*) FROM loyalty.ledger_entries "
+                       "WHERE comment = 'registration' GROUP BY account_id")
+        return {line.split("|")[0]: int(line.split("|")[1]) for line in out.splitlines() if line}
+
+
+def register_many(sso: str, count: int, prefix: str, workers: int = 4) -> list[str]:
+    """Register ``count`` users in parallel; every answer must be 201."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> str:
+        with httpx.Client(timeout=30) as client:
+            r = client.post(f"{sso}/auth/registration",
+                            json={"email": f"{prefix}-{i}@example.com",
+                                  "password": "long enough"})
+        assert r.status_code == 201, r.text
+        user_id: str = r.json()["user_id"]
+        return user_id
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
