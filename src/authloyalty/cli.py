@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,13 @@ from authloyalty.bootstrap import (
     sso_database,
 )
 from authloyalty.platform.db import create_engine
+from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.logging import configure_logging
 from authloyalty.platform.migrations import SchemaOutOfDate, upgrade
 from authloyalty.platform.settings import ConfigError, Settings, load_settings
 from authloyalty.platform.tokens import write_new_key
+from authloyalty.sso.grpc import build_grpc_server
+from authloyalty.sso.service import AuthService
 
 log = logging.getLogger("authloyalty")
 
@@ -128,6 +131,7 @@ def _banner(settings: Settings, system: EmbeddedSystem) -> str:
         "authloyalty is running (embedded mode)",
         f"  sso      {sso}      Swagger UI: {sso}/swagger",
         f"  loyalty  {loyalty}      Swagger UI: {loyalty}/swagger",
+        f"  sso gRPC {settings.sso.http_host}:{settings.sso.grpc_port}   (service auth.Auth)",
         f"  sso database:     {system.sso.target.describe()}",
         f"  loyalty database: {system.loyalty.target.describe()}",
         "Create an admin:  authloyalty admin create --email E --password P"
@@ -162,6 +166,17 @@ async def _serve(servers: list[_Server], banner: str) -> bool:
     return started
 
 
+@contextlib.asynccontextmanager
+async def _grpc(service: AuthService, settings: Settings) -> AsyncIterator[int]:
+    """sso's gRPC server for the duration of the block; yields its port."""
+    server, port = build_grpc_server(service, settings.sso.http_host, settings.sso.grpc_port)
+    await server.start()
+    try:
+        yield port
+    finally:
+        await stop_server(server)
+
+
 async def _up(settings: Settings) -> int:
     system = build_embedded(settings)
     await system.start()
@@ -171,7 +186,8 @@ async def _up(settings: Settings) -> int:
                 settings.loyalty.http_port),
     ]
     try:
-        started = await _serve(servers, _banner(settings, system))
+        async with _grpc(system.sso.service, settings):
+            started = await _serve(servers, _banner(settings, system))
     finally:
         await system.stop()
     return 0 if started else 1
@@ -182,8 +198,11 @@ async def _run_sso(settings: Settings, relay: bool) -> int:
     try:
         await process.start()
         cfg = settings.sso
-        started = await _serve([_server(sso_app(process.sso), cfg.http_host, cfg.http_port)],
-                               f"sso listening on http://{cfg.http_host}:{cfg.http_port}")
+        async with _grpc(process.sso.service, settings) as grpc_port:
+            started = await _serve(
+                [_server(sso_app(process.sso), cfg.http_host, cfg.http_port)],
+                f"sso listening on http://{cfg.http_host}:{cfg.http_port}, "
+                f"gRPC on {cfg.http_host}:{grpc_port}")
     finally:
         await process.stop()
     return 0 if started else 1
