@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import pytest
 
+from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.platform.settings import Argon2Settings, Settings, load_settings
 
@@ -55,3 +56,16 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
         return settings_for(tmp_path, sso=sso)
     url = request.getfixturevalue("pg_url")
     return settings_for(tmp_path, url, sso=sso)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """An Apache Kafka broker (jars from Maven Central) shared by tests that never stop it."""
+    base = scratch_dir("authloyalty-test-kafka-")
+    broker = KafkaBroker(base)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(base, ignore_errors=True)
