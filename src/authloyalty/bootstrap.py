@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from authloyalty import __version__
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
+from authloyalty.loyalty.domain import OwnerDirectory
+from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
 from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
@@ -123,7 +125,8 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
 
 
 def build_loyalty(settings: Settings, keys: KeyProvider,
-                  knows_key: Callable[[str], Awaitable[bool]] | None = None) -> LoyaltyContainer:
+                  knows_key: Callable[[str], Awaitable[bool]] | None = None,
+                  owners: OwnerDirectory | None = None) -> LoyaltyContainer:
     """Wire loyalty: database, local token verification with revocations, use cases."""
     target = loyalty_database(settings)
     engine = create_engine(target)
@@ -134,7 +137,8 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
 
     revoked = RevokedSessions()
     authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
-    service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours)
+    service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
+                            owners=owners)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
     return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers)
 
@@ -193,7 +197,13 @@ class EmbeddedSystem:
             asyncio.create_task(self.sso.relay.run_forever(), name="outbox-relay"),
             asyncio.create_task(_every(MAINTENANCE_INTERVAL_SECONDS,
                                        self._maintenance, "maintenance")),
+            asyncio.create_task(_every(self.settings.sso.keys_reload_seconds,
+                                       self._reload_keys, "keys")),
         ]
+
+    async def _reload_keys(self) -> None:
+        if await asyncio.to_thread(self.sso.keys.reload):
+            log.info("signing keys reloaded")
 
     async def _maintenance(self) -> None:
         await self.sso.service.purge_login_failures()
@@ -214,7 +224,7 @@ def build_embedded(settings: Settings) -> EmbeddedSystem:
     bus = InProcessBus()
     keys = load_keys(settings)
     sso = build_sso(settings, bus, keys)
-    loyalty = build_loyalty(settings, keys)
+    loyalty = build_loyalty(settings, keys, owners=LocalOwnerDirectory(sso.service))
     bus.subscribe(USER_REGISTERED, loyalty.handlers.user_registered)
     bus.subscribe(SESSION_REVOKED, loyalty.handlers.session_revoked)
     return EmbeddedSystem(settings, sso, loyalty, bus)
@@ -251,6 +261,12 @@ class SsoProcess:
             self.tasks.append(asyncio.create_task(self.sso.relay.run_forever()))
         self.tasks.append(asyncio.create_task(_every(
             MAINTENANCE_INTERVAL_SECONDS, self.sso.service.purge_login_failures, "purge")))
+        self.tasks.append(asyncio.create_task(_every(
+            self.settings.sso.keys_reload_seconds, self._reload_keys, "keys")))
+
+    async def _reload_keys(self) -> None:
+        if await asyncio.to_thread(self.sso.keys.reload):
+            log.info("signing keys reloaded: %s", [k["kid"] for k in self.sso.keys.jwks()["keys"]])
 
     async def stop(self) -> None:
         """Stop background work and release clients."""
@@ -311,7 +327,11 @@ def build_loyalty_process(settings: Settings) -> LoyaltyProcess:
         raise ConfigError("loyalty.jwks_url is required when loyalty runs on its own")
     jwks = JwksKeyProvider(settings.loyalty.jwks_url,
                            min_refresh_seconds=settings.loyalty.jwks_min_refresh_seconds)
-    loyalty = build_loyalty(settings, jwks, knows_key=jwks.knows)
+    owners = None
+    if settings.loyalty.sso_grpc_target:
+        owners = GrpcOwnerDirectory(settings.loyalty.sso_grpc_target,
+                                    settings.loyalty.sso_grpc_deadline_seconds)
+    loyalty = build_loyalty(settings, jwks, knows_key=jwks.knows, owners=owners)
     cfg = settings.events.kafka
     codec = EventCodec(cfg, None)
     handlers = loyalty.handlers

@@ -19,16 +19,19 @@ from authloyalty.bootstrap import (
     EmbeddedSystem,
     build_embedded,
     build_loyalty_process,
+    build_sso,
     build_sso_process,
+    load_keys,
     loyalty_app,
     loyalty_database,
     sso_app,
     sso_database,
 )
 from authloyalty.platform.db import create_engine
+from authloyalty.platform.events import InProcessBus
 from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.logging import configure_logging
-from authloyalty.platform.migrations import SchemaOutOfDate, upgrade
+from authloyalty.platform.migrations import SchemaOutOfDate, ensure_current, upgrade
 from authloyalty.platform.settings import ConfigError, Settings, load_settings
 from authloyalty.platform.tokens import write_new_key
 from authloyalty.sso.grpc import build_grpc_server
@@ -251,14 +254,23 @@ async def _migrate(settings: Settings, service: str) -> int:
 
 
 async def _admin_create(settings: Settings, email: str, password: str) -> int:
-    system = build_embedded(settings)
-    try:
-        await system.migrate()
-        user_id, created = await system.sso.service.ensure_admin(email, password)
-        # Deliver the registration event now, so the new admin's account opens at once.
-        await system.sso.relay.run_once()
-    finally:
-        await system.stop()
+    if settings.events.backend == "kafka":
+        # Production: write to sso only; the running relay delivers the registration event.
+        sso = build_sso(settings, InProcessBus(), load_keys(settings))
+        try:
+            await ensure_current("sso", sso.engine)
+            user_id, created = await sso.service.ensure_admin(email, password)
+        finally:
+            await sso.engine.dispose()
+    else:
+        system = build_embedded(settings)
+        try:
+            await system.migrate()
+            user_id, created = await system.sso.service.ensure_admin(email, password)
+            # Deliver the registration event now, so the new admin's account opens at once.
+            await system.sso.relay.run_once()
+        finally:
+            await system.stop()
     print(f"{'created' if created else 'promoted'} admin {email} (user_id {user_id})")
     return 0
 

@@ -92,3 +92,18 @@ def test_rotation_newest_key_signs_old_tokens_still_verify(tmp_path: Path) -> No
     assert len(keys.jwks()["keys"]) == 2
     TokenVerifier(keys, "iss").verify(old_token, "access")
     assert oct(next(tmp_path.glob("*.pem")).stat().st_mode & 0o777) == "0o600"
+
+
+def test_reload_picks_up_a_new_key_and_drops_a_retired_one(tmp_path: Path) -> None:
+    old = write_new_key(tmp_path, "EdDSA")
+    keys = KeyStore.load_dir(tmp_path)
+    old_kid = keys.active.kid
+    assert not keys.reload()
+    write_new_key(tmp_path, "EdDSA")
+    assert keys.reload()
+    assert keys.active.kid != old_kid
+    assert keys.verification_key(old_kid) is not None
+    old.unlink()
+    assert keys.reload()
+    assert keys.verification_key(old_kid) is None
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [keys.active.kid]

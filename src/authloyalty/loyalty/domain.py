@@ -63,6 +63,28 @@ class IdempotencyRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class Owner:
+    """What sso knows about an account's owner (shown to admins)."""
+
+    user_id: UUID
+    email: str
+    name: str | None
+    birthday: str | None
+    is_admin: bool
+
+
+class OwnerUnavailable(Exception):
+    """sso could not be asked in time."""
+
+
+class OwnerDirectory(Protocol):
+    """Looks up account owners in sso."""
+
+    async def owner(self, user_id: UUID) -> Owner | None:
+        """The owner, None if sso has no such user; :class:`OwnerUnavailable` if sso is down."""
+
+
 class LoyaltyError(DomainError):
     """Base of loyalty's errors."""
 

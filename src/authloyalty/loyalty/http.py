@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from authloyalty.loyalty.domain import Kind, LedgerEntry, Principal, StoredReply
 from authloyalty.loyalty.schemas import (
+    AdminAccountOut,
     BalanceOut,
     HistoryOut,
     MovementIn,
@@ -129,11 +130,17 @@ async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
     return _history(page.items, page.next_cursor)
 
 
-@router.get("/admin/accounts/{uuid}", response_model=BalanceOut)
+@router.get("/admin/accounts/{uuid}", response_model=AdminAccountOut)
 async def admin_balance(uuid: UUID, admin: AdminUser, service: Service) -> Response:
-    """Any account's balance."""
-    account = await service.balance(admin, uuid)
-    return _balance(account.user_id, account.balance)
+    """Any account's balance and its owner (``owner_status`` says whether sso answered)."""
+    view = await service.account_view(admin, uuid)
+    owner = None
+    if view.owner is not None:
+        owner = {"user_id": str(view.owner.user_id), "email": view.owner.email,
+                 "name": view.owner.name, "birthday": view.owner.birthday,
+                 "is_admin": view.owner.is_admin}
+    return success(200, uuid=str(view.account.user_id), balance=view.account.balance,
+                   owner=owner, owner_status=view.owner_status)
 
 
 @router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut)

@@ -34,6 +34,23 @@ class BalanceOut(BaseModel):
     balance: int
 
 
+class OwnerOut(BaseModel):
+    """The account owner as sso knows them."""
+
+    user_id: str
+    email: str
+    name: str | None
+    birthday: str | None
+    is_admin: bool
+
+
+class AdminAccountOut(BalanceOut):
+    """An account as admins see it."""
+
+    owner: OwnerOut | None
+    owner_status: Literal["ok", "not_found", "unavailable"]
+
+
 class TransactionOut(BaseModel):
     """One movement of points."""
 

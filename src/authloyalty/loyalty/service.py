@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from authloyalty.loyalty.domain import (
     Kind,
     LedgerEntry,
     LoyaltyUnitOfWork,
+    Owner,
+    OwnerDirectory,
+    OwnerUnavailable,
     Principal,
     StoredReply,
 )
@@ -28,6 +32,7 @@ from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 
+log = logging.getLogger(__name__)
 Render = Callable[[LedgerEntry], StoredReply]
 _CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits only, always within a 64-bit id
 
@@ -60,6 +65,15 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class AccountView:
+    """An account as an admin sees it: with its owner, when sso can tell."""
+
+    account: Account
+    owner: Owner | None
+    owner_status: str  # "ok" | "not_found" | "unavailable"
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of history, newest first."""
 
@@ -71,8 +85,10 @@ class LedgerService:
     """Balances, history, deposits and withdrawals."""
 
     def __init__(self, uow: Callable[[], LoyaltyUnitOfWork], *, idempotency_ttl_hours: int = 24,
+                 owners: OwnerDirectory | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._uow = uow
+        self._owners = owners
         self._ttl = timedelta(hours=idempotency_ttl_hours)
         self._now = clock
 
@@ -89,6 +105,18 @@ class LedgerService:
         if account is None:
             raise AccountNotFound()
         return account
+
+    async def account_view(self, actor: Principal, account_id: UUID) -> AccountView:
+        """The balance (always) and the owner's details (when sso answers in time)."""
+        account = await self.balance(actor, account_id)
+        if self._owners is None:
+            return AccountView(account, None, "unavailable")
+        try:
+            owner = await self._owners.owner(account_id)
+        except OwnerUnavailable as exc:
+            log.warning("owner of %s unavailable: %s", account_id, exc)
+            return AccountView(account, None, "unavailable")
+        return AccountView(account, owner, "ok" if owner else "not_found")
 
     async def history(self, actor: Principal, account_id: UUID, limit: int,
                       cursor: str | None) -> Page:

@@ -74,6 +74,8 @@ class SsoSettings(_Section):
     signing_algorithm: Literal["EdDSA", "ES256", "RS256"] = "EdDSA"
     # Directory of PEM private keys; the newest file signs, all are published in the JWKS.
     signing_keys_dir: Path | None = None
+    # How often sso rereads signing_keys_dir (rotation without restart).
+    keys_reload_seconds: float = Field(default=30.0, gt=0)
     password_min_length: int = Field(default=8, ge=1, le=128)
     argon2: Argon2Settings = Argon2Settings()
     login_throttle: ThrottleSettings = ThrottleSettings()
@@ -95,6 +97,9 @@ class LoyaltySettings(_Section):
     jwks_url: str | None = None
     # A key id not in the cached JWKS triggers a refetch at most this often.
     jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
+    # sso's gRPC address (owner details for admins) and how long to wait for it.
+    sso_grpc_target: str | None = None
+    sso_grpc_deadline_seconds: float = Field(default=0.5, gt=0)
 
 
 class KafkaSettings(_Section):

@@ -111,13 +111,28 @@ class KeyProvider(Protocol):
 class KeyStore:
     """The signing keys of sso: the newest signs, every key verifies and is published."""
 
-    def __init__(self, keys: Iterable[SigningKey]) -> None:
-        self._keys = list(keys)
-        if not self._keys:
+    def __init__(self, keys: Iterable[SigningKey], directory: Path | None = None) -> None:
+        self._directory = directory
+        self._set(list(keys))
+
+    def _set(self, keys: list[SigningKey]) -> None:
+        if not keys:
             raise ValueError("no signing keys")
+        # Both maps are replaced at once, so readers never see half a rotation.
+        self._keys = keys
         self._by_kid = {
-            k.kid: VerificationKey(k.kid, k.algorithm, k.key.public_key()) for k in self._keys
+            k.kid: VerificationKey(k.kid, k.algorithm, k.key.public_key()) for k in keys
         }
+
+    def reload(self) -> bool:
+        """Reread the key directory (rotation without restart); True if the set changed."""
+        if self._directory is None:
+            return False
+        fresh = _read_dir(self._directory)
+        if [k.kid for k in fresh] == [k.kid for k in self._keys]:
+            return False
+        self._set(fresh)
+        return True
 
     @property
     def active(self) -> SigningKey:
@@ -135,17 +150,7 @@ class KeyStore:
     @classmethod
     def load_dir(cls, directory: Path) -> KeyStore:
         """Load every ``*.pem`` in ``directory``; file names sort oldest first."""
-        files = sorted(directory.glob("*.pem"))
-        if not files:
-            raise FileNotFoundError(f"no *.pem signing keys in {directory}")
-        keys = []
-        for path in files:
-            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(loaded, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-                              | rsa.RSAPrivateKey):
-                raise ValueError(f"{path}: unsupported key type")
-            keys.append(SigningKey.from_private(loaded))
-        return cls(keys)
+        return cls(_read_dir(directory), directory)
 
     @classmethod
     def load_or_create(cls, directory: Path, algorithm: str) -> KeyStore:
@@ -154,6 +159,20 @@ class KeyStore:
         if not any(directory.glob("*.pem")):
             write_new_key(directory, algorithm)
         return cls.load_dir(directory)
+
+
+def _read_dir(directory: Path) -> list[SigningKey]:
+    files = sorted(directory.glob("*.pem"))
+    if not files:
+        raise FileNotFoundError(f"no *.pem signing keys in {directory}")
+    keys = []
+    for path in files:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+                          | rsa.RSAPrivateKey):
+            raise ValueError(f"{path}: unsupported key type")
+        keys.append(SigningKey.from_private(loaded))
+    return keys
 
 
 def write_new_key(directory: Path, algorithm: str) -> Path:

@@ -1,0 +1,68 @@
+"""Account owners from sso: over gRPC when loyalty runs alone, in process when embedded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import grpc
+
+from authloyalty.loyalty.domain import Owner, OwnerUnavailable
+from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
+from authloyalty.sso.domain import UserNotFound
+from authloyalty.sso.service import AuthService
+
+# The generated module has no annotations; this gives the stub's constructor a type.
+_stub_for: Callable[[grpc.aio.Channel], Any] = sso_pb2_grpc.AuthStub
+
+
+class GrpcOwnerDirectory:
+    """Asks sso's ``auth.Auth/GetUser`` with a deadline; never waits longer than that."""
+
+    def __init__(self, target: str, deadline_seconds: float = 0.5) -> None:
+        self._target = target
+        self._deadline = deadline_seconds
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    def _client(self) -> Any:
+        # Created lazily: a grpc.aio channel belongs to the event loop that first uses it.
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+            self._stub = _stub_for(self._channel)
+        return self._stub
+
+    async def owner(self, user_id: UUID) -> Owner | None:
+        """The owner of ``user_id`` according to sso."""
+        try:
+            reply = await self._client().GetUser(
+                sso_pb2.GetUserRequest(user_id=str(user_id)), timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise OwnerUnavailable(f"sso: {exc.code().name}") from exc
+        return Owner(user_id=UUID(reply.user_id), email=reply.email, name=reply.name or None,
+                     birthday=reply.birthday or None, is_admin=reply.is_admin)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class LocalOwnerDirectory:
+    """The embedded mode's lookup: sso's use case in the same process."""
+
+    def __init__(self, service: AuthService) -> None:
+        self._service = service
+
+    async def owner(self, user_id: UUID) -> Owner | None:
+        """The owner of ``user_id``."""
+        try:
+            user = await self._service.get_user(user_id)
+        except UserNotFound:
+            return None
+        return Owner(user_id=user.id, email=user.email, name=user.name,
+                     birthday=user.birthday.isoformat() if user.birthday else None,
+                     is_admin=user.is_admin)
