@@ -69,6 +69,16 @@ def loyalty_database(settings: Settings) -> DatabaseTarget:
                           schema=db.schema_name, pool_size=db.pool_size, echo=db.echo)
 
 
+def loyalty_read_database(settings: Settings) -> DatabaseTarget | None:
+    """loyalty's read replica, when configured (balance and history reads go there)."""
+    db = settings.loyalty.database
+    if not db.read_url:
+        return None
+    primary = loyalty_database(settings)
+    return resolve_target("loyalty", db.read_url, None, settings.data_dir,
+                          schema=primary.schema, pool_size=db.pool_size, echo=db.echo)
+
+
 def load_keys(settings: Settings) -> KeyStore:
     """sso's signing keys; the embedded mode generates the first one into the data dir."""
     configured = settings.sso.signing_keys_dir
@@ -105,6 +115,13 @@ class LoyaltyContainer:
     authenticator: Authenticator
     service: LedgerService
     handlers: LoyaltyEventHandlers
+    read_engine: AsyncEngine | None = None
+
+    async def dispose(self) -> None:
+        """Close the database pools."""
+        await self.engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()
 
 
 def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> SsoContainer:
@@ -130,17 +147,23 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
     """Wire loyalty: database, local token verification with revocations, use cases."""
     target = loyalty_database(settings)
     engine = create_engine(target)
+    read_target = loyalty_read_database(settings)
+    read_engine = create_engine(read_target) if read_target else None
     cfg = settings.loyalty
 
     def uow() -> SqlLoyaltyUnitOfWork:
         return SqlLoyaltyUnitOfWork(engine)
 
+    def read_uow() -> SqlLoyaltyUnitOfWork:
+        return SqlLoyaltyUnitOfWork(read_engine or engine)
+
     revoked = RevokedSessions()
     authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
-                            owners=owners)
+                            owners=owners, read_uow=read_uow if read_engine else None)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
-    return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers)
+    return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers,
+                            read_engine)
 
 
 def sso_app(container: SsoContainer) -> FastAPI:
@@ -216,7 +239,7 @@ class EmbeddedSystem:
         with contextlib.suppress(Exception):
             await self.sso.relay.run_once()
         await self.sso.engine.dispose()
-        await self.loyalty.engine.dispose()
+        await self.loyalty.dispose()
 
 
 def build_embedded(settings: Settings) -> EmbeddedSystem:
@@ -318,7 +341,7 @@ class LoyaltyProcess:
         consumer_tasks = self.tasks[: len(self.consumers)]
         await asyncio.wait(consumer_tasks, timeout=15.0)
         await _cancel(self.tasks)
-        await self.loyalty.engine.dispose()
+        await self.loyalty.dispose()
 
 
 def build_loyalty_process(settings: Settings) -> LoyaltyProcess:

@@ -86,8 +86,12 @@ class LedgerService:
 
     def __init__(self, uow: Callable[[], LoyaltyUnitOfWork], *, idempotency_ttl_hours: int = 24,
                  owners: OwnerDirectory | None = None,
+                 read_uow: Callable[[], LoyaltyUnitOfWork] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._uow = uow
+        # Balance and history reads may come from a replica (a few ms behind); writes and the
+        # idempotency check never do.
+        self._read_uow = read_uow or uow
         self._owners = owners
         self._ttl = timedelta(hours=idempotency_ttl_hours)
         self._now = clock
@@ -100,7 +104,7 @@ class LedgerService:
     async def balance(self, actor: Principal, account_id: UUID) -> Account:
         """The account, for its owner or an admin."""
         self._authorize_read(actor, account_id)
-        async with self._uow() as uow:
+        async with self._read_uow() as uow:
             account = await uow.accounts.get(account_id)
         if account is None:
             raise AccountNotFound()
@@ -123,7 +127,7 @@ class LedgerService:
         """A page of the account's movements, newest first."""
         self._authorize_read(actor, account_id)
         before = _parse_cursor(cursor)
-        async with self._uow() as uow:
+        async with self._read_uow() as uow:
             if await uow.accounts.get(account_id) is None:
                 raise AccountNotFound()
             items = await uow.ledger.page(account_id, limit + 1, before)
