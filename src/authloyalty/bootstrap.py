@@ -24,6 +24,7 @@ from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
 from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
+from authloyalty.platform import telemetry
 from authloyalty.platform.db import DatabaseTarget, create_engine, resolve_target
 from authloyalty.platform.events import (
     SESSION_REVOKED,
@@ -128,6 +129,7 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     """Wire sso: database, hashing, tokens, use cases and its outbox relay."""
     target = sso_database(settings)
     engine = create_engine(target)
+    telemetry.instrument_engine(engine)
     cfg = settings.sso
     relay = OutboxRelay(engine, sso_tables.outbox, publisher,
                         batch_size=settings.events.relay_batch_size,
@@ -149,6 +151,9 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
     engine = create_engine(target)
     read_target = loyalty_read_database(settings)
     read_engine = create_engine(read_target) if read_target else None
+    for instrumented in (engine, read_engine):
+        if instrumented is not None:
+            telemetry.instrument_engine(instrumented)
     cfg = settings.loyalty
 
     def uow() -> SqlLoyaltyUnitOfWork:
@@ -171,6 +176,7 @@ def sso_app(container: SsoContainer) -> FastAPI:
     app = create_app("authloyalty sso", "Users, sessions and tokens.", "sso", __version__)
     app.state.container = container
     sso_http.install(app)
+    telemetry.instrument_fastapi(app)
     return app
 
 
@@ -181,6 +187,7 @@ def loyalty_app(container: LoyaltyContainer) -> FastAPI:
                      "loyalty", __version__)
     app.state.container = container
     loyalty_http.install(app)
+    telemetry.instrument_fastapi(app)
     return app
 
 

@@ -27,6 +27,7 @@ from authloyalty.bootstrap import (
     sso_app,
     sso_database,
 )
+from authloyalty.platform import telemetry
 from authloyalty.platform.db import create_engine
 from authloyalty.platform.events import InProcessBus
 from authloyalty.platform.grpc import stop_server
@@ -181,6 +182,7 @@ async def _grpc(service: AuthService, settings: Settings) -> AsyncIterator[int]:
 
 
 async def _up(settings: Settings) -> int:
+    telemetry.configure(settings.telemetry, "authloyalty")
     system = build_embedded(settings)
     await system.start()
     servers = [
@@ -197,6 +199,7 @@ async def _up(settings: Settings) -> int:
 
 
 async def _run_sso(settings: Settings, relay: bool) -> int:
+    telemetry.configure(settings.telemetry, "authloyalty-sso")
     process = build_sso_process(settings, run_relay=relay)
     try:
         await process.start()
@@ -212,6 +215,7 @@ async def _run_sso(settings: Settings, relay: bool) -> int:
 
 
 async def _run_loyalty(settings: Settings) -> int:
+    telemetry.configure(settings.telemetry, "authloyalty-loyalty")
     process = build_loyalty_process(settings)
     try:
         await process.start()
@@ -225,6 +229,7 @@ async def _run_loyalty(settings: Settings) -> int:
 
 
 async def _run_relay(settings: Settings) -> int:
+    telemetry.configure(settings.telemetry, "authloyalty-relay")
     process = build_sso_process(settings, run_relay=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -310,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -19,25 +19,12 @@ from google.protobuf.message_factory import GetMessageClass
 from sqlalchemy.exc import OperationalError
 
 from authloyalty.bootstrap import EmbeddedSystem
-from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.loyalty.domain import Principal
 from authloyalty.platform.events import USER_REGISTERED, Event
-from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher, ensure_topics
+from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
 from authloyalty.platform.kafka_codec import EventCodec
 from authloyalty.platform.settings import KafkaSettings
 from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
-
-
-@pytest.fixture
-def kafka_settings(kafka_broker: KafkaBroker) -> KafkaSettings:
-    """Topics of our own, so tests never see each other's records."""
-    suffix = uuid4().hex[:8]
-    settings = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers,
-                             registration_topic=f"registration-{suffix}",
-                             sessions_topic=f"sessions-{suffix}", consumer_group=f"g-{suffix}",
-                             max_attempts=3, commit_interval_ms=100, topic_partitions=1)
-    ensure_topics(settings)
-    return settings
 
 
 def read_all(settings: KafkaSettings, topic: str, count: int, timeout: float = 20.0

@@ -14,6 +14,9 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
+from opentelemetry.trace import SpanKind
+
+from authloyalty.platform import telemetry
 from authloyalty.platform.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,9 @@ class InProcessBus:
     async def _deliver(self, event: Event) -> str | None:
         for handler in self._handlers.get(event.type, []):
             try:
-                await handler(event)
+                with telemetry.span_from(event.headers, f"{event.type} process",
+                                         SpanKind.CONSUMER, {"messaging.system": "inprocess"}):
+                    await handler(event)
             except PermanentEventError as exc:
                 # A poison event must not block the ones after it: park it and move on.
                 log.error("event %s (%s) dead-lettered: %s", event.id, event.type, exc)

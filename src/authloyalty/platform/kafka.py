@@ -12,14 +12,17 @@ import asyncio
 import logging
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from authloyalty.platform import metrics
+from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.events import Event, EventHandler, PermanentEventError
 from authloyalty.platform.kafka_codec import EventCodec, Headers, Record
 from authloyalty.platform.settings import KafkaSettings
@@ -65,6 +68,7 @@ class KafkaPublisher:
 
     def __init__(self, settings: KafkaSettings, codec: EventCodec) -> None:
         self._codec = codec
+        self._tracer = telemetry.tracer()
         self._timeout = settings.delivery_timeout_seconds
         self._producer = Producer(_client_conf(
             settings, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
@@ -82,7 +86,15 @@ class KafkaPublisher:
                 results[index] = None if err is None else f"kafka: {err.str()}"
             return on_delivery
 
+        spans = []
         for index, event in enumerate(events):
+            span = self._tracer.start_span(
+                f"{self._codec.topic_for(event.type)} publish", kind=SpanKind.PRODUCER,
+                context=propagate.extract(dict(event.headers)),
+                attributes={"messaging.system": "kafka", "messaging.message.id": str(event.id)})
+            spans.append(span)
+            if telemetry.enabled():
+                event = replace(event, headers={**event.headers, **telemetry.headers_of(span)})
             try:
                 topic, key, value, headers = self._codec.encode(event)
             except Exception as exc:
@@ -98,6 +110,10 @@ class KafkaPublisher:
             except KafkaException as exc:
                 results[index] = f"kafka: {exc}"
         self._producer.flush(self._timeout + 1.0)
+        for span, result in zip(spans, results, strict=True):
+            if result is not None:
+                span.set_status(Status(StatusCode.ERROR, result))
+            span.end()
         return results
 
     def close(self) -> None:
@@ -186,7 +202,11 @@ class KafkaEventConsumer:
                 handler = self._handlers.get(event.type)
                 if handler is None:
                     raise PermanentEventError(f"no handler for {event.type}")
-                await handler(event)
+                with telemetry.span_from(dict(event.headers), f"{record.topic} process",
+                                         SpanKind.CONSUMER,
+                                         {"messaging.system": "kafka",
+                                          "messaging.kafka.offset": record.offset}):
+                    await handler(event)
                 break
             except PermanentEventError as exc:
                 await self._dead_letter(record, str(exc), attempts)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from authloyalty.platform import telemetry
+
+
+def _add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]
+                   ) -> MutableMapping[str, Any]:
+    event.update(telemetry.log_ids())
+    return event
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route stdlib and structlog records through one renderer on stderr."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -138,6 +138,16 @@ class EventsSettings(_Section):
     relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
 
 
+class TelemetrySettings(_Section):
+    """OpenTelemetry tracing (metrics are always on at /metrics)."""
+
+    enabled: bool = False
+    # OTLP/HTTP collector, e.g. http://jaeger:4318; spans are dropped when unset.
+    otlp_endpoint: str | None = None
+    service_name: str | None = None
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class AdminSettings(_Section):
     """Bootstrap admin created (or promoted) at start when both fields are set."""
 
@@ -157,6 +167,7 @@ class Settings(BaseSettings):
     sso: SsoSettings = SsoSettings()
     loyalty: LoyaltySettings = LoyaltySettings()
     events: EventsSettings = EventsSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     admin: AdminSettings = AdminSettings()
 
     model_config = SettingsConfigDict(

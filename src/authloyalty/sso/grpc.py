@@ -13,6 +13,7 @@ from uuid import UUID
 import grpc
 from pydantic import ValidationError
 
+from authloyalty.platform import telemetry
 from authloyalty.platform.errors import ValidationFailed
 from authloyalty.platform.grpc import create_server
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
@@ -129,4 +130,4 @@ def build_grpc_server(service: AuthService, host: str, port: int
     """sso's gRPC server, not yet started, and the port it will listen on (0 picks one)."""
     return create_server(
         lambda server: _add_servicer(AuthServicer(service), server),
-        [SERVICE_NAME], host, port)
+        [SERVICE_NAME], host, port, interceptors=telemetry.grpc_server_interceptors())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from uuid import UUID, uuid4
 
-from authloyalty.platform import metrics
+from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
 from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED, Event
@@ -88,7 +88,8 @@ class AuthService:
             await uow.users.add(user)
             session = await self._open_session(uow, user, now)
             await uow.outbox.add(Event(type=USER_REGISTERED, key=str(user.id),
-                                       data={"user_id": str(user.id)}, occurred_at=now))
+                                       data={"user_id": str(user.id)}, occurred_at=now,
+                                       headers=telemetry.current_headers()))
             await uow.commit()
         metrics.REGISTRATIONS.inc()
         return IssuedTokens(user.id, self._pair(user, session))
@@ -202,7 +203,8 @@ class AuthService:
         await uow.outbox.add(Event(
             type=SESSION_REVOKED, key=str(session.user_id), occurred_at=now,
             data={"session_id": str(session.id), "user_id": str(session.user_id),
-                  "until": until.isoformat(), "reason": reason}))
+                  "until": until.isoformat(), "reason": reason},
+            headers=telemetry.current_headers()))
         metrics.SESSIONS_REVOKED.labels(reason).inc()
         return True
 

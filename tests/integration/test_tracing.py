@@ -1,0 +1,103 @@
+"""One trace from the registration request to the bonus transaction, in process and via Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from authloyalty.bootstrap import build_embedded, sso_app
+from authloyalty.platform import telemetry
+from authloyalty.platform.events import USER_REGISTERED
+from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
+from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.settings import KafkaSettings
+from tests.conftest import FAST_ARGON2, settings_for
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_provider(provider)
+    try:
+        yield exporter
+    finally:
+        telemetry.use_provider(None)
+        provider.shutdown()
+
+
+def trace_of(finished: tuple[ReadableSpan, ...], name: str) -> int:
+    [root] = [s for s in finished if s.name == name]
+    assert root.context is not None
+    return root.context.trace_id
+
+
+def names_in(finished: tuple[ReadableSpan, ...], trace_id: int) -> list[str]:
+    return [s.name for s in finished if s.context is not None and s.context.trace_id == trace_id]
+
+
+async def test_registration_to_bonus_is_one_trace_in_process(
+        tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
+    await system.migrate()
+    try:
+        transport = httpx.ASGITransport(app=sso_app(system.sso))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sso") as client:
+            r = await client.post("/auth/registration",
+                                  json={"email": "trace@example.com", "password": "long enough"})
+        assert r.status_code == 201
+        await system.sso.relay.run_once()
+    finally:
+        await system.stop()
+    finished = spans.get_finished_spans()
+    trace_id = trace_of(finished, "POST /auth/registration")
+    in_trace = names_in(finished, trace_id)
+    assert "user_registered process" in in_trace
+    statements = [s for s in finished if s.context is not None
+                  and s.context.trace_id == trace_id and s.attributes
+                  and "ledger_entries" in str(s.attributes.get("db.statement", ""))]
+    assert statements, in_trace  # the bonus INSERT belongs to the registration's trace
+
+
+async def test_trace_context_crosses_kafka(
+        tmp_path: Path, spans: InMemorySpanExporter, kafka_settings: KafkaSettings) -> None:
+    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
+    await system.migrate()
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    registry = SchemaRegistryClient.new_client({"url": "mock://tracing"})
+    system.sso.relay._publisher = KafkaPublisher(kafka_settings,
+                                                 EventCodec(kafka_settings, registry))
+    consumer = KafkaEventConsumer(kafka_settings, EventCodec(kafka_settings, None),
+                                  {USER_REGISTERED: system.loyalty.handlers.user_registered},
+                                  [kafka_settings.registration_topic],
+                                  kafka_settings.consumer_group)
+    task = asyncio.create_task(consumer.run())
+    try:
+        transport = httpx.ASGITransport(app=sso_app(system.sso))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sso") as client:
+            r = await client.post("/auth/registration",
+                                  json={"email": "ktrace@example.com", "password": "long enough"})
+        assert r.status_code == 201
+        await system.sso.relay.run_once()
+        trace_id = trace_of(spans.get_finished_spans(), "POST /auth/registration")
+        for _ in range(100):
+            if f"{kafka_settings.registration_topic} process" in names_in(
+                    spans.get_finished_spans(), trace_id):
+                break
+            await asyncio.sleep(0.2)
+        in_trace = names_in(spans.get_finished_spans(), trace_id)
+        assert f"{kafka_settings.registration_topic} publish" in in_trace
+        assert f"{kafka_settings.registration_topic} process" in in_trace
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 20)
+        await system.stop()
