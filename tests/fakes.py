@@ -88,6 +88,11 @@ class FakeSessions:
         return True
 
 
+    async def active_for_user(self, user_id: UUID) -> list[Session]:
+        return [copy.copy(s) for s in self._s.sessions.values()
+                if s.user_id == user_id and s.active]
+
+
 class FakeLoginFailures:
     def __init__(self, state: SsoState) -> None:
         self._s = state

@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--email", required=True)
     create.add_argument("--password", required=True)
 
+    revoke = admin_sub.add_parser("revoke-sessions",
+                                  help="end every session of a user (all services refuse them)")
+    _common(revoke)
+    revoke.add_argument("--email", required=True)
+
     keys = sub.add_parser("keys", help="manage token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="add a signing key (the newest signs)")
@@ -280,6 +285,22 @@ async def _admin_create(settings: Settings, email: str, password: str) -> int:
     return 0
 
 
+async def _admin_revoke(settings: Settings, email: str) -> int:
+    # Only sso's tables are written; the running relay (of `up` or `sso`) announces the
+    # revocations, so every loyalty process, including an embedded one, learns of them.
+    sso = build_sso(settings, InProcessBus(), load_keys(settings))
+    try:
+        if settings.events.backend == "inprocess":
+            await upgrade("sso", sso.engine, sso.target)
+        else:
+            await ensure_current("sso", sso.engine)
+        ended = await sso.service.revoke_user_sessions(email)
+    finally:
+        await sso.engine.dispose()
+    print(f"ended {ended} session(s) of {email}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``authloyalty`` command."""
     args = _parser().parse_args(argv)
@@ -306,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_loyalty(settings))
         if args.command == "relay":
             return asyncio.run(_run_relay(settings))
+        if args.admin_command == "revoke-sessions":
+            return asyncio.run(_admin_revoke(settings, args.email))
         return asyncio.run(_admin_create(settings, args.email, args.password))
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

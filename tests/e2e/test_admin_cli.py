@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from tests.e2e.e2e_helpers import PASSWORD, Api, Server, run_cli, unique_email
+from tests.e2e.e2e_helpers import PASSWORD, Api, Server, poll, run_cli, unique_email
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +72,16 @@ def test_admin_create_refuses_an_invalid_email(api: Api, server: Server) -> None
         "admin create accepted an email the HTTP API rejects: " + result.stdout)
     assert "email" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_admin_revoke_sessions_is_enforced_by_the_running_server(
+        server: Server, api: Api) -> None:
+    account = api.user()
+    result = run_cli("admin", "revoke-sessions", "--email", account.email, "--data-dir",
+                     str(server.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "ended 1 session(s)" in result.stdout
+    # The running server's relay announces it; loyalty refuses the session from memory.
+    assert poll(lambda: api.loy("GET", "/loyalty/me", headers=account.auth).status_code == 401,
+                2.0)
+    assert api.sso("GET", "/auth/info", headers=account.auth).status_code == 401

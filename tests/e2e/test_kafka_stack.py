@@ -64,6 +64,10 @@ def test_registration_reaches_a_separate_loyalty_process(stack: Stack) -> None:
         metrics = client.get(f"{stack.sso}/metrics").text
         assert 'authloyalty_outbox_publish_total{outcome="success",service="sso"}' in metrics
         assert "authloyalty_outbox_pending" in metrics
+        assert "authloyalty_outbox_oldest_age_seconds" in metrics
+        # The consumer reports its lag per partition every few seconds.
+        assert wait_for(lambda: 'authloyalty_consumer_lag{group="loyalty"' in client.get(
+            f"{stack.loyalty}/metrics").text, 10)
 
 
 def test_broker_outage_loses_nothing_and_duplicates_nothing(
@@ -89,7 +93,8 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
 
 def test_loyalty_killed_repeatedly_still_credits_each_user_once(stack: Stack) -> None:
     # Offsets are committed every 2 s, so a SIGKILL nearly always lands after the database
-    # commit of some records and before the commit of their offsets.
+    # commit of some records and before the commit of their offsets. Graceful stops (SIGTERM)
+    # alternate with the kills: they must commit what was processed and lose nothing either.
     stack.write_config(commit_interval_ms=2000)
     stack.start("sso")
     loyalty = stack.start("loyalty")
@@ -97,7 +102,10 @@ def test_loyalty_killed_repeatedly_still_credits_each_user_once(stack: Stack) ->
     for burst in range(4):
         users += register_many(stack.sso, 40, f"kill{burst}")
         time.sleep(random.uniform(0.3, 1.0))
-        loyalty.kill()
+        if burst % 2 == 0:
+            loyalty.kill()
+        else:
+            assert loyalty.stop() == 0
         loyalty.start()
     assert wait_for(lambda: len(stack.bonus_counts()) >= len(users), 60, 0.5)
     counts = stack.bonus_counts()

@@ -102,7 +102,12 @@ def test_readme_walkthrough(api: Api, admin: dict[str, str]) -> None:
         assert r.json() == {"status": "Success", "uuid": user_id, "balance": 0}
     r = api.loy("GET", f"/loyalty/admin/accounts/{user_id}", headers=admin)
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "Success", "uuid": user_id, "balance": 0}
+    body = r.json()
+    assert (body["status"], body["uuid"], body["balance"]) == ("Success", user_id, 0)
+    # Admins also see who owns the account (asked of sso; in process when embedded).
+    assert body["owner_status"] == "ok"
+    assert body["owner"]["user_id"] == user_id
+    assert (body["owner"]["name"], body["owner"]["birthday"]) == ("Ann Walker", "1990-05-17")
 
     # 8. History: newest first, paginated with a cursor.
     expected = [("withdrawal", 140, "all in", 0), ("withdrawal", 5, "correction", 140),

@@ -236,3 +236,17 @@ async def test_user_info_and_admin_promotion(service: AuthService) -> None:
     logged = await service.login("boss@example.com", "long enough", "x")
     claims = await service.authenticate(logged.tokens.access_token)
     assert (claims.user_id, claims.admin) == (new_id, True)
+
+
+async def test_admin_revokes_every_session_of_a_user(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    first = await service.register(Registration("m@example.com", "long enough"))
+    second = await service.login("m@example.com", "long enough", "x")
+    assert await service.revoke_user_sessions("M@example.com") == 2
+    for issued in (first, second):
+        with pytest.raises(InvalidToken):
+            await service.authenticate(issued.tokens.access_token)
+    reasons = [e.data["reason"] for e in store.state.outbox if e.type == SESSION_REVOKED]
+    assert reasons == ["admin", "admin"]
+    assert await service.revoke_user_sessions("m@example.com") == 0

@@ -141,6 +141,9 @@ class Sessions(Protocol):
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
         """End the session; False if it was already ended or does not exist."""
 
+    async def active_for_user(self, user_id: UUID) -> list[Session]:
+        """The user's sessions that have not ended."""
+
 
 class LoginFailures(Protocol):
     """Failed login attempts, for throttling."""

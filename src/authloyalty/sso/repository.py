@@ -111,6 +111,13 @@ class SqlSessions:
         return result.rowcount == 1
 
 
+    async def active_for_user(self, user_id: UUID) -> list[Session]:
+        """The user's sessions that have not ended."""
+        query = select(sessions).where(sessions.c.user_id == user_id,
+                                       sessions.c.revoked_at.is_(None))
+        return [_session(r) for r in (await self._conn.execute(query)).all()]
+
+
 class SqlLoginFailures:
     """Failed logins in ``login_failures``."""
 

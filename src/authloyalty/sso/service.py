@@ -220,6 +220,19 @@ class AuthService:
                 raise InvalidToken("session has already ended")
             await uow.commit()
 
+    async def revoke_user_sessions(self, email: str, reason: str = "admin") -> int:
+        """End every session of the user (an admin action); returns how many ended."""
+        now = self._now()
+        async with self._uow() as uow:
+            user = await uow.users.by_email(email)
+            if user is None:
+                raise UserNotFound()
+            ended = 0
+            for session in await uow.sessions.active_for_user(user.id):
+                ended += await self._revoke(uow, session, reason, now)
+            await uow.commit()
+        return ended
+
     async def authenticate(self, access_token: str) -> TokenClaims:
         """Claims of a valid access token whose session is still active."""
         claims = self._verifier.verify(access_token, "access")
