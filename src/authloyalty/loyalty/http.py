@@ -19,10 +19,9 @@ from authloyalty.loyalty.schemas import (
     SeedOperationIn,
 )
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
-from authloyalty.platform.db import ping
 from authloyalty.platform.errors import Forbidden, ValidationFailed
-from authloyalty.platform.http import BearerToken, dump_json, error_response, success
-from authloyalty.platform.schemas import ERRORS, StatusOut
+from authloyalty.platform.http import BearerToken, dump_json, health_router, success
+from authloyalty.platform.schemas import ERRORS
 
 
 async def _principal(request: Request, token: Annotated[str, Depends(BearerToken())]
@@ -90,22 +89,6 @@ def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> Response
 
 
 router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS)
-
-
-@router.get("/healthz", response_model=StatusOut)
-async def healthz() -> Response:
-    """Liveness: the process answers."""
-    return success(200)
-
-
-@router.get("/ready", response_model=StatusOut)
-async def ready(request: Request) -> Response:
-    """Readiness: the database answers."""
-    try:
-        await ping(request.app.state.container.engine)
-    except Exception:
-        return error_response(503, "database_unavailable", "database is unreachable")
-    return success(200)
 
 
 @router.get("/me", response_model=BalanceOut)
@@ -191,4 +174,5 @@ async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> Respo
 
 def install(app: FastAPI) -> None:
     """Add loyalty's routes to ``app``."""
+    app.include_router(health_router("/loyalty"))
     app.include_router(router)

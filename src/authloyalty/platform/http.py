@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPBearer
@@ -17,7 +17,9 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authloyalty.platform import metrics
+from authloyalty.platform.db import ping
 from authloyalty.platform.errors import DomainError, ErrorKind, MissingToken
+from authloyalty.platform.schemas import ErrorOut, StatusOut
 
 HTTP_STATUS = {
     ErrorKind.INVALID: 422,
@@ -205,6 +207,27 @@ class BearerToken(HTTPBearer):
         if not token:
             raise MissingToken()
         return token
+
+
+def health_router(prefix: str) -> APIRouter:
+    """``{prefix}/healthz`` (the process answers) and ``{prefix}/ready`` (its database does)."""
+    router = APIRouter(prefix=prefix, tags=["health"])
+
+    @router.get("/healthz", response_model=StatusOut)
+    async def healthz() -> Response:
+        """Liveness: the process answers."""
+        return success(200)
+
+    @router.get("/ready", response_model=StatusOut, responses={503: {"model": ErrorOut}})
+    async def ready(request: Request) -> Response:
+        """Readiness: the database answers."""
+        try:
+            await ping(request.app.state.container.engine)
+        except Exception:
+            return error_response(503, "database_unavailable", "database is unreachable")
+        return success(200)
+
+    return router
 
 
 def create_app(title: str, description: str, service: str, version: str) -> FastAPI:

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from authloyalty.platform.db import ping
-from authloyalty.platform.http import BearerToken, error_response, json_response, success
+from authloyalty.platform.http import BearerToken, health_router, json_response, success
 from authloyalty.platform.schemas import ERRORS, StatusOut
 from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn, TokensOut, UserInfoOut
 from authloyalty.sso.service import AuthService, IssuedTokens, Registration
@@ -89,24 +88,9 @@ async def info(token: AccessToken, service: Service) -> Response:
                    is_admin=user.is_admin)
 
 
-@router.get("/healthz", response_model=StatusOut)
-async def healthz() -> Response:
-    """Liveness: the process answers."""
-    return success(200)
-
-
-@router.get("/ready", response_model=StatusOut, responses={503: {"model": StatusOut}})
-async def ready(request: Request) -> Response:
-    """Readiness: the database answers."""
-    try:
-        await ping(request.app.state.container.engine)
-    except Exception:
-        return error_response(503, "database_unavailable", "database is unreachable")
-    return success(200)
-
-
 def install(app: FastAPI) -> None:
     """Add sso's routes to ``app``."""
+    app.include_router(health_router("/auth"))
     app.include_router(router)
 
     @app.get("/.well-known/jwks.json", tags=["auth"])
