@@ -173,7 +173,7 @@ def compose_values() -> GatewayValues:
         pid_file="/tmp/nginx.pid",
         error_log="/dev/stderr",
         access_log="/dev/stdout",
-        temp_dir="/tmp/nginx",
+        temp_dir="/var/cache/nginx",  # exists in the nginx image, owned by its worker user
         worker_processes="auto",
         extra_locations=_COMPOSE_EXTRA_LOCATIONS,
     )

@@ -45,6 +45,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -703,7 +704,8 @@ class _Up:
 
     def check_gateway(self, ports: Ports, tls: gateway.TlsFiles) -> None:
         base = f"https://localhost:{ports.https[0]}"
-        with httpx.Client(verify=str(tls.ca), timeout=5.0) as client:
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        with httpx.Client(verify=context, timeout=5.0) as client:
             for path in ("/auth/healthz", "/loyalty/healthz", "/.well-known/jwks.json"):
                 response = client.get(base + path)
                 if response.status_code != 200:

@@ -35,8 +35,13 @@ def schema_registry(settings: KafkaSettings) -> SchemaRegistryClient:
     return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
 
 
+_CLIENT_LOG = logging.getLogger("authloyalty.kafka.client")
+
+
 def _client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client, **extra}
+    # librdkafka's own messages go through our structured logs, not raw stderr.
+    return {"bootstrap.servers": settings.bootstrap_servers, "logger": _CLIENT_LOG,
+            **settings.client, **extra}
 
 
 def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
@@ -148,7 +153,12 @@ class KafkaEventConsumer:
         self._group_id = group_id
         self._max_backoff = max_backoff_seconds
         self._stopping = asyncio.Event()
-        self._consumer = Consumer(_client_conf(settings, **{
+        self._consumer = self._new_consumer()
+        self._dead_letters = Producer(_client_conf(settings, **{"acks": "all"}))
+
+    def _new_consumer(self) -> Consumer:
+        settings, group_id = self._settings, self._group_id
+        return Consumer(_client_conf(settings, **{
             "group.id": group_id,
             "client.id": f"{group_id}-{socket.gethostname()}",
             "auto.offset.reset": "earliest",
@@ -159,14 +169,24 @@ class KafkaEventConsumer:
             "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 600000,
         }))
-        self._dead_letters = Producer(_client_conf(settings, **{"acks": "all"}))
 
     def stop(self) -> None:
         """Finish the record in hand, commit and leave the group."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`; always closes the consumer (committing stored offsets)."""
+        """Consume until :meth:`stop`; a failed consumer is replaced, never silently lost."""
+        while not self._stopping.is_set():
+            try:
+                await self._run_once()
+            except Exception:
+                log.exception("consumer %s failed; starting a new one", self._group_id)
+                await asyncio.sleep(1.0)
+                self._consumer = self._new_consumer()
+        await asyncio.to_thread(self._dead_letters.flush, 5.0)
+
+    async def _run_once(self) -> None:
+        """Consume until stopped or failed; always closes the consumer (committing offsets)."""
         self._consumer.subscribe(self._topics)
         lag_task = asyncio.create_task(self._report_lag())
         try:
@@ -182,7 +202,6 @@ class KafkaEventConsumer:
         finally:
             lag_task.cancel()
             await asyncio.to_thread(self._consumer.close)
-            await asyncio.to_thread(self._dead_letters.flush, 5.0)
 
     @staticmethod
     def _log_error(error: KafkaError) -> None:
@@ -225,7 +244,13 @@ class KafkaEventConsumer:
                     continue
                 return  # stopping: leave the offset uncommitted, the record comes again
         # Only now may the offset be committed: the effect is durable.
-        self._consumer.store_offsets(message=message)
+        try:
+            self._consumer.store_offsets(message=message)
+        except KafkaException as exc:
+            # The partition moved to another consumer meanwhile; it will redeliver the record
+            # and the inbox will recognise it.
+            log.warning("offset of %s/%d@%d not stored: %s", record.topic, record.partition,
+                        record.offset, exc)
 
     async def _dead_letter(self, record: Record, error: str, attempts: int) -> None:
         topic = record.topic + self._settings.dead_letter_suffix
