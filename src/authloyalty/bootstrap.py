@@ -160,12 +160,12 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
         return SqlLoyaltyUnitOfWork(engine)
 
     def read_uow() -> SqlLoyaltyUnitOfWork:
-        return SqlLoyaltyUnitOfWork(read_engine or engine)
+        return SqlLoyaltyUnitOfWork(read_engine or engine, read_only=True)
 
     revoked = RevokedSessions()
     authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
-                            owners=owners, read_uow=read_uow if read_engine else None)
+                            owners=owners, read_uow=read_uow)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
     return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers,
                             read_engine)

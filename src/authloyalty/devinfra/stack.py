@@ -89,12 +89,8 @@ class StackError(RuntimeError):
 
 
 def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
     # Fields after the command name, which may itself contain spaces and parentheses.
-    return stat.rpartition(")")[2].split()
+    return _proc_stat_path(Path(f"/proc/{pid}/stat"))
 
 
 def _start_time(pid: int) -> int | None:
@@ -109,15 +105,44 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _threads_left(pid: int) -> bool:
+    """Whether any thread of ``pid`` has not exited yet."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        fields = _proc_stat_path(Path(f"/proc/{pid}/task/{tid}/stat"))
+        if fields is not None and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _proc_stat_path(path: Path) -> list[str] | None:
+    try:
+        return path.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def process_alive(record: dict[str, Any]) -> bool:
-    """Whether the process of a state record (``pid``, ``start_time``) still runs."""
+    """Whether the process of a state record (``pid``, ``start_time``) still runs.
+
+    A zombie counts as gone, but only once every thread has exited: the main thread of a
+    SIGKILLed multi-threaded process turns zombie first, while the other threads, and with them
+    its open sockets, live on for a moment.
+    """
     pid = int(record["pid"])
     _reap(pid)
     fields = _proc_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):  # a zombie has exited already
+    if fields is None:
         return False
     expected = record.get("start_time")
-    return expected is None or _start_time(pid) == int(expected)
+    if expected is not None and _start_time(pid) != int(expected):
+        return False  # the pid now belongs to another process
+    if fields[0] in ("Z", "X"):
+        return _threads_left(pid)
+    return True
 
 
 def _record(pid: int) -> dict[str, Any]:
@@ -857,7 +882,11 @@ def status(directory: Path, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"stack in {report['dir']}: {report.get('status')} "
+        state = report.get("status")
+        down_now = [c["name"] for c in components if not c["alive"]]
+        if state == "running" and down_now:
+            state = f"running, degraded ({', '.join(down_now)} not alive)"
+        print(f"stack in {report['dir']}: {state} "
               f"(started {report.get('started_at')}"
               + (f", up in {report['started_in_s']} s)" if "started_in_s" in report else ")"))
         for component in components:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -168,23 +168,40 @@ async def _send_413(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install_metrics(app: FastAPI, service: str) -> None:
-    """Count and time every request by route template; serve ``/metrics``."""
+class MetricsMiddleware:
+    """Counts and times every request by route template (plain ASGI: no per-request tasks)."""
 
-    @app.middleware("http")
-    async def _measure(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, observing_send)
         finally:
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(service, request.method, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(service, request.method, route).observe(
+            # The router records the matched route in the (shared) scope.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(self.service, method, route).observe(
                 time.perf_counter() - started)
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    """Count and time every request by route template; serve ``/metrics``."""
+    app.add_middleware(MetricsMiddleware, service=service)
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:

@@ -15,10 +15,14 @@ class SqlUnitOfWork:
     successful commit (the outbox relay is woken that way).
     """
 
-    def __init__(self, engine: AsyncEngine, after_commit: Callable[[], None] | None = None):
+    def __init__(self, engine: AsyncEngine, after_commit: Callable[[], None] | None = None,
+                 *, read_only: bool = False):
         self._engine = engine
         self._after_commit = after_commit
         self._conn: AsyncConnection | None = None
+        # Read-only work on PostgreSQL runs in autocommit: one round trip per query instead of
+        # BEGIN/query/ROLLBACK. SQLite keeps its (cheap, local) transactions.
+        self._autocommit = read_only and engine.dialect.name != "sqlite"
 
     def _bind(self, conn: AsyncConnection) -> None:
         raise NotImplementedError
@@ -33,7 +37,10 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
         try:
-            await self._conn.begin()
+            if self._autocommit:
+                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                await self._conn.begin()
             self._bind(self._conn)
         except BaseException:
             await self._conn.close()
@@ -54,6 +61,8 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         """Commit the transaction."""
+        if self._autocommit:
+            raise RuntimeError("a read-only unit of work has nothing to commit")
         await self.connection.commit()
         if self._after_commit is not None:
             self._after_commit()
