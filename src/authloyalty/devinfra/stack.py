@@ -412,25 +412,32 @@ class _Up:
         ports = _choose_ports(opts, kafka_ports)
         self.state["ports"] = {"https": ports.https, "grpc_gateway": ports.grpc_gateway,
                                "prometheus": ports.prometheus}
-        kafka_error: list[BaseException] = []
+        kafka_error: list[BaseException] = []  # from the Kafka and keys threads
         kafka_thread = threading.Thread(target=self.start_kafka, args=(kafka_error,),
                                         name="kafka-start", daemon=True)
         self.step(f"starting Kafka ({opts.brokers} broker(s)) in the background")
         kafka_thread.start()
+        keys_thread = threading.Thread(target=self.make_keys, args=(kafka_error,),
+                                       name="keys", daemon=True)
+        keys_thread.start()
         try:
             tls = self.make_tls(tools["openssl"])
-            keys = self.make_keys()
             primary, replica = self.start_postgres()
+            keys_thread.join()
+            if kafka_error and not kafka_thread.is_alive():
+                raise kafka_error[0]
+            # Migrations need only PostgreSQL: they run while Kafka may still be starting.
+            configs = self.write_configs(ports, primary, replica, self.dir / "keys", tls)
+            self.step("applying migrations (authloyalty migrate)")
+            _run([*_authloyalty(), "migrate", "--config", str(configs["sso"][0])], "migrate",
+                 env=_service_env())
+            self.step("migrations applied")
         finally:
+            keys_thread.join()
             kafka_thread.join()
         self.record_kafka()
         if kafka_error:
-            raise StackError(f"Kafka did not start: {kafka_error[0]}")
-
-        configs = self.write_configs(ports, primary, replica, keys, tls)
-        self.step("applying migrations (authloyalty migrate)")
-        _run([*_authloyalty(), "migrate", "--config", str(configs["sso"][0])], "migrate",
-             env=_service_env())
+            raise kafka_error[0]
 
         self.start_services("sso", configs["sso"],
                             [f"http://{HOST}:{h}/auth/healthz" for h, _ in ports.sso],
@@ -501,8 +508,10 @@ class _Up:
         assert self.kafka is not None
         try:
             self.kafka.start(120)
+            self.step("Kafka broker(s) answer; warming up producer ids and consumer groups")
+            warm_up_kafka(self.kafka.bootstrap_servers)
         except BaseException as exc:
-            errors.append(exc)
+            errors.append(StackError(f"Kafka did not start: {exc}"))
             with contextlib.suppress(Exception):
                 self.kafka.kill()
 
@@ -535,13 +544,15 @@ class _Up:
             self.step(f"TLS certificate for localhost/127.0.0.1 signed by {files.ca}")
         return files
 
-    def make_keys(self) -> Path:
+    def make_keys(self, errors: list[BaseException]) -> None:
         keys = self.dir / "keys"
-        if not any(keys.glob("*.pem")):
-            _run([*_authloyalty(), "keys", "generate", "--dir", str(keys)], "keys generate")
-            self.step(f"signing key generated in {keys}")
-        keys.chmod(0o700)
-        return keys
+        try:
+            if not any(keys.glob("*.pem")):
+                _run([*_authloyalty(), "keys", "generate", "--dir", str(keys)], "keys generate")
+                self.step(f"signing key generated in {keys}")
+            keys.chmod(0o700)
+        except BaseException as exc:
+            errors.append(exc)
 
     def start_postgres(self) -> tuple[PostgresCluster, PostgresCluster]:
         pg = self.dir / "pg"
@@ -754,6 +765,42 @@ class _Up:
             self.state.pop("up_start_time", None)
             with contextlib.suppress(OSError):
                 self.save()
+
+
+WARMUP_TOPIC = "authloyalty-stack-warmup"
+
+
+def warm_up_kafka(bootstrap_servers: str, timeout: float = 60.0) -> None:
+    """Let a fresh cluster create and load its coordinators before the services need them.
+
+    Kafka creates ``__transaction_state`` (which hands out idempotent producer ids) and
+    ``__consumer_offsets`` on first use and then loads them; until then producers and consumer
+    groups wait and retry ("coordinator load in progress"), which delays the first events by
+    a second or more. One idempotent produce and one consumer-group commit here take that wait
+    out of the first user's requests.
+    """
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    quiet = {"bootstrap.servers": bootstrap_servers, "log_level": 2}
+    deadline = time.monotonic() + timeout
+    producer = Producer({**quiet, "enable.idempotence": True, "acks": "all"})
+    producer.produce(WARMUP_TOPIC, b"warm-up")
+    if producer.flush(timeout) != 0:
+        raise StackError("Kafka warm-up: an idempotent produce did not complete")
+    consumer = Consumer({**quiet, "group.id": WARMUP_TOPIC, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    try:
+        consumer.subscribe([WARMUP_TOPIC])
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            with contextlib.suppress(KafkaException):
+                consumer.commit(message=message, asynchronous=False)
+                return
+        raise StackError("Kafka warm-up: no consumer group could commit in time")
+    finally:
+        consumer.close()
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

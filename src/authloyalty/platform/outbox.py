@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -192,18 +193,22 @@ class OutboxRelay:
 
     async def run_forever(self) -> None:
         """Relay until cancelled; a failing pass is logged and retried, never fatal."""
+        measured = float("-inf")
         while True:
+            # Cleared before the pass: a commit during the pass wakes the next wait at once.
+            self._wakeup.clear()
             try:
                 while await self.run_once() >= self._batch_size:
                     pass
-                count, age = await self.backlog()
-                metrics.OUTBOX_PENDING.labels(self._service).set(count)
-                metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(age)
+                if time.monotonic() - measured >= 1.0:
+                    count, age = await self.backlog()
+                    metrics.OUTBOX_PENDING.labels(self._service).set(count)
+                    metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(age)
+                    measured = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox relay pass failed; retrying")
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
