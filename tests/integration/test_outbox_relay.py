@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -91,3 +92,25 @@ async def test_row_committed_late_is_still_published(system: EmbeddedSystem) -> 
         await slow.commit()
     await relay.run_once()
     assert [e.key for e in publisher.delivered] == ["early", "late"]
+
+
+async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
+        system: EmbeddedSystem) -> None:
+    publisher = FlakyPublisher(delay=0.3)
+    relay = OutboxRelay(system.sso.engine, outbox, publisher, poll_interval=30.0)
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        await add_event(system, "first")
+        relay.notify()
+        await asyncio.sleep(0.1)  # the relay is now inside its (slow) pass
+        await add_event(system, "second")
+        relay.notify()
+        for _ in range(30):
+            if len(publisher.delivered) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert [e.key for e in publisher.delivered] == ["first", "second"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,251 @@
+"""The production topology on this machine, used over HTTPS through the nginx gateway.
+
+`python -m authloyalty.devinfra.stack up` starts PostgreSQL (primary + streaming replica),
+Kafka, two sso replicas, loyalty and nginx; a client that only knows the gateway registers,
+logs in, sees the bonus, withdraws, gets an admin deposit and logs out; one sso replica is
+SIGKILLed while requests keep coming, and none fails; `down` stops every process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from authloyalty.devinfra.postgres import scratch_dir
+from authloyalty.devinfra.stack import load_state, process_alive
+from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
+from tests.e2e.e2e_helpers import PASSWORD, bearer, free_port, run_cli, unique_email
+
+pytestmark = pytest.mark.e2e
+
+UP_TIMEOUT = 180.0
+LOGOUT_DEADLINE = 1.0
+
+
+def _stack(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG_PATH"}
+    return subprocess.run([sys.executable, "-m", "authloyalty.devinfra.stack", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+@dataclass
+class Stack:
+    """A running stack as its state file describes it."""
+
+    dir: Path
+    state: dict[str, Any]
+
+    def component(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.state["components"] if c["name"] == name)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.component("nginx")["urls"]["https"][0])
+
+    @property
+    def https_port(self) -> int:
+        return int(self.component("nginx")["ports"]["https"][0])
+
+    @property
+    def ca(self) -> Path:
+        return Path(self.component("nginx")["ca"])
+
+    def tls(self) -> ssl.SSLContext:
+        """Trusts the stack's throwaway CA only."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def pids(self) -> list[dict[str, Any]]:
+        return [p for c in self.state["components"] for p in c["processes"]]
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted((self.dir / "logs").glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-25:]
+            parts.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    directory = scratch_dir("authloyalty-stack-")
+    started = time.monotonic()
+    result = _stack("up", "--dir", str(directory), "--sso-replicas", "2",
+                    "--loyalty-replicas", "1", "--brokers", "1",
+                    "--https-port", str(free_port()), "--http2-grpc-port", str(free_port()),
+                    "--no-prometheus")
+    try:
+        assert result.returncode == 0, f"stack up failed:\n{result.stdout}\n{result.stderr}"
+        state = load_state(directory)
+        assert state is not None
+        assert state["status"] == "running"
+        print(f"stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        yield Stack(directory, state)
+    finally:
+        if (state := load_state(directory)) is not None and state.get("status") != "stopped":
+            _stack("down", "--dir", str(directory), timeout=120)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _requests_served(metrics_url: str) -> float:
+    """Requests a replica answered for routes only the gateway's clients call."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "authloyalty_http_requests_total"
+                    and sample.labels.get("route") in ("/auth/registration", "/auth/login")):
+                total += sample.value
+    return total
+
+
+def test_production_topology_over_https(stack: Stack) -> None:
+    headers = {"X-Request-Id": "e2e-stack-1"}
+    with httpx.Client(base_url=stack.gateway, verify=stack.tls(), timeout=10.0) as client:
+        # register through the gateway; the request id comes back
+        email = unique_email("stack")
+        r = client.post("/auth/registration", json={"email": email, "password": PASSWORD},
+                        headers=headers)
+        assert r.status_code == 201, r.text
+        assert r.headers["x-request-id"] == "e2e-stack-1"
+        user_id = r.json()["user_id"]
+        r = client.get("/auth/healthz")
+        assert r.headers.get("x-request-id"), "the gateway sets a request id when absent"
+
+        # login (several times: round robin must reach both replicas)
+        for _ in range(4):
+            r = client.post("/auth/login", json={"email": email, "password": PASSWORD})
+            assert r.status_code == 200, r.text
+        access = r.json()["access_token"]
+        auth = bearer(access)
+
+        # the welcome bonus arrives through Kafka; loyalty reads it from the replica
+        deadline = time.monotonic() + 10
+        while (r := client.get("/loyalty/me", headers=auth)).status_code == 404:
+            assert time.monotonic() < deadline, "welcome bonus not visible within 10 s"
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert r.json()["balance"] == 100
+
+        r = client.post("/loyalty/me/withdrawals", headers=auth,
+                        json={"amount": 30, "comment": "coffee"})
+        assert r.status_code == 201, r.text
+        assert r.json()["balance"] == 70
+
+        # admin deposit, the admin made with the CLI on an sso replica's config
+        admin_email = unique_email("boss")
+        created = run_cli("admin", "create", "--config", stack.component("sso-1")["config"],
+                          "--email", admin_email, "--password", "admin password 1")
+        assert created.returncode == 0, created.stdout + created.stderr
+        r = client.post("/auth/login", json={"email": admin_email, "password": "admin password 1"})
+        assert r.status_code == 200, r.text
+        admin = bearer(r.json()["access_token"])
+        r = client.post(f"/loyalty/admin/accounts/{user_id}/deposits", headers=admin,
+                        json={"amount": 500, "comment": "gift"})
+        assert r.status_code == 201, r.text
+        assert r.json()["balance"] == 570
+
+        # both sso replicas served the gateway's clients
+        served = {name: _requests_served(f"{stack.component(name)['urls']['http']}/metrics")
+                  for name in ("sso-1", "sso-2")}
+        assert all(v > 0 for v in served.values()), served
+
+        # gRPC through nginx: TLS port (HTTP/2 + ALPN) and the plaintext HTTP/2 port
+        credentials = grpc.ssl_channel_credentials(root_certificates=stack.ca.read_bytes())
+        with grpc.secure_channel(f"localhost:{stack.https_port}", credentials) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="auth.Auth"), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            login = sso_pb2_grpc.AuthStub(channel).Login(
+                sso_pb2.LoginRequest(email=email, password=PASSWORD), timeout=5)
+            assert login.access_token
+        with grpc.insecure_channel(stack.component("nginx")["urls"]["grpc_h2c"]) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="auth.Auth"), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        # SIGKILL one sso replica while requests keep coming: none may fail. GETs run on
+        # another thread throughout, so some are in flight on the victim as it dies: nginx
+        # resends those (idempotent). POSTs follow the kill once the process is gone: nginx
+        # then gets "connection refused" from it and passes them on, which is safe. (A POST
+        # caught inside the dying process, or in its kernel accept queue, is never resent: the
+        # gateway cannot know whether it ran, so non_idempotent stays off.)
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def idempotent_load() -> None:
+            with httpx.Client(base_url=stack.gateway, verify=stack.tls(),
+                              timeout=10.0) as reader:
+                while not stop.is_set():
+                    for path in ("/.well-known/jwks.json", "/auth/info"):
+                        try:
+                            resp = reader.get(path, headers=auth)
+                        except httpx.HTTPError as exc:
+                            failures.append(f"GET {path}: {exc!r}")
+                            continue
+                        if resp.status_code != 200:
+                            failures.append(f"GET {path}: {resp.status_code} {resp.text[:200]}")
+
+        reader = threading.Thread(target=idempotent_load, daemon=True)
+        reader.start()
+        victim = stack.component("sso-1")["processes"][0]
+        try:
+            for i in range(24):
+                if i == 6:
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    deadline = time.monotonic() + 5
+                    while process_alive(victim):
+                        assert time.monotonic() < deadline, "the killed replica is still alive"
+                        time.sleep(0.01)
+                r = client.post("/auth/login", json={"email": email, "password": PASSWORD})
+                if r.status_code != 200:
+                    failures.append(f"login #{i}: {r.status_code} {r.text[:200]}")
+                r = client.post("/auth/registration",
+                                json={"email": unique_email("after-kill"), "password": PASSWORD})
+                if r.status_code != 201:
+                    failures.append(f"registration #{i}: {r.status_code} {r.text[:200]}")
+        finally:
+            stop.set()
+            reader.join(timeout=15)
+        assert not failures, f"{failures}\n{stack.logs()}"
+        status = _stack("status", "--dir", str(stack.dir), timeout=30)
+        assert status.returncode == 1, status.stdout  # one component is down ...
+        assert re.search(r"(?m)^\s*sso-1\s+no\s", status.stdout), status.stdout
+
+        # ... and logout still ends the session at loyalty within a second
+        r = client.post("/auth/logout", json={"token": access})
+        assert r.status_code == 200, r.text
+        logged_out = time.monotonic()
+        while (r := client.get("/loyalty/me", headers=auth)).status_code == 200:
+            assert time.monotonic() - logged_out < LOGOUT_DEADLINE, (
+                f"loyalty still accepts the token 1 s after logout\n{stack.logs()}")
+            time.sleep(0.02)
+        assert r.status_code == 401, r.text
+        print(f"logout refused at loyalty after {time.monotonic() - logged_out:.3f} s",
+              file=sys.stderr)
+
+    # down stops every process `up` started, and nothing is left running
+    pids = stack.pids()
+    result = _stack("down", "--dir", str(stack.dir), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alive = [p for p in pids if process_alive(p)]
+    assert not alive, f"still running after down: {alive}\n{stack.logs()}"
+    state = load_state(stack.dir)
+    assert state is not None
+    assert state["status"] == "stopped"
