@@ -14,6 +14,7 @@ import pytest
 
 from authloyalty.platform.errors import InvalidToken
 from authloyalty.platform.tokens import (
+    CachingVerifier,
     KeyStore,
     SigningKey,
     TokenIssuer,
@@ -107,3 +108,19 @@ def test_reload_picks_up_a_new_key_and_drops_a_retired_one(tmp_path: Path) -> No
     assert keys.reload()
     assert keys.verification_key(old_kid) is None
     assert [k["kid"] for k in keys.jwks()["keys"]] == [keys.active.kid]
+
+
+def test_caching_verifier_remembers_successes_only_and_honours_expiry_and_type() -> None:
+    keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
+    pair = TokenIssuer(keys, "iss", 1, 3600).issue_pair(uuid4(), uuid4(), False,
+                                                       datetime.now(UTC))
+    cached = CachingVerifier(TokenVerifier(keys, "iss"))
+    first = cached.verify(pair.access_token, "access")
+    assert cached.verify(pair.access_token, "access") is first
+    with pytest.raises(InvalidToken, match="refresh token required"):
+        cached.verify(pair.access_token, "refresh")
+    with pytest.raises(InvalidToken):
+        cached.verify(pair.access_token[:-3] + "AAA", "access")
+    time.sleep(2.1)
+    with pytest.raises(InvalidToken, match="expired"):
+        cached.verify(pair.access_token, "access")

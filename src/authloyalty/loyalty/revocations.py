@@ -10,7 +10,7 @@ from authloyalty.loyalty.domain import Principal
 from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.platform.tokens import TokenVerifier, UnknownSigningKey
+from authloyalty.platform.tokens import CachingVerifier, TokenVerifier, UnknownSigningKey
 
 
 class RevokedSessions:
@@ -54,7 +54,7 @@ class Authenticator:
 
     def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions,
                  knows_key: Callable[[str], Awaitable[bool]] | None = None) -> None:
-        self._verifier = verifier
+        self._verifier = CachingVerifier(verifier)
         self._revoked = revoked
         self._knows_key = knows_key
 
