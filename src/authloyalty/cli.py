@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(revoke)
     revoke.add_argument("--email", required=True)
 
+    stack = sub.add_parser("stack", add_help=False,
+                           help="the production topology on this machine (up | status | down)")
+    stack.add_argument("stack_args", nargs=argparse.REMAINDER)
+
     keys = sub.add_parser("keys", help="manage token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="add a signing key (the newest signs)")
@@ -303,6 +307,11 @@ async def _admin_revoke(settings: Settings, email: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``authloyalty`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stack"]:  # its own parser, options included
+        from authloyalty.devinfra.stack import main as stack_main
+
+        return stack_main(argv[1:], prog="authloyalty stack")
     args = _parser().parse_args(argv)
     if args.command == "keys":
         path = write_new_key(args.dir, args.algorithm)

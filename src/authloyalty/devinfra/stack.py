@@ -74,6 +74,11 @@ DEFAULT_HTTPS_PORT = 8443
 DEFAULT_GRPC_GATEWAY_PORT = 44044
 DEFAULT_PROMETHEUS_PORT = 9090
 DATABASES = ("sso", "loyalty")
+# The consumer's lag reporter asks the broker for watermarks on the consuming connection; each
+# query waits behind the fetch long-poll (librdkafka default 500 ms), so with three partitions
+# a revocation could reach loyalty 1.5 s late. Shorter long-polls keep that under the 1 s
+# logout guarantee.
+LOYALTY_KAFKA_CLIENT = {"fetch.wait.max.ms": "100"}
 _LOCK_FILE = ".stack.lock"
 _SERVICE_START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 20.0
@@ -628,7 +633,8 @@ class _Up:
             cfg = _merge(base, {"sso": {"http_port": ports.sso[0][0],
                                         "grpc_port": ports.sso[0][1]},
                                 "loyalty": {"http_port": http},
-                                "events": {"kafka": {"instance_id": f"loyalty-{i}"}}})
+                                "events": {"kafka": {"instance_id": f"loyalty-{i}",
+                                                     "client": LOYALTY_KAFKA_CLIENT}}})
             written["loyalty"].append(self.write_config(config_dir / f"loyalty-{i}.yaml", cfg))
         self.step(f"configs written to {config_dir}")
         return written
@@ -757,14 +763,16 @@ class _Up:
                 c["kind"] == "kafka" for c in self.state.get("components", [])):
             with contextlib.suppress(Exception):
                 self.kafka.kill()
+        if not self.state:
+            return  # failed before writing any state
         if self.state.get("components"):
             print("stopping what was started ...", file=sys.stderr, flush=True)
             _stop_all(self.state, quiet=True)
-            self.state["status"] = "failed"
-            self.state.pop("up_pid", None)
-            self.state.pop("up_start_time", None)
-            with contextlib.suppress(OSError):
-                self.save()
+        self.state["status"] = "failed"
+        self.state.pop("up_pid", None)
+        self.state.pop("up_start_time", None)
+        with contextlib.suppress(OSError):
+            self.save()
 
 
 WARMUP_TOPIC = "authloyalty-stack-warmup"
@@ -987,9 +995,9 @@ def up(opts: Options) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m authloyalty.devinfra.stack",
+        prog=prog,
         description="The production topology (PostgreSQL primary+replica, Kafka, sso replicas, "
                     "loyalty, nginx TLS gateway, Prometheus) on this machine, without containers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1029,9 +1037,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``up``, ``status`` or ``down``."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None,
+         prog: str = "python -m authloyalty.devinfra.stack") -> int:
+    """Entry point: ``up``, ``status`` or ``down`` (``prog`` names the command in --help)."""
+    args = _parser(prog).parse_args(argv)
     directory: Path = args.dir.absolute()
     try:
         if args.command == "up":

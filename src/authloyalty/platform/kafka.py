@@ -168,6 +168,9 @@ class KafkaEventConsumer:
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 600000,
+            # Revocations must reach every replica within a second: do not let an idle fetch
+            # wait long on the broker.
+            "fetch.wait.max.ms": 100,
         }))
 
     def stop(self) -> None:
@@ -301,8 +304,10 @@ class KafkaEventConsumer:
             return {}
         lags: dict[tuple[str, int], int] = {}
         for tp in self._consumer.position(assigned):
+            # Cached watermarks come with the fetches: asking the broker here would queue
+            # behind the consumer's own fetch requests and delay delivery.
             _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=2.0, cached=False)
+                TopicPartition(tp.topic, tp.partition), cached=True)
             position = tp.offset if tp.offset >= 0 else high
             lags[(tp.topic, tp.partition)] = max(0, high - position)
         return lags
