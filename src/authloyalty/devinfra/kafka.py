@@ -282,8 +282,15 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _random_id() -> str:
-    """A Kafka ``Uuid`` string: url-safe base64 of 16 random bytes, no padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka ``Uuid`` string: url-safe base64 of 16 random bytes, no padding (22 chars).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with "-": command-line parsers
+    would take it for an option (``--cluster-id -x…`` fails to parse).
+    """
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not value.startswith("-"):
+            return value
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
