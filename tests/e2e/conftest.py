@@ -26,7 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     """A plain HTTP client; any 5xx answer fails the test at once (client mistakes never 5xx)."""
-    with httpx.Client(timeout=10.0, event_hooks={"response": [no_5xx]}) as client:
+    with httpx.Client(timeout=30.0, event_hooks={"response": [no_5xx]}) as client:
         yield client
 
 
@@ -39,7 +39,7 @@ def api(server: Server, http: httpx.Client) -> Api:
 @pytest.fixture(scope="session")
 def admin_token(server: Server) -> str:
     """An access token of the bootstrap admin (one login for the whole suite)."""
-    with httpx.Client(timeout=10.0) as client:
+    with httpx.Client(timeout=30.0) as client:
         r = client.post(f"{server.sso}/auth/login",
                         json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
     assert r.status_code == 200, r.text

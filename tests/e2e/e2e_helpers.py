@@ -34,7 +34,7 @@ def _executable() -> str:
 AUTHLOYALTY = _executable()
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-BONUS_DEADLINE = 5.0
+BONUS_DEADLINE = 15.0  # generous: a loaded CI machine is slow, the product is not
 
 ADMIN_EMAIL = "root-admin@example.com"
 ADMIN_PASSWORD = "admin-password-123"

@@ -44,7 +44,7 @@ def test_registration_reaches_a_separate_loyalty_process(stack: Stack) -> None:
     stack.write_config()
     stack.start("sso")
     stack.start("loyalty")
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         reg = client.post(f"{stack.sso}/auth/registration",
                           json={"email": "sep@example.com", "password": "long enough"}).json()
         auth = {"Authorization": f"Bearer {reg['access_token']}"}
@@ -67,7 +67,7 @@ def test_registration_reaches_a_separate_loyalty_process(stack: Stack) -> None:
         assert "authloyalty_outbox_oldest_age_seconds" in metrics
         # The consumer reports its lag per partition every few seconds.
         assert wait_for(lambda: 'authloyalty_consumer_lag{group="loyalty"' in client.get(
-            f"{stack.loyalty}/metrics").text, 10)
+            f"{stack.loyalty}/metrics").text, 20)
 
 
 def test_broker_outage_loses_nothing_and_duplicates_nothing(

@@ -49,7 +49,7 @@ def test_rotation_needs_no_restart_and_old_tokens_keep_working(stack: Stack) -> 
     stack.start("sso")
     stack.start("loyalty")
     keys = stack.root / "keys"
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         old = register(client, stack, "rot-old@example.com")
         old_auth = {"Authorization": f"Bearer {old['access_token']}"}
         assert wait_for(lambda: client.get(f"{stack.loyalty}/loyalty/me",
@@ -89,7 +89,7 @@ def test_admin_sees_the_owner_from_sso_and_the_balance_even_when_sso_is_down(
     subprocess.run([AUTHLOYALTY, "admin", "create", "--email", admin_email, "--password",
                     "admin password", "--config", str(stack.root / "config.yaml")],
                    check=True, capture_output=True)
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         user = register(client, stack, "owned@example.com")
         token = client.post(f"{stack.sso}/auth/login", json={
             "email": admin_email, "password": "admin password"}).json()["access_token"]

@@ -42,7 +42,7 @@ def test_restart_keeps_everything(own_server: Server) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "created admin" in result.stdout
     srv.start()
-    with httpx.Client(timeout=10.0, event_hooks={"response": [no_5xx]}) as http:
+    with httpx.Client(timeout=30.0, event_hooks={"response": [no_5xx]}) as http:
         api = Api(srv, http)
         for email, password in (CLI_ADMIN, ENV_ADMIN):
             admin = api.login(email, password)
