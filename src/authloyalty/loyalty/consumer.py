@@ -57,10 +57,12 @@ class LoyaltyEventHandlers:
             until = as_utc(datetime.fromisoformat(str(event.data["until"])))
         except (KeyError, ValueError) as exc:
             raise PermanentEventError("session_revoked: missing or invalid until") from exc
+        # Refuse at once, persist after: a failed commit leaves memory stricter, never looser,
+        # and the redelivered event persists it later.
+        self._revoked.add(session_id, until)
         async with self._uow() as uow:
             await uow.revocations.add(session_id, until)
             await uow.commit()
-        self._revoked.add(session_id, until)
         metrics.EVENTS_CONSUMED.labels(event.type, "processed").inc()
 
     async def load_revocations(self) -> int:
