@@ -10,6 +10,7 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -140,8 +141,8 @@ class CpuWindow:
         out["machine"] = busy
         return out
 
-    def report(self) -> dict[str, object]:
-        """Shares of the machine's capacity (wall × CPUs), in percent, and raw seconds."""
+    def report(self) -> dict[str, Any]:
+        """Shares of the machine's capacity (wall x CPUs), in percent, and raw seconds."""
         secs = self.seconds()
         capacity = self.wall * NCPU
         return {

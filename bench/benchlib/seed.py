@@ -16,9 +16,11 @@ import asyncio
 import multiprocessing
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -146,9 +148,11 @@ def seed(*, sso_url: str, loyalty_url: str, keys_dir: Path, issuer: str, refresh
     return result
 
 
-async def _copy(sso_url: str, loyalty_url: str, user_rows: list[tuple[object, ...]],
-                session_rows: list[tuple[object, ...]], account_rows: list[tuple[object, ...]],
-                ledger_rows: list[tuple[object, ...]]) -> None:
+Rows = Sequence[tuple[Any, ...]]
+
+
+async def _copy(sso_url: str, loyalty_url: str, user_rows: Rows, session_rows: Rows,
+                account_rows: Rows, ledger_rows: Rows) -> None:
     sso = await asyncpg.connect(sso_url)
     try:
         async with sso.transaction():

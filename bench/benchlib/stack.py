@@ -87,6 +87,7 @@ class Service:
     config: Path
     health_url: str
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,7 +98,8 @@ class Service:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [authloyalty_bin(), self.command, "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT)
+                stdout=out, stderr=subprocess.STDOUT, env={**clean_env(), **self.env},
+                cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -135,6 +137,10 @@ class Stack:
     grpc_port: int = field(default_factory=free_port)
     loyalty_port: int = field(default_factory=free_port)
     services: dict[str, Service] = field(default_factory=dict)
+    sso_ports: list[int] = field(default_factory=list)
+    loyalty_ports: list[int] = field(default_factory=list)
+    # AUTHLOYALTY_* overrides given to every service process (experiments; recorded in results)
+    service_env: dict[str, str] = field(default_factory=dict)
     sso_db_url: str = ""
     loyalty_db_url: str = ""
 
@@ -157,6 +163,10 @@ class Stack:
     @property
     def loyalty(self) -> str:
         return f"http://127.0.0.1:{self.loyalty_port}"
+
+    @property
+    def loyalty_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.loyalty_ports or [self.loyalty_port]]
 
     # -- provisioning ------------------------------------------------------------------------
 
@@ -233,18 +243,46 @@ class Stack:
 
     # -- services ----------------------------------------------------------------------------
 
-    def start_services(self) -> None:
+    def start_services(self, sso_processes: int = 1, loyalty_processes: int = 1) -> None:
+        """``authloyalty sso`` and ``authloyalty loyalty`` processes, all on the one config file.
+
+        The first process of each service listens on the ports in the file; further ones get
+        their own ports through the documented environment overrides
+        (``AUTHLOYALTY_SSO__HTTP_PORT`` ...). Every sso runs the outbox relay (the outbox is
+        claimed with FOR UPDATE SKIP LOCKED); every loyalty is its own Kafka instance (own
+        revocation consumer group, shared registration group).
+        """
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
-        self.services["sso"] = Service("sso", self.config_path, f"{self.sso}/auth/healthz",
-                                       logs / "sso.log")
-        self.services["loyalty"] = Service("loyalty", self.config_path,
-                                           f"{self.loyalty}/loyalty/healthz",
-                                           logs / "loyalty.log")
-        self.services["sso"].start()
-        self.services["loyalty"].start()
-        log(f"sso on {self.sso} (pid {self.services['sso'].pid}), "
-            f"loyalty on {self.loyalty} (pid {self.services['loyalty'].pid})")
+        self.sso_ports = [self.sso_port] + [free_port() for _ in range(sso_processes - 1)]
+        self.loyalty_ports = [self.loyalty_port] + [free_port()
+                                                    for _ in range(loyalty_processes - 1)]
+        for i, port in enumerate(self.sso_ports):
+            env = dict(self.service_env)
+            if i > 0:
+                env.update({"AUTHLOYALTY_SSO__HTTP_PORT": str(port),
+                            "AUTHLOYALTY_SSO__GRPC_PORT": str(free_port())})
+            name = "sso" if i == 0 else f"sso-{i + 1}"
+            self.services[name] = Service(
+                "sso", self.config_path, f"http://127.0.0.1:{port}/auth/healthz",
+                logs / f"{name}.log", env)
+        for i, port in enumerate(self.loyalty_ports):
+            env = dict(self.service_env)
+            if i > 0:
+                env["AUTHLOYALTY_LOYALTY__HTTP_PORT"] = str(port)
+            name = "loyalty" if i == 0 else f"loyalty-{i + 1}"
+            self.services[name] = Service(
+                "loyalty", self.config_path, f"http://127.0.0.1:{port}/loyalty/healthz",
+                logs / f"{name}.log", env)
+        for service in self.services.values():
+            service.start()
+        log(f"sso on ports {self.sso_ports} (pids {self.pids('sso')}), loyalty on ports "
+            f"{self.loyalty_ports} (pids {self.pids('loyalty')})")
+
+    def pids(self, command: str) -> list[int]:
+        """PIDs of every process running ``authloyalty <command>``."""
+        return [s.pid for s in self.services.values()
+                if s.command == command and s.pid is not None]
 
     def pid(self, name: str) -> int | None:
         service = self.services.get(name)

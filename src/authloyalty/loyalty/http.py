@@ -30,13 +30,14 @@ async def _principal(request: Request, token: Annotated[str, Depends(BearerToken
     return principal
 
 
-def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
     if not principal.is_admin:
         raise Forbidden("admin rights required")
     return principal
 
 
-def _service(request: Request) -> LedgerService:
+async def _service(request: Request) -> LedgerService:
+    # async: a plain def dependency would hop to a worker thread on every request
     service: LedgerService = request.app.state.container.service
     return service
 

@@ -22,7 +22,7 @@ def _tokens(status: int, issued: IssuedTokens) -> Response:
                    refresh_token=issued.tokens.refresh_token)
 
 
-def _service(request: Request) -> AuthService:
+async def _service(request: Request) -> AuthService:
     service: AuthService = request.app.state.container.service
     return service
 

@@ -1,0 +1,404 @@
+"""Ratios to ceilings, the issue's targets, and the JSON / Markdown / PNG outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+# scenario → (ceiling scenario, what the ratio compares)
+CEILINGS: dict[str, list[str]] = {
+    "balance": ["ceiling_bare_loyalty", "ceiling_pg_balance"],
+    "withdrawal": ["ceiling_pg_withdrawal"],
+    "seed_withdrawal": ["ceiling_pg_withdrawal"],
+    "refresh": ["ceiling_bare_sso"],
+    "login": ["ceiling_argon2"],
+}
+LOGOUT_DEADLINE_MS = 1000.0  # SPEC §3.1: refused by sso and loyalty within 1 s
+LOGINS_PER_CORE = 30.0
+NOISY_OTHER_PCT = 10.0  # "other" CPU above this share of the machine marks a noisy figure
+
+
+def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {rec["name"]: rec for rec in document["scenarios"]}
+
+
+def finish(document: dict[str, Any]) -> None:
+    """Add each scenario's ratio(s) to its ceiling(s), and the targets, to ``document``."""
+    records = _by_name(document)
+    for name, ceilings in CEILINGS.items():
+        rec = records.get(name)
+        if rec is None:
+            continue
+        ratios = {}
+        for ceiling in ceilings:
+            top = records.get(ceiling)
+            if top and top["throughput_rps"]:
+                ratios[ceiling] = round(rec["throughput_rps"] / top["throughput_rps"], 3)
+        rec["ceiling"] = ceilings[0]
+        rec["ratio"] = ratios.get(ceilings[0])
+        rec["ratios"] = ratios
+    logout = records.get("logout_refusal")
+    if logout and logout["latency_ms"].get("max") is not None:
+        logout["ceiling"] = "deadline_1s"
+        logout["ratio"] = round(logout["latency_ms"]["max"] / LOGOUT_DEADLINE_MS, 3)
+        logout["ratios"] = {"deadline_1s": logout["ratio"]}
+    cpus = document["meta"]["machine"]["cpus"]
+    login = records.get("login")
+    if login:
+        sso_cpu = login["cpu"]["cpu_seconds"].get("sso") or 0.0
+        login["logins_per_core"] = round(login["throughput_rps"] / cpus, 1)
+        login["logins_per_sso_cpu_second"] = (
+            round(login["requests"] / sso_cpu, 1) if sso_cpu else None)
+
+    targets = []
+
+    def target(name: str, text: str, value: float | None, threshold: float,
+               higher_is_better: bool = True, unit: str = "") -> None:
+        met = None if value is None else (
+            value >= threshold if higher_is_better else value <= threshold)
+        targets.append({"name": name, "target": text, "value": value, "threshold": threshold,
+                        "unit": unit, "met": met})
+
+    target("withdrawal_vs_pgbench", "withdrawal ≥ 0.5 x pgbench ceiling of its SQL",
+           records.get("withdrawal", {}).get("ratio"), 0.5, unit="x")
+    target("balance_vs_bare", "balance read ≥ 0.5 x bare endpoint of the same stack",
+           records.get("balance", {}).get("ratio"), 0.5, unit="x")
+    target("logins_per_core",
+           f"≥ {LOGINS_PER_CORE:g} password logins/s per core ({cpus} cores)",
+           login.get("logins_per_core") if login else None, LOGINS_PER_CORE, unit="/s/core")
+    target("logout_deadline", "logout → refused at loyalty within 1 s (SPEC, worst case)",
+           logout["latency_ms"].get("max") if logout else None, LOGOUT_DEADLINE_MS,
+           higher_is_better=False, unit="ms")
+    total_errors = sum(int(rec.get("errors") or 0) for rec in document["scenarios"])
+    target("zero_errors", "0 errors in every scenario", total_errors, 0,
+           higher_is_better=False)
+    check = document["meta"].get("ledger_check") or {}
+    if check:
+        target("ledger_consistent", "every balance = sum of its ledger, none negative",
+               check.get("mismatched", 0) + check.get("negative", 0), 0,
+               higher_is_better=False)
+    document["targets"] = targets
+
+
+def problems(document: dict[str, Any]) -> list[str]:
+    """Errors (fail the run) and missed targets (reported, do not fail it)."""
+    found = []
+    for rec in document["scenarios"]:
+        if rec.get("errors"):
+            found.append(f"errors: {rec['name']} had {rec['errors']} errors "
+                         f"({rec.get('error_detail')})")
+    for name, shape in (document["meta"].get("sql_check") or {}).items():
+        if not shape["match"]:
+            found.append(f"ceiling drift: bench/sql/{name}.sql runs {shape['pgbench']}, the "
+                         f"service sends {shape['service']}")
+    for t in document.get("targets", []):
+        if t["met"] is False and t["name"] in ("ledger_consistent",):
+            found.append(f"error: {t['target']}: {t['value']}")
+        elif t["met"] is False:
+            found.append(f"target missed: {t['target']}: {t['value']}")
+    return found
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _other(rec: dict[str, Any]) -> str:
+    other = rec.get("other_cpu_pct")
+    mark = " ⚠" if other is not None and other > NOISY_OTHER_PCT else ""
+    return f"{_fmt(other)} %{mark}"
+
+
+def _met(flag: bool | None) -> str:
+    return {True: "✅ met", False: "❌ missed", None: "-"}[flag]
+
+
+def markdown(document: dict[str, Any]) -> str:
+    meta = document["meta"]
+    machine = meta["machine"]
+    records = document["scenarios"]
+    lines = [
+        f"# Benchmark results ({meta['mode']} mode, {meta['started_at']})",
+        "",
+        f"Machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"Linux {machine['kernel']}, Python {machine['python']}, "
+        f"PostgreSQL {meta['versions']['postgres']}, {meta['versions']['wrk']}. "
+        f"Revision `{meta.get('git')}`.",
+        "",
+        f"Load average before / after: {meta['load_average_before']} / "
+        f"{meta['load_average_after']}. The load generator, PostgreSQL, Kafka and both services "
+        "share these cores, and so does anything else running on the machine (the "
+        "**other CPU** column): numbers from a busy machine are noisy — compare ratios from the "
+        "same run rather than absolute figures across runs.",
+        "",
+        f"Deployment: {meta['deployment']['processes']}; {meta['deployment']['database']}; "
+        f"events on {meta['deployment']['events']}. "
+        f"Argon2id m={meta['deployment']['argon2']['memory_kib']} KiB, "
+        f"t={meta['deployment']['argon2']['time_cost']}, "
+        f"p={meta['deployment']['argon2']['parallelism']}. Seed: "
+        f"{meta['seed']['users']:,} users with accounts. Each measurement: "
+        f"{meta['durations']['measure_s']:g} s after {meta['durations']['warmup_s']:g} s of "
+        "warm-up.",
+        "",
+    ]
+    overrides = meta["deployment"].get("env_overrides") or {}
+    if overrides:
+        lines += ["**Not the production configuration:** the services ran with "
+                  + ", ".join(f"`{k}={v}`" for k, v in overrides.items()) + ".", ""]
+    lines += [
+        "## Targets",
+        "",
+        "| target | value | threshold | result |",
+        "|---|---:|---:|---|",
+    ]
+    for t in document.get("targets", []):
+        lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} {t['unit']} | "
+                     f"{_fmt(t['threshold'])} {t['unit']} | {_met(t['met'])} |")
+    lines += [
+        "",
+        "## Scenarios",
+        "",
+        "Throughput in requests (operations) per second; latency in ms as seen by the load "
+        "generator; **ratio** = throughput ÷ the ceiling's throughput (logout: worst delay ÷ "
+        "the 1 s deadline, lower is better). Generator and other CPU: share of the whole "
+        "machine's capacity during the measurement.",
+        "",
+        "| scenario | request | conns | throughput /s | p50 | p90 | p99 | max | errors | "
+        "ceiling | ratio | generator CPU | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for rec in records:
+        if rec["kind"] == "ceiling":
+            continue
+        lat = rec.get("latency_ms") or {}
+        ratio_text = _fmt(rec.get("ratio"), 3)
+        extra = [f"{_fmt(v, 3)} x {k}" for k, v in (rec.get("ratios") or {}).items()
+                 if k != rec.get("ceiling")]
+        if extra:
+            ratio_text += " (" + ", ".join(extra) + ")"
+        lines.append(
+            f"| {rec['title']} | `{rec.get('request', '')}` | {_fmt(rec.get('connections'))} | "
+            f"{_fmt(rec['throughput_rps'])} | {_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | "
+            f"{_fmt(lat.get('p99'))} | {_fmt(lat.get('max'))} | {_fmt(rec['errors'])} | "
+            f"{rec.get('ceiling') or '-'} | {ratio_text} | "
+            f"{_fmt(rec.get('generator_cpu_pct'))} % | {_other(rec)} |")
+    lines += [
+        "",
+        f"⚠ = more than {NOISY_OTHER_PCT:g} % of the machine went to processes outside the "
+        "benchmark during that measurement (a noisy figure).",
+        "",
+        "For the two event scenarios the latency columns are the **delay** (registration: "
+        "201 → first 200 at `GET /loyalty/me`; logout: 200 → first 401 at `GET /loyalty/me`), "
+        "and throughput is registrations / logouts per second at the driver's concurrency "
+        "(the Python driver is not a throughput generator). Their request latencies:",
+        "",
+        "| scenario | operations | request p50 | p90 | p99 | max | polls | "
+        "delays > 100 ms | > 500 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rec in records:
+        if rec["generator"] != "python":
+            continue
+        lat = rec.get("request_latency_ms") or {}
+        samples = rec.get("delay_samples_ms") or []
+        lines.append(f"| {rec['title']} | {_fmt(rec['requests'])} | {_fmt(lat.get('p50'))} | "
+                     f"{_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | "
+                     f"{_fmt(lat.get('max'))} | {_fmt(rec.get('polls'))} | "
+                     f"{sum(1 for d in samples if d > 100)} | "
+                     f"{sum(1 for d in samples if d > 500)} |")
+    login = next((r for r in records if r["name"] == "login"), None)
+    if login:
+        lines += ["", f"Logins: {_fmt(login['throughput_rps'])}/s = "
+                  f"{_fmt(login.get('logins_per_core'))}/s per core; "
+                  f"{_fmt(login.get('logins_per_sso_cpu_second'))} logins per CPU-second of "
+                  "the sso process."]
+    lines += [
+        "",
+        "## Ceilings",
+        "",
+        "| ceiling | what | conns | throughput /s | p50 | p90 | p99 | max | errors | "
+        "generator CPU | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rec in records:
+        if rec["kind"] != "ceiling":
+            continue
+        lat = rec.get("latency_ms") or {}
+        lines.append(
+            f"| {rec['name']} | {rec['title']} (`{rec.get('request', '')}`) | "
+            f"{_fmt(rec.get('connections'))} | {_fmt(rec['throughput_rps'])} | "
+            f"{_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | "
+            f"{_fmt(lat.get('max'))} | {_fmt(rec['errors'])} | "
+            f"{_fmt(rec.get('generator_cpu_pct'))} % | {_other(rec)} |")
+    groups = ["wrk", "pgbench", "argon2", "bench-driver", "sso", "loyalty", "postgres", "kafka",
+              "other"]
+    lines += [
+        "",
+        "## Where the CPU went",
+        "",
+        f"Share of the machine ({machine['cpus']} cores = 100 %) per process group during each "
+        "measurement; *idle* is what nobody used. bench-driver is the Python runner itself "
+        "(it generates the event scenarios' load).",
+        "",
+        "| measurement | " + " | ".join(groups) + " | idle |",
+        "|---|" + "---:|" * (len(groups) + 1),
+    ]
+    for rec in records:
+        share = rec["cpu"]["share_pct"]
+        idle = max(0.0, 100.0 - share.get("machine", 0.0))
+        lines.append(f"| {rec['name']} | " + " | ".join(
+            _fmt(share.get(g)) if share.get(g) else "·" for g in groups) + f" | {idle:.0f} |")
+    check = meta.get("ledger_check") or {}
+    lines += [
+        "",
+        "## Checks",
+        "",
+        f"Ledger after the run: {check.get('accounts', '-')} accounts, "
+        f"{check.get('entries', '-')} entries, {check.get('mismatched', '-')} balances ≠ "
+        f"sum of ledger, {check.get('negative', '-')} negative.",
+    ]
+    for name, shape in (meta.get("sql_check") or {}).items():
+        verdict = "same commands" if shape["match"] else "**MISMATCH: update bench/sql/**"
+        lines.append(f"\nSQL of one {name} request: the service sent "
+                     f"{' -> '.join(shape['service']) or '?'}; pgbench runs "
+                     f"{' -> '.join(shape['pgbench'])} ({verdict}).")
+    if meta.get("failed"):
+        lines += ["", f"**The run failed:** `{meta['failed']}`"]
+    lines += [
+        "",
+        "## Charts",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![latency](latency.png)",
+        "",
+        "![cpu](cpu.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+
+def charts(document: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = _by_name(document)
+    written = []
+    title = f"authloyalty bench ({document['meta']['mode']}, {document['meta']['started_at']})"
+
+    # Throughput: each scenario next to its ceiling, log scale.
+    pairs = [(name, CEILINGS[name][0]) for name in CEILINGS if name in records]
+    fig, ax = plt.subplots(figsize=(10, 0.9 * max(3, len(pairs)) + 1.5))
+    labels, values, colors = [], [], []
+    for name, ceiling in pairs:
+        rec, top = records[name], records.get(ceiling)
+        if top is not None:
+            labels.append(f"ceiling: {top['name'].removeprefix('ceiling_')}")
+            values.append(top["throughput_rps"])
+            colors.append("#bbbbbb")
+        ratio = rec.get("ratio")
+        labels.append(f"{name}" + (f"  ({ratio:.2f}x)" if ratio is not None else ""))
+        values.append(rec["throughput_rps"])
+        colors.append("#1f77b4")
+    for name in ("registration_bonus", "logout_refusal"):
+        if name in records:
+            labels.append(f"{name} (driver)")
+            values.append(records[name]["throughput_rps"])
+            colors.append("#2ca02c")
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, values, color=colors)
+    ax.set_yticks(y, labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("requests per second (log scale)")
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi, f" {v:,.0f}", va="center", fontsize=8)
+    ax.set_title(f"Throughput vs ceiling — {title}", fontsize=10)
+    fig.tight_layout()
+    path = out / "throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    # Latency percentiles per scenario (ceilings included where they have them).
+    recs = [r for r in document["scenarios"] if (r.get("latency_ms") or {}).get("p50")]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.27
+    for i, (pct, color) in enumerate((("p50", "#1f77b4"), ("p90", "#ff7f0e"),
+                                      ("p99", "#d62728"))):
+        xs = [j + (i - 1) * width for j in range(len(recs))]
+        ax.bar(xs, [r["latency_ms"][pct] for r in recs], width, label=pct, color=color)
+    ax.set_xticks(range(len(recs)),
+                  [r["name"].replace("ceiling_", "ceil: ") for r in recs], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale)")
+    ax.legend()
+    ax.set_title(f"Latency percentiles (event scenarios: delay) — {title}", fontsize=10)
+    fig.tight_layout()
+    path = out / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    # CPU shares, stacked.
+    groups = [("wrk", "#9467bd"), ("pgbench", "#8c564b"), ("argon2", "#e377c2"),
+              ("bench-driver", "#c5b0d5"), ("sso", "#1f77b4"), ("loyalty", "#2ca02c"),
+              ("postgres", "#ff7f0e"), ("kafka", "#17becf"), ("other", "#7f7f7f")]
+    recs = document["scenarios"]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    bottoms = [0.0] * len(recs)
+    for group, color in groups:
+        vals = [r["cpu"]["share_pct"].get(group, 0.0) for r in recs]
+        if not any(vals):
+            continue
+        ax.bar(range(len(recs)), vals, bottom=bottoms, label=group, color=color)
+        bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
+    ax.set_xticks(range(len(recs)), [r["name"].replace("ceiling_", "ceil: ") for r in recs],
+                  rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"% of the machine ({document['meta']['machine']['cpus']} cores)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"CPU share per process group — {title}", fontsize=10)
+    fig.tight_layout()
+    path = out / "cpu.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write(document: dict[str, Any], out: Path) -> list[Path]:
+    """latest.json, latest.md, charts, and timestamped copies of the JSON and Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = document["meta"]["started_at"].replace(":", "").replace("+0000", "Z")
+    stamp = f"{stamp}-{document['meta']['mode']}"
+    latest_json = out / "latest.json"
+    latest_json.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    latest_md = out / "latest.md"
+    latest_md.write_text(markdown(document))
+    paths = [latest_json, latest_md, *charts(document, out)]
+    history = out / "history"
+    history.mkdir(exist_ok=True)
+    for path in (latest_json, latest_md):
+        copy = history / f"{stamp}{path.suffix}"
+        shutil.copyfile(path, copy)
+        paths.append(copy)
+    return paths

@@ -1,0 +1,88 @@
+"""Check that the pgbench ceilings still run the SQL the services send.
+
+The ceilings are only fair while ``sql/*.sql`` mirror what loyalty sends per request. The code
+changes; this check catches drift: it turns on ``log_statement = all`` for a moment, makes one
+request of each kind, reads back the statements of the backend that served it, and compares
+their sequence of commands (BEGIN, SELECT, UPDATE, INSERT, COMMIT, ...) with the pgbench
+script's. A mismatch is reported in the results (and should be fixed in ``sql/``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchlib.loadgen import SQL_DIR
+from benchlib.stack import Stack
+
+_STATEMENT = re.compile(r"\[(\d+)\] LOG:  (?:statement|execute [^:]+): (.*)$")
+_COMMANDS = ("BEGIN", "START", "SELECT", "UPDATE", "INSERT", "DELETE", "COMMIT", "ROLLBACK",
+             "END", "WITH")
+
+
+def _command(sql: str) -> str:
+    word = sql.strip().split(None, 1)[0].rstrip(";").upper() if sql.strip() else ""
+    return {"END": "COMMIT", "START": "BEGIN"}.get(word, word)
+
+
+def script_shape(name: str) -> list[str]:
+    """Commands of ``sql/<name>.sql`` in order (meta-commands and comments skipped)."""
+    shape = []
+    for line in (SQL_DIR / f"{name}.sql").read_text().splitlines():
+        text = line.strip()
+        if not text or text.startswith(("--", "\\")):
+            continue
+        word = _command(text)
+        if word in _COMMANDS:
+            shape.append(word)
+    return shape
+
+
+def _served_by(log_text: str, marker: str) -> list[str]:
+    """Commands of the backend whose statements mention ``marker``, in order."""
+    by_pid: dict[str, list[str]] = defaultdict(list)
+    for line in log_text.splitlines():
+        match = _STATEMENT.search(line)
+        if match:
+            by_pid[match.group(1)].append(match.group(2))
+    for statements in by_pid.values():
+        if any(marker in s for s in statements):
+            return [_command(s) for s in statements if _command(s) in _COMMANDS]
+    return []
+
+
+def check(stack: Stack, token: str) -> dict[str, Any]:
+    """{"balance": {...}, "withdrawal": {...}}: the service's and pgbench's command sequences."""
+    assert stack.pg is not None
+    log_file: Path = stack.pg.log_file
+    base = stack.loyalty_urls[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    requests = {
+        "balance": ("GET", f"{base}/loyalty/me", None, "accounts.balance"),
+        "withdrawal": ("POST", f"{base}/loyalty/me/withdrawals",
+                       {"amount": 1, "comment": "sql shape check"}, "INSERT INTO ledger_entries"),
+    }
+    result: dict[str, Any] = {}
+    stack.sql("postgres", "ALTER SYSTEM SET log_statement = 'all';\nSELECT pg_reload_conf();")
+    try:
+        time.sleep(0.5)
+        with httpx.Client(timeout=10) as client:
+            for name, (method, url, body, marker) in requests.items():
+                offset = log_file.stat().st_size
+                response = client.request(method, url, headers=headers, json=body)
+                time.sleep(0.3)
+                with log_file.open("rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read().decode(errors="replace")
+                app = _served_by(text, marker)
+                bench = script_shape(name)
+                result[name] = {"status": response.status_code, "service": app,
+                                "pgbench": bench, "match": app == bench}
+    finally:
+        stack.sql("postgres", "ALTER SYSTEM RESET log_statement;\nSELECT pg_reload_conf();")
+    return result

@@ -1,0 +1,486 @@
+"""`make bench`: throughput and latency of sso and loyalty against their physical ceilings.
+
+    python bench/run.py [--mode short|full] [--out bench/results] [--keep] [--only NAME,...]
+
+Provisions a durable PostgreSQL cluster and a Kafka broker, starts ``authloyalty sso`` and
+``authloyalty loyalty`` in their production configuration (one process per core for each
+service by default), seeds 10,000 users straight into the databases, then measures every
+scenario next to its ceiling, in the same run on the same machine:
+
+==================  ======================================  ===================================
+scenario            load                                    ceiling
+==================  ======================================  ===================================
+balance             wrk: GET /loyalty/me, random users      bare GET /loyalty/healthz (+pgbench)
+withdrawal          wrk: POST /loyalty/me/withdrawals       pgbench: the withdrawal's SQL
+seed_withdrawal     wrk: POST /loyalty {operation: "w"}     pgbench: the withdrawal's SQL
+refresh             wrk: POST /auth/refresh (chained)       bare GET /auth/healthz
+login               wrk: POST /auth/login (Argon2id)        Argon2id verify on every core
+registration_bonus  python: register, poll /me until 200    (latency scenario)
+logout_refusal      python: logout, poll /me until 401      SPEC: refused within 1 s
+==================  ======================================  ===================================
+
+Results: ``<out>/latest.json``, ``latest.md``, ``throughput.png``, ``latency.png``, ``cpu.png``
+and copies of the JSON and Markdown under ``<out>/history/``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import drivers, loadgen, report, sqlcheck
+from benchlib import seed as seeding
+from benchlib.cpu import NCPU, CpuWindow, machine_times, pid_group, postgres_group
+from benchlib.deploy import Deployment, deploy
+from benchlib.stack import PASSWORD, log
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How long and how much."""
+
+    name: str
+    warmup: float
+    duration: float
+    argon2_duration: float
+    logouts: int
+    refresh_sessions: int
+    distinct_hashes: int
+
+
+MODES = {
+    # About one minute of load in total (11 measurements), plus ~30 s of provisioning.
+    "short": Mode("short", warmup=1, duration=5, argon2_duration=3, logouts=200,
+                  refresh_sessions=2_000, distinct_hashes=200),
+    "full": Mode("full", warmup=5, duration=30, argon2_duration=10, logouts=1_000,
+                 refresh_sessions=10_000, distinct_hashes=1_000),
+}
+USERS = 10_000
+SETTLED_BUSY_PCT = 15.0  # the machine counts as quiet below this share of busy CPU
+
+
+@dataclass
+class Options:
+    mode: Mode
+    out: Path
+    connections: int
+    login_connections: int
+    pg_clients: int
+    wrk_threads: int
+    wrk_cpus: str | None
+    driver_concurrency: int
+    poll_interval: float
+    only: set[str] | None
+    keep: bool
+    sso_processes: int
+    loyalty_processes: int
+    settle: float
+    service_env: dict[str, str]
+
+
+@dataclass
+class Runner:
+    """Runs the scenarios in order on one deployment and collects their records."""
+
+    opts: Options
+    dep: Deployment
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stack(self) -> Any:
+        return self.dep.stack
+
+    def window(self) -> CpuWindow:
+        stack = self.stack
+        return CpuWindow([
+            pid_group("sso", lambda: stack.pids("sso")),
+            pid_group("loyalty", lambda: stack.pids("loyalty")),
+            postgres_group(stack.postmaster_pid),
+            pid_group("kafka", lambda: [stack.kafka.pid if stack.kafka else None]),
+        ])
+
+    def settle(self) -> None:
+        """Wait (up to --settle seconds) until the machine is nearly idle before measuring.
+
+        Other work on the machine (test suites, builds) distorts every figure; this does not
+        prevent it, it only avoids starting a measurement in the middle of it. The "other" CPU
+        share recorded with each measurement shows what happened during it.
+        """
+        deadline = time.monotonic() + self.opts.settle
+        while True:
+            busy0, idle0 = machine_times()
+            time.sleep(0.5)
+            busy1, idle1 = machine_times()
+            total = (busy1 - busy0) + (idle1 - idle0)
+            busy_pct = 100 * (busy1 - busy0) / total if total else 0.0
+            if busy_pct <= SETTLED_BUSY_PCT or time.monotonic() >= deadline:
+                if busy_pct > SETTLED_BUSY_PCT:
+                    log(f"machine still {busy_pct:.0f} % busy; measuring anyway")
+                return
+
+    def wanted(self, name: str) -> bool:
+        return self.opts.only is None or name in self.opts.only
+
+    def record(self, base: dict[str, Any], result: dict[str, Any], window: CpuWindow,
+               generator: str | None) -> None:
+        if generator is not None:
+            window.add(generator, result.pop("cpu_seconds", 0.0))
+        cpu = window.report()
+        rec = {**base, **result, "cpu": cpu}
+        if generator is not None:
+            rec["generator_cpu_pct"] = cpu["share_pct"].get(generator)
+        rec["other_cpu_pct"] = cpu["share_pct"].get("other")
+        self.records.append(rec)
+        lat = rec.get("latency_ms") or {}
+        log(f"{rec['name']:<20} {rec['throughput_rps']:>9} /s  p50 {lat.get('p50')} ms  "
+            f"p99 {lat.get('p99')} ms  errors {rec['errors']}  "
+            f"(generator {rec.get('generator_cpu_pct')} %, other {rec['other_cpu_pct']} % "
+            "of the machine)")
+        self.stack.check_services()
+
+    # -- generators ----------------------------------------------------------------------
+
+    def wrk(self, name: str, title: str, kind: str, script: str, url: str, ok: set[int],
+            env: dict[str, str], connections: int | None = None,
+            before_measure: Callable[[], None] | None = None, **extra: Any) -> None:
+        if not self.wanted(name):
+            return
+        self.settle()
+        conns = connections or self.opts.connections
+        # Several processes of the service: one wrk thread (at least) per process.
+        ports = self.stack.sso_ports if "/auth/" in url else self.stack.loyalty_ports
+        threads = max(self.opts.wrk_threads, len(ports))
+        env = {**env, "BENCH_PORTS": ",".join(map(str, ports)) if len(ports) > 1 else ""}
+        self.stack.checkpoint()
+        if self.opts.mode.warmup:
+            loadgen.run_wrk(script, url, duration=self.opts.mode.warmup, connections=conns,
+                            threads=threads, env=env, cpus=self.opts.wrk_cpus)
+        if before_measure is not None:
+            before_measure()
+        window = self.window().start()
+        raw = loadgen.run_wrk(script, url, duration=self.opts.mode.duration, connections=conns,
+                              threads=threads, env=env, cpus=self.opts.wrk_cpus)
+        window.stop()
+        result = loadgen.wrk_summary(raw, ok)
+        result["cpu_seconds"] = raw["cpu_seconds"]
+        path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+        base = {"name": name, "title": title, "kind": kind, "generator": "wrk",
+                "request": f"{extra.pop('method', 'GET')} {path}",
+                "connections": conns, "threads": threads, "processes": len(ports), **extra}
+        self.record(base, result, window, "wrk")
+
+    def pgbench(self, name: str, title: str, script: str) -> None:
+        if not self.wanted(name):
+            return
+        stack = self.stack
+        self.settle()
+        self.stack.checkpoint()
+        variables = {"users": str(self.dep.seeded.users), "prefix": seeding.ID_PREFIX}
+        common = {"host": "127.0.0.1", "port": stack.pg.port, "database": "loyalty",
+                  "clients": self.opts.pg_clients, "threads": min(2, self.opts.pg_clients),
+                  "variables": variables}
+        if self.opts.mode.warmup:
+            loadgen.run_pgbench(script, duration=self.opts.mode.warmup, **common)
+        window = self.window().start()
+        result = loadgen.run_pgbench(script, duration=self.opts.mode.duration, **common)
+        window.stop()
+        base = {"name": name, "title": title, "kind": "ceiling", "generator": "pgbench",
+                "request": f"bench/sql/{script}.sql", "connections": self.opts.pg_clients,
+                "threads": common["threads"]}
+        self.record(base, result, window, "pgbench")
+
+    def argon2(self) -> None:
+        name = "ceiling_argon2"
+        if not self.wanted(name) and not self.wanted("login"):
+            return
+        a = self.dep.settings.sso.argon2
+        self.settle()
+        window = self.window().start()
+        result = loadgen.run_argon2_ceiling(time_cost=a.time_cost, memory_kib=a.memory_kib,
+                                            parallelism=a.parallelism, threads=NCPU,
+                                            duration=self.opts.mode.argon2_duration,
+                                            password=PASSWORD)
+        window.stop()
+        base = {"name": name, "title": f"Argon2id verify, {NCPU} threads (bare argon2-cffi)",
+                "kind": "ceiling", "generator": "argon2",
+                "request": f"argon2id m={a.memory_kib} KiB t={a.time_cost} p={a.parallelism}",
+                "connections": None, "threads": NCPU}
+        self.record(base, result, window, "argon2")
+
+    def driver(self, name: str, title: str, kind: str, coro: Any, **extra: Any) -> None:
+        self.settle()
+        self.stack.checkpoint()
+        window = self.window().start()
+        raw = asyncio.run(coro)
+        window.stop()
+        data = raw.as_dict()
+        result = {
+            "requests": data["operations"], "duration_s": data["elapsed_s"],
+            "throughput_rps": data["throughput_rps"], "latency_ms": data["delay_ms"],
+            "request_latency_ms": data["request_latency_ms"], "polls": data["polls"],
+            "delay_samples_ms": data["delay_samples_ms"],
+            "errors": data["errors"], "error_detail": {"samples": data["error_samples"]},
+        }
+        base = {"name": name, "title": title, "kind": kind, "generator": "python",
+                "connections": self.opts.driver_concurrency, "threads": 1, **extra}
+        self.record(base, result, window, None)
+
+    # -- the sequence --------------------------------------------------------------------
+
+    def run(self) -> None:
+        stack, seeded = self.stack, self.dep.seeded
+        users = {"BENCH_USERS": str(seeded.users_file)}
+        sso, loyalty = stack.sso, stack.loyalty
+        sso_urls = [f"http://127.0.0.1:{p}" for p in stack.sso_ports]
+
+        self.wrk("ceiling_bare_loyalty", "Bare GET /loyalty/healthz (same stack, no auth, no DB)",
+                 "ceiling", "bare", f"{loyalty}/loyalty/healthz", {200}, {})
+        self.pgbench("ceiling_pg_balance", "pgbench: SQL of the balance read", "balance")
+        self.wrk("balance", "Authenticated balance read", "scenario", "balance",
+                 f"{loyalty}/loyalty/me", {200}, users)
+
+        self.pgbench("ceiling_pg_withdrawal", "pgbench: SQL of the withdrawal", "withdrawal")
+        self.wrk("withdrawal", "Withdrawal (1 point)", "scenario", "withdrawal",
+                 f"{loyalty}/loyalty/me/withdrawals", {201}, users, method="POST")
+        self.wrk("seed_withdrawal", "Seed-compatible POST /loyalty (operation w)", "scenario",
+                 "seed_withdrawal", f"{loyalty}/loyalty", {200}, users, method="POST")
+
+        self.wrk("ceiling_bare_sso", "Bare GET /auth/healthz (same stack, no auth, no DB)",
+                 "ceiling", "bare", f"{sso}/auth/healthz", {200}, {})
+        refresh_in = seeded.refresh_file
+        refresh_out = seeded.token_dir / "refresh-next.txt"
+        refresh_env = {"BENCH_REFRESH": str(refresh_in), "BENCH_REFRESH_OUT": str(refresh_out)}
+
+        def continue_chains() -> None:
+            # The warm-up spent the file's first tokens; measure on the tokens it handed back.
+            if refresh_out.exists():
+                shutil.copyfile(refresh_out, refresh_in)
+
+        self.wrk("refresh", "Refresh (token rotation, chained)", "scenario", "refresh",
+                 f"{sso}/auth/refresh", {200}, refresh_env, method="POST",
+                 before_measure=continue_chains)
+
+        self.argon2()
+        a = self.dep.settings.sso.argon2
+        self.wrk("login", f"Password login (Argon2id m={a.memory_kib} KiB, t={a.time_cost}, "
+                 f"p={a.parallelism})", "scenario", "login", f"{sso}/auth/login", {200},
+                 {"BENCH_LOGINS": str(seeded.logins_file), "BENCH_PASSWORD": PASSWORD},
+                 connections=self.opts.login_connections, method="POST")
+
+        opts = self.opts
+        if self.wanted("registration_bonus"):
+            self.driver(
+                "registration_bonus", "Registration → bonus visible at loyalty (Kafka)",
+                "latency", drivers.registration_to_bonus(
+                    sso_urls, stack.loyalty_urls, duration=opts.mode.duration,
+                    concurrency=opts.driver_concurrency, poll_interval=opts.poll_interval,
+                    password=PASSWORD, tag=f"{int(time.time())}",
+                    expected_bonus=self.dep.settings.loyalty.welcome_bonus),
+                request="POST /auth/registration → GET /loyalty/me until 200")
+        if self.wanted("logout_refusal"):
+            sessions = seeded.logout_sessions[:opts.mode.logouts]
+            self.driver(
+                "logout_refusal", f"Logout → refused at loyalty ({len(sessions)} logouts)",
+                "latency", drivers.logout_to_refusal(
+                    sso_urls, stack.loyalty_urls, sessions,
+                    concurrency=opts.driver_concurrency,
+                    poll_interval=opts.poll_interval),
+                request="POST /auth/logout → GET /loyalty/me until 401")
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {"cpus": NCPU, "cpu_model": model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def git_revision() -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(BENCH_DIR.parent), "describe", "--always",
+                               "--dirty"], capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="short")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="wrk connections for the HTTP scenarios and bare endpoints")
+    parser.add_argument("--login-connections", type=int, default=8)
+    parser.add_argument("--pg-clients", type=int, default=16, help="pgbench clients")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--wrk-cpus", help="pin wrk with taskset -c (e.g. 1); default: unpinned")
+    parser.add_argument("--driver-concurrency", type=int, default=2,
+                        help="parallel registrations / logouts in the event scenarios")
+    parser.add_argument("--poll-interval-ms", type=float, default=5.0)
+    parser.add_argument("--sso-processes", type=int, default=NCPU,
+                        help="authloyalty sso processes (default: one per core, see "
+                             "bench/README.md)")
+    parser.add_argument("--loyalty-processes", type=int, default=NCPU,
+                        help="authloyalty loyalty processes (default: one per core)")
+    parser.add_argument("--settle", type=float,
+                        help="before each measurement wait up to this many seconds for the "
+                             f"machine to be < {SETTLED_BUSY_PCT:g} %% busy (default: short 5, "
+                             "full 60)")
+    parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an AUTHLOYALTY_* override for every service process, for "
+                             "experiments (e.g. AUTHLOYALTY_EVENTS__RELAY_POLL_INTERVAL_SECONDS"
+                             "=0.1); recorded in the results")
+    parser.add_argument("--only", help="comma-separated scenario names (development)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the stack's scratch directory (logs) behind")
+    args = parser.parse_args(argv)
+    return Options(mode=MODES[args.mode], out=args.out, connections=args.connections,
+                   login_connections=args.login_connections, pg_clients=args.pg_clients,
+                   wrk_threads=args.wrk_threads, wrk_cpus=args.wrk_cpus,
+                   driver_concurrency=args.driver_concurrency,
+                   poll_interval=args.poll_interval_ms / 1000,
+                   only=set(args.only.split(",")) if args.only else None, keep=args.keep,
+                   sso_processes=args.sso_processes, loyalty_processes=args.loyalty_processes,
+                   settle=args.settle if args.settle is not None
+                   else (5.0 if args.mode == "short" else 60.0),
+                   service_env=_service_env(parser, args.service_env))
+
+
+def _service_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("AUTHLOYALTY_"):
+            parser.error(f"--service-env wants AUTHLOYALTY_KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    loadgen.ensure_tools()
+    started_at = datetime.now(UTC)
+    revision = git_revision()  # the code the services start with, not what is there at the end
+    load_before = loadavg()
+    log(f"mode {opts.mode.name}: {opts.mode.duration:g} s per scenario after "
+        f"{opts.mode.warmup:g} s of warm-up; load average now {load_before}")
+    dep = deploy(users=USERS, refresh_sessions=opts.mode.refresh_sessions,
+                 logout_sessions=opts.mode.logouts, distinct_hashes=opts.mode.distinct_hashes,
+                 sso_processes=opts.sso_processes, loyalty_processes=opts.loyalty_processes,
+                 service_env=opts.service_env)
+    runner = Runner(opts, dep)
+    consistency: dict[str, int] = {}
+    sql_shapes: dict[str, Any] = {}
+    failed: BaseException | None = None
+    try:
+        first_token = dep.seeded.users_file.read_text().split("\n", 1)[0].split()[1]
+        sql_shapes = sqlcheck.check(dep.stack, first_token)
+        for name, shape in sql_shapes.items():
+            log(f"SQL of {name}: service {shape['service']}, pgbench {shape['pgbench']}"
+                + ("" if shape["match"] else "  <-- MISMATCH: update bench/sql/"))
+        runner.run()
+        consistency = seeding.ledger_consistent(dep.stack.loyalty_db_url)
+        log(f"ledger check: {consistency}")
+    except BaseException as exc:  # still write what was measured
+        failed = exc
+        log(f"run failed: {exc!r}")
+    finally:
+        pg_version = dep.stack.pg_version() if dep.stack.pg else None
+        config = dep.stack.config()
+        dep.stack.stop(keep=opts.keep)
+        if opts.keep:
+            log(f"stack directory kept: {dep.stack.root}")
+    a = dep.settings.sso.argon2
+    document = {
+        "meta": {
+            "mode": opts.mode.name,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git": revision,
+            "machine": machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": loadavg(),
+            "versions": {"postgres": pg_version, "wrk": loadgen.wrk_version()},
+            "durations": {"warmup_s": opts.mode.warmup, "measure_s": opts.mode.duration},
+            "provisioning_s": dep.provision_seconds,
+            "deployment": {
+                "processes": f"{opts.sso_processes} x `authloyalty sso --config`, "
+                             f"{opts.loyalty_processes} x `authloyalty loyalty --config` "
+                             "(each a single asyncio process, uvicorn in process)",
+                "sso_processes": opts.sso_processes,
+                "loyalty_processes": opts.loyalty_processes,
+                "database": "PostgreSQL, one database per service, durable (fsync, "
+                            "synchronous_commit on)",
+                "events": "Kafka (1 KRaft broker)",
+                "pool_size": dep.settings.loyalty.database.pool_size,
+                "argon2": {"memory_kib": a.memory_kib, "time_cost": a.time_cost,
+                           "parallelism": a.parallelism},
+                "config": config,
+                "env_overrides": opts.service_env,
+            },
+            "seed": {"users": dep.seeded.users, "start_balance": seeding.START_BALANCE,
+                     "distinct_argon2_hashes": dep.seeded.distinct_hashes,
+                     "refresh_sessions": opts.mode.refresh_sessions,
+                     "logout_sessions": opts.mode.logouts},
+            "load": {"wrk_connections": opts.connections,
+                     "wrk_login_connections": opts.login_connections,
+                     "wrk_threads": opts.wrk_threads, "wrk_cpus": opts.wrk_cpus,
+                     "pgbench_clients": opts.pg_clients,
+                     "driver_concurrency": opts.driver_concurrency,
+                     "poll_interval_ms": opts.poll_interval * 1000},
+            "ledger_check": consistency,
+            "sql_check": sql_shapes,
+            "failed": repr(failed) if failed else None,
+        },
+        "scenarios": runner.records,
+    }
+    report.finish(document)
+    paths = report.write(document, opts.out)
+    log("results: " + ", ".join(str(p) for p in paths))
+    print((opts.out / "latest.md").read_text())
+    if failed is not None:
+        raise failed
+    problems = report.problems(document)
+    for problem in problems:
+        log(f"problem: {problem}")
+    return 1 if any(p.startswith("error") for p in problems) else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
