@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,6 +28,21 @@ from authloyalty.loyalty.tables import (
 from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
+# Hot statements are built once: constructing a statement and its cache key on every call was
+# a visible share of a request's CPU.
+_ACCOUNT = select(accounts.c.user_id, accounts.c.balance, accounts.c.created_at).where(
+    accounts.c.user_id == bindparam("b_user_id"))
+_CHANGE_BALANCE = (
+    update(accounts)
+    .where(accounts.c.user_id == bindparam("b_user_id"),
+           accounts.c.balance + bindparam("b_delta") >= 0)
+    .values(balance=accounts.c.balance + bindparam("b_delta"), updated_at=bindparam("b_now"))
+    .returning(accounts.c.balance))
+_APPEND = insert(ledger_entries).returning(ledger_entries.c.id)
+_IDEMPOTENCY_KEY = select(idempotency_keys).where(
+    idempotency_keys.c.caller_id == bindparam("b_caller"),
+    idempotency_keys.c.key == bindparam("b_key"))
+
 
 def _entry(row: Any) -> LedgerEntry:
     return LedgerEntry(id=int(row.id), account_id=row.account_id, kind=row.kind,
@@ -43,9 +58,7 @@ class SqlAccounts:
 
     async def get(self, user_id: UUID) -> Account | None:
         """The account of ``user_id``."""
-        query = select(accounts.c.user_id, accounts.c.balance, accounts.c.created_at).where(
-            accounts.c.user_id == user_id)
-        row = (await self._conn.execute(query)).first()
+        row = (await self._conn.execute(_ACCOUNT, {"b_user_id": user_id})).first()
         if row is None:
             return None
         return Account(user_id=row.user_id, balance=int(row.balance),
@@ -60,10 +73,7 @@ class SqlAccounts:
         """One conditional UPDATE: the row lock (PostgreSQL) or the write lock (SQLite)
         serialises concurrent changes, and the WHERE clause keeps the balance non-negative."""
         result = await self._conn.execute(
-            update(accounts)
-            .where(accounts.c.user_id == user_id, accounts.c.balance + delta >= 0)
-            .values(balance=accounts.c.balance + delta, updated_at=now)
-            .returning(accounts.c.balance))
+            _CHANGE_BALANCE, {"b_user_id": user_id, "b_delta": delta, "b_now": now})
         row = result.first()
         return int(row[0]) if row is not None else None
 
@@ -77,11 +87,9 @@ class SqlLedger:
     async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
                      balance_after: int, now: datetime) -> LedgerEntry:
         """Append one movement and return it with its id."""
-        result = await self._conn.execute(
-            insert(ledger_entries).values(
-                account_id=account_id, kind=kind, amount=amount, comment=comment,
-                balance_after=balance_after, created_at=now)
-            .returning(ledger_entries.c.id))
+        result = await self._conn.execute(_APPEND, {
+            "account_id": account_id, "kind": kind, "amount": amount, "comment": comment,
+            "balance_after": balance_after, "created_at": now})
         return LedgerEntry(id=int(result.scalar_one()), account_id=account_id, kind=kind,
                            amount=amount, comment=comment, balance_after=balance_after,
                            created_at=now)
@@ -112,9 +120,8 @@ class SqlIdempotencyKeys:
 
     async def get(self, caller_id: UUID, key: str) -> IdempotencyRecord | None:
         """The record of ``caller_id``'s ``key``."""
-        query = select(idempotency_keys).where(idempotency_keys.c.caller_id == caller_id,
-                                               idempotency_keys.c.key == key)
-        row = (await self._conn.execute(query)).first()
+        row = (await self._conn.execute(_IDEMPOTENCY_KEY,
+                                        {"b_caller": caller_id, "b_key": key})).first()
         if row is None:
             return None
         return IdempotencyRecord(

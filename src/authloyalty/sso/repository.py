@@ -6,13 +6,26 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from authloyalty.platform.db import as_utc
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
 from authloyalty.sso.tables import login_failures, sessions, users
+
+# Hot statements are built once (construction and cache keys cost CPU on every call).
+_USER = select(users).where(users.c.id == bindparam("b_id"))
+_USER_BY_EMAIL = select(users).where(users.c.email_normalized == bindparam("b_email"))
+_SESSION = select(sessions).where(sessions.c.id == bindparam("b_id"))
+_ROTATE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("b_id"),
+           sessions.c.refresh_token_id == bindparam("b_presented"),
+           sessions.c.revoked_at.is_(None))
+    .values(refresh_token_id=bindparam("b_successor"),
+            previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now")))
+_ADD_SESSION = insert(sessions)
 
 
 def _user(row: Any) -> User:
@@ -52,13 +65,13 @@ class SqlUsers:
 
     async def get(self, user_id: UUID) -> User | None:
         """The user with ``user_id``."""
-        row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
+        row = (await self._conn.execute(_USER, {"b_id": user_id})).first()
         return _user(row) if row else None
 
     async def by_email(self, email: str) -> User | None:
         """The user whose email matches case-insensitively."""
-        query = select(users).where(users.c.email_normalized == normalise_email(email))
-        row = (await self._conn.execute(query)).first()
+        row = (await self._conn.execute(_USER_BY_EMAIL,
+                                        {"b_email": normalise_email(email)})).first()
         return _user(row) if row else None
 
     async def set_admin(self, user_id: UUID, is_admin: bool) -> None:
@@ -80,26 +93,22 @@ class SqlSessions:
 
     async def add(self, session: Session) -> None:
         """Insert a new session."""
-        await self._conn.execute(insert(sessions).values(
-            id=session.id, user_id=session.user_id, created_at=session.created_at,
-            refresh_token_id=session.refresh_token_id))
+        await self._conn.execute(_ADD_SESSION, {
+            "id": session.id, "user_id": session.user_id, "created_at": session.created_at,
+            "refresh_token_id": session.refresh_token_id})
 
     async def get(self, session_id: UUID) -> Session | None:
         """The session with ``session_id``."""
-        query = select(sessions).where(sessions.c.id == session_id)
-        row = (await self._conn.execute(query)).first()
+        row = (await self._conn.execute(_SESSION, {"b_id": session_id})).first()
         return _session(row) if row else None
 
     async def rotate(
         self, session_id: UUID, presented: UUID, successor: UUID, now: datetime
     ) -> bool:
         """Compare-and-set of the current refresh token id: one concurrent caller wins."""
-        result = await self._conn.execute(
-            update(sessions)
-            .where(sessions.c.id == session_id, sessions.c.refresh_token_id == presented,
-                   sessions.c.revoked_at.is_(None))
-            .values(refresh_token_id=successor, previous_refresh_token_id=presented,
-                    rotated_at=now))
+        result = await self._conn.execute(_ROTATE, {
+            "b_id": session_id, "b_presented": presented, "b_successor": successor,
+            "b_now": now})
         return result.rowcount == 1
 
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
