@@ -1,4 +1,4 @@
-"""Ratios to ceilings, the issue's targets, and the JSON / Markdown / PNG outputs."""
+"""Ratios to ceilings, the performance targets, and the JSON / Markdown / PNG outputs."""
 
 from __future__ import annotations
 

@@ -193,7 +193,7 @@ class Settings(BaseSettings):
 
 
 def _bootstrap_admin_from_env(overrides: dict[str, Any]) -> None:
-    # The issue-facing names are shorter than the nested ones; accept both.
+    # The documented short names (AUTHLOYALTY_ADMIN_EMAIL/_PASSWORD) and the nested ones both work.
     email = os.environ.get("AUTHLOYALTY_ADMIN_EMAIL")
     password = os.environ.get("AUTHLOYALTY_ADMIN_PASSWORD")
     admin = overrides.setdefault("admin", {})
