@@ -25,7 +25,8 @@ import httpx
 import yaml
 
 from authloyalty.devinfra.kafka import KafkaBroker
-from authloyalty.devinfra.postgres import PostgresCluster, free_port, scratch_dir
+from authloyalty.devinfra.common import free_port
+from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

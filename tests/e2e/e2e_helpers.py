@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from authloyalty.devinfra.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,14 +40,6 @@ BONUS_DEADLINE = 15.0  # generous: a loaded CI machine is slow, the product is n
 ADMIN_EMAIL = "root-admin@example.com"
 ADMIN_PASSWORD = "admin-password-123"
 PASSWORD = "correct horse battery"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(**extra: str) -> dict[str, str]:

@@ -49,6 +49,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, NamedTuple, Self
 
+from authloyalty.devinfra.common import HOST, free_ports, tail, write_json
+
 __all__ = [
     "HOST",
     "KafkaBroker",
@@ -63,7 +65,6 @@ __all__ = [
     "pom_path",
 ]
 
-HOST = "127.0.0.1"
 CACHE_ENV = "AUTHLOYALTY_CACHE_DIR"
 POM_ENV = "AUTHLOYALTY_KAFKA_POM"
 LOG4J2_ENV = "AUTHLOYALTY_KAFKA_LOG4J2"
@@ -132,15 +133,11 @@ def _cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "authloyalty"
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _java_major(java: str) -> int:
     proc = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
     if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"cannot run `{java} -version`:\n{_tail(proc.stderr + proc.stdout)}")
+        raise RuntimeError(f"cannot run `{java} -version`:\n{tail(proc.stderr + proc.stdout)}")
     major = int(match.group(1))
     return int(match.group(2) or 0) if major == 1 else major
 
@@ -161,7 +158,7 @@ def _apt_install(packages: Sequence[str]) -> None:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}"
+                f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail(proc.stderr)}"
             )
 
 
@@ -246,7 +243,7 @@ def ensure_classpath(pom: Path | None = None) -> Path:
         if proc.returncode != 0:
             raise RuntimeError(
                 f"resolving the Kafka classpath failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                f"{_tail(proc.stdout + proc.stderr)}"
+                f"{tail(proc.stdout + proc.stderr)}"
             )
         if not any(lib.glob("kafka_2.13-*.jar")):
             raise RuntimeError(f"mvn succeeded but {lib} holds no kafka_2.13 jar")
@@ -270,17 +267,6 @@ def _log4j2_config(base_dir: Path) -> Path:
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    # Hold all sockets open at once so the same port is not handed out twice.
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((HOST, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
 def _random_id() -> str:
     """A Kafka ``Uuid`` string: url-safe base64 of 16 random bytes, no padding (22 chars).
 
@@ -291,12 +277,6 @@ def _random_id() -> str:
         value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not value.startswith("-"):
             return value
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _proc_state(pid: int) -> str | None:
@@ -469,7 +449,7 @@ class KafkaBroker:
             return
         self.node_id = node_id
         if port is None or controller_port is None:
-            free = _free_ports(2)
+            free = free_ports(2)
             port = free[0] if port is None else port
             controller_port = free[1] if controller_port is None else controller_port
         self._port = port
@@ -615,7 +595,7 @@ class KafkaBroker:
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of ``broker.log``."""
         try:
-            return _tail(self.log_file.read_text(errors="replace"), lines)
+            return tail(self.log_file.read_text(errors="replace"), lines)
         except OSError:
             return "(no log)"
 
@@ -746,9 +726,9 @@ class KafkaBroker:
         if proc.returncode != 0:
             raise RuntimeError(
                 f"formatting Kafka storage in {self.data_dir} failed (exit {proc.returncode}):\n"
-                f"{_tail(proc.stdout + proc.stderr)}"
+                f"{tail(proc.stdout + proc.stderr)}"
             )
-        _write_json(
+        write_json(
             self.base_dir / _NODE_FILE,
             {
                 "node_id": self.node_id,
@@ -793,7 +773,7 @@ class KafkaCluster:
             raise ValueError("brokers must be >= 1")
         if ports is not None and len(ports) != brokers:
             raise ValueError(f"need {brokers} ports, got {len(ports)}")
-        free = _free_ports(2 * brokers)
+        free = free_ports(2 * brokers)
         voters = [Voter(i + 1, free[brokers + i], _random_id()) for i in range(brokers)]
         cluster_id = _random_id()
         self.nodes: list[KafkaBroker] = []
@@ -848,7 +828,7 @@ class KafkaCluster:
                     node.launch()
                     started.append(node)
             if not self._saved_path.exists():
-                _write_json(self._saved_path, {"brokers": len(self.nodes)})
+                write_json(self._saved_path, {"brokers": len(self.nodes)})
             for node in self.nodes:
                 node.wait_ready(max(deadline - time.monotonic(), 0.0), expected=self.node_ids)
         except BaseException:
@@ -956,7 +936,7 @@ def _serve(args: argparse.Namespace) -> int:
                 for n in _nodes(target)
             ],
         }
-        _write_json(state_path, state)
+        write_json(state_path, state)
         print(f"kafka ready on {target.bootstrap_servers}", flush=True)
         reported: set[int] = set()
         while not stop.wait(1.0):
@@ -1021,7 +1001,7 @@ def _start(args: argparse.Namespace) -> int:
         _signal_group(pid, signal.SIGTERM)
         _wait_pid(pid, 30)
     log = (base_dir / _SUPERVISOR_LOG).read_text(errors="replace")
-    print(f"kafka failed to start; {base_dir / _SUPERVISOR_LOG}:\n{_tail(log)}", file=sys.stderr)
+    print(f"kafka failed to start; {base_dir / _SUPERVISOR_LOG}:\n{tail(log)}", file=sys.stderr)
     return 1
 
 

@@ -28,6 +28,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from authloyalty.devinfra.common import tail
+
 __all__ = [
     "GatewayValues",
     "TlsFiles",
@@ -256,17 +258,13 @@ def ensure_commands(commands: Mapping[str, str], *, install: bool = True) -> dic
                 if proc.returncode != 0:
                     raise RuntimeError(
                         f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                        f"{_tail(proc.stdout + proc.stderr)}"
+                        f"{tail(proc.stdout + proc.stderr, 30)}"
                     )
         found = {cmd: find_command(cmd) for cmd in commands}
     still = sorted(cmd for cmd, path in found.items() if path is None)
     if still:
         raise RuntimeError(f"installed {missing} but {still} still not found")
     return {cmd: str(path) for cmd, path in found.items()}
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # -- nginx -t -----------------------------------------------------------------------------------
@@ -351,7 +349,7 @@ def make_tls(directory: Path, *, dns: Sequence[str] = ("localhost",),
             for cmd in steps:
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{_tail(proc.stderr)}")
+                    raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{tail(proc.stderr, 30)}")
         finally:
             os.umask(old_umask)
     files.key.chmod(0o600)

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
+from authloyalty.devinfra.common import HOST, free_port, tail
+
 __all__ = [
     "PostgresCluster",
     "find_bindir",
@@ -36,7 +37,6 @@ __all__ = [
     "scratch_dir",
 ]
 
-HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 _OS_USER = "postgres"
 _STATE_FILE = "devinfra-postgres.json"
@@ -86,20 +86,12 @@ def find_bindir() -> Path:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}"
+                f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail(proc.stderr)}"
             )
     found = _scan_bindirs()
     if not found:
         raise RuntimeError(f"installed postgresql but found no initdb/pg_ctl in {_PG_ROOT}/*/bin")
     return found[0]
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now (it may be taken again later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scratch_dir(prefix: str = "pg-") -> Path:
@@ -112,10 +104,6 @@ def scratch_dir(prefix: str = "pg-") -> Path:
     return path
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -125,12 +113,6 @@ def _clean_env() -> dict[str, str]:
     # Server messages in English so our error matching (e.g. "could not bind") works.
     env["LC_MESSAGES"] = "C"
     return env
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
 
 
 class PostgresCluster:
@@ -352,7 +334,7 @@ class PostgresCluster:
         if check and proc.returncode != 0:
             raise RuntimeError(
                 f"{' '.join(args)} failed (exit {proc.returncode}):\n"
-                f"{_tail(proc.stdout + proc.stderr)}"
+                f"{tail(proc.stdout + proc.stderr)}"
             )
         return proc
 
@@ -470,7 +452,7 @@ class PostgresCluster:
             raise RuntimeError(
                 f"pg_ctl start failed for {self.data_dir} (exit {proc.returncode}):\n"
                 f"{(proc.stdout + proc.stderr).strip()}\n--- tail of {self.log_file} ---\n"
-                f"{_tail(log)}"
+                f"{tail(log)}"
             )
 
     def _read_log(self, offset: int) -> str:

@@ -62,12 +62,12 @@ import yaml
 
 from authloyalty.devinfra import nginx as gateway
 from authloyalty.devinfra import prometheus as prom
+from authloyalty.devinfra.common import HOST, free_ports, port_open, tail, write_json
 from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
 from authloyalty.devinfra.postgres import PostgresCluster
 
 __all__ = ["DEFAULT_DIR", "STATE_FILE", "StackError", "load_state", "main", "process_alive"]
 
-HOST = "127.0.0.1"
 DEFAULT_DIR = Path("var/stack")
 STATE_FILE = "stack.json"
 DEFAULT_HTTPS_PORT = 8443
@@ -196,13 +196,7 @@ def _tail(path: Path | None, lines: int = 25) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    return tail(text, lines)
 
 
 def load_state(directory: Path) -> dict[str, Any] | None:
@@ -224,25 +218,6 @@ def _bindable(port: int, host: str = HOST) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_ports(count: int, avoid: set[int]) -> list[int]:
-    # Hold every socket until all are chosen, so no port is handed out twice.
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < count:
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
-            if port not in avoid:
-                ports.append(port)
-        return ports
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
 
 
 def _authloyalty() -> list[str]:
@@ -336,7 +311,7 @@ def _choose_ports(opts: Options, taken: set[int]) -> Ports:
         if default not in taken and _bindable(default):
             taken.add(default)
             return default
-        chosen = _free_ports(1, taken)[0]
+        chosen = free_ports(1, taken)[0]
         print(f"port {default} is busy; using {chosen} instead ({flag} chooses)", flush=True)
         taken.add(chosen)
         return chosen
@@ -349,7 +324,7 @@ def _choose_ports(opts: Options, taken: set[int]) -> Ports:
     grpc_gateway = fixed(opts.grpc_gateway_port, DEFAULT_GRPC_GATEWAY_PORT, "--http2-grpc-port")
     prometheus = (fixed(opts.prometheus_port, DEFAULT_PROMETHEUS_PORT, "--prometheus-port")
                   if opts.prometheus else None)
-    free = _free_ports(2 * opts.sso_replicas + opts.loyalty_replicas, taken)
+    free = free_ports(2 * opts.sso_replicas + opts.loyalty_replicas, taken)
     sso = [(free[2 * i], free[2 * i + 1]) for i in range(opts.sso_replicas)]
     loyalty = free[2 * opts.sso_replicas:]
     return Ports(https, grpc_gateway, prometheus, sso, loyalty)
@@ -376,7 +351,7 @@ class _Up:
     # -- state --------------------------------------------------------------------------------
 
     def save(self) -> None:
-        _write_json(self.dir / STATE_FILE, self.state)
+        write_json(self.dir / STATE_FILE, self.state)
 
     def add(self, name: str, kind: str, pids: Sequence[int], **info: Any) -> dict[str, Any]:
         component = {"name": name, "kind": kind, "processes": [_record(p) for p in pids], **info}
@@ -708,7 +683,7 @@ class _Up:
                  ports={"https": ports.https, "grpc_h2c": ports.grpc_gateway}, urls=urls,
                  ca=str(tls.ca))
         deadline = time.monotonic() + 15
-        while not all(_port_open(p) for p in [*ports.https, ports.grpc_gateway]):
+        while not all(port_open(p) for p in [*ports.https, ports.grpc_gateway]):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise StackError(f"nginx did not start; {error_log}:\n{_tail(error_log)}")
             time.sleep(0.05)
@@ -890,7 +865,7 @@ def down(directory: Path) -> int:
                 if any(process_alive(r) for r in c.get("processes", []))]
         state["status"] = "stopped" if not left else "partly-stopped"
         state["stopped_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-        _write_json(directory / STATE_FILE, state)
+        write_json(directory / STATE_FILE, state)
     if left:
         print(f"still running: {', '.join(left)}", file=sys.stderr)
         return 1
