@@ -191,6 +191,12 @@ def loyalty_app(container: LoyaltyContainer) -> FastAPI:
     return app
 
 
+async def reload_keys(keys: KeyStore) -> None:
+    """Reread the signing-key directory (off the event loop) and log a rotation."""
+    if await asyncio.to_thread(keys.reload):
+        log.info("signing keys reloaded: %s", [k["kid"] for k in keys.jwks()["keys"]])
+
+
 async def _every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -232,8 +238,7 @@ class EmbeddedSystem:
         ]
 
     async def _reload_keys(self) -> None:
-        if await asyncio.to_thread(self.sso.keys.reload):
-            log.info("signing keys reloaded")
+        await reload_keys(self.sso.keys)
 
     async def _maintenance(self) -> None:
         await self.sso.service.purge_login_failures()
@@ -295,8 +300,7 @@ class SsoProcess:
             self.settings.sso.keys_reload_seconds, self._reload_keys, "keys")))
 
     async def _reload_keys(self) -> None:
-        if await asyncio.to_thread(self.sso.keys.reload):
-            log.info("signing keys reloaded: %s", [k["kid"] for k in self.sso.keys.jwks()["keys"]])
+        await reload_keys(self.sso.keys)
 
     async def stop(self) -> None:
         """Stop background work and release clients."""

@@ -156,10 +156,8 @@ def _banner(settings: Settings, system: EmbeddedSystem) -> str:
 async def _serve(servers: list[_Server], banner: str) -> bool:
     """Serve until SIGINT/SIGTERM; False if a server could not start."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
 
     def _exit() -> None:
-        stop.set()
         for server in servers:
             server.should_exit = True
 
