@@ -25,6 +25,7 @@ from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform import telemetry
+from authloyalty.platform.database import Database, open_database
 from authloyalty.platform.db import DatabaseTarget, create_engine, resolve_target
 from authloyalty.platform.events import (
     SESSION_REVOKED,
@@ -99,10 +100,16 @@ class SsoContainer:
 
     settings: SsoSettings
     target: DatabaseTarget
-    engine: AsyncEngine
+    engine: AsyncEngine  # migrations
+    database: Database  # everything else
     keys: KeyStore
     service: AuthService
     relay: OutboxRelay
+
+    async def dispose(self) -> None:
+        """Close the database pools."""
+        await self.database.dispose()
+        await self.engine.dispose()
 
 
 @dataclass
@@ -111,36 +118,46 @@ class LoyaltyContainer:
 
     settings: LoyaltySettings
     target: DatabaseTarget
-    engine: AsyncEngine
+    engine: AsyncEngine  # migrations
+    database: Database  # everything else
     revoked: RevokedSessions
     authenticator: Authenticator
     service: LedgerService
     handlers: LoyaltyEventHandlers
-    read_engine: AsyncEngine | None = None
+    read_database: Database | None = None
 
     async def dispose(self) -> None:
         """Close the database pools."""
+        await self.database.dispose()
         await self.engine.dispose()
-        if self.read_engine is not None:
-            await self.read_engine.dispose()
+        if self.read_database is not None:
+            await self.read_database.dispose()
+
+
+def open_databases(target: DatabaseTarget) -> tuple[AsyncEngine, Database]:
+    """The engine migrations run on, and the database the service runs on (asyncpg's own pool
+    on PostgreSQL, the same engine on SQLite)."""
+    engine = create_engine(target)
+    database = open_database(target, engine)
+    telemetry.instrument_database(database)
+    return engine, database
 
 
 def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> SsoContainer:
     """Wire sso: database, hashing, tokens, use cases and its outbox relay."""
     target = sso_database(settings)
-    engine = create_engine(target)
-    telemetry.instrument_engine(engine)
+    engine, database = open_databases(target)
     cfg = settings.sso
-    relay = OutboxRelay(engine, sso_tables.outbox, publisher,
+    relay = OutboxRelay(database, sso_tables.outbox, publisher,
                         batch_size=settings.events.relay_batch_size,
                         poll_interval=settings.events.relay_poll_interval_seconds,
                         max_backoff=settings.events.relay_max_backoff_seconds)
     issuer = TokenIssuer(keys, cfg.issuer, cfg.access_token_ttl_seconds,
                          cfg.refresh_token_ttl_seconds)
     verifier = TokenVerifier(keys, cfg.issuer)
-    service = AuthService(lambda: SqlSsoUnitOfWork(engine, relay.notify),
+    service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
                           PasswordHasher(cfg.argon2), issuer, verifier, cfg)
-    return SsoContainer(cfg, target, engine, keys, service, relay)
+    return SsoContainer(cfg, target, engine, database, keys, service, relay)
 
 
 def build_loyalty(settings: Settings, keys: KeyProvider,
@@ -148,27 +165,24 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
                   owners: OwnerDirectory | None = None) -> LoyaltyContainer:
     """Wire loyalty: database, local token verification with revocations, use cases."""
     target = loyalty_database(settings)
-    engine = create_engine(target)
+    engine, database = open_databases(target)
     read_target = loyalty_read_database(settings)
-    read_engine = create_engine(read_target) if read_target else None
-    for instrumented in (engine, read_engine):
-        if instrumented is not None:
-            telemetry.instrument_engine(instrumented)
+    read_database = open_databases(read_target)[1] if read_target else None
     cfg = settings.loyalty
 
     def uow() -> SqlLoyaltyUnitOfWork:
-        return SqlLoyaltyUnitOfWork(engine)
+        return SqlLoyaltyUnitOfWork(database)
 
     def read_uow() -> SqlLoyaltyUnitOfWork:
-        return SqlLoyaltyUnitOfWork(read_engine or engine, read_only=True)
+        return SqlLoyaltyUnitOfWork(read_database or database, read_only=True)
 
     revoked = RevokedSessions()
     authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
                             owners=owners, read_uow=read_uow)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
-    return LoyaltyContainer(cfg, target, engine, revoked, authenticator, service, handlers,
-                            read_engine)
+    return LoyaltyContainer(cfg, target, engine, database, revoked, authenticator, service,
+                            handlers, read_database)
 
 
 def sso_app(container: SsoContainer) -> FastAPI:
@@ -250,7 +264,7 @@ class EmbeddedSystem:
         await _cancel(self.tasks)
         with contextlib.suppress(Exception):
             await self.sso.relay.run_once()
-        await self.sso.engine.dispose()
+        await self.sso.dispose()
         await self.loyalty.dispose()
 
 
@@ -306,7 +320,7 @@ class SsoProcess:
         """Stop background work and release clients."""
         await _cancel(self.tasks)
         await asyncio.to_thread(self.publisher.close)
-        await self.sso.engine.dispose()
+        await self.sso.dispose()
 
 
 def build_sso_process(settings: Settings, *, run_relay: bool = True) -> SsoProcess:

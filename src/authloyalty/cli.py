@@ -273,7 +273,7 @@ async def _admin_create(settings: Settings, email: str, password: str) -> int:
             await ensure_current("sso", sso.engine)
             user_id, created = await sso.service.ensure_admin(email, password)
         finally:
-            await sso.engine.dispose()
+            await sso.dispose()
     else:
         system = build_embedded(settings)
         try:
@@ -298,7 +298,7 @@ async def _admin_revoke(settings: Settings, email: str) -> int:
             await ensure_current("sso", sso.engine)
         ended = await sso.service.revoke_user_sessions(email)
     finally:
-        await sso.engine.dispose()
+        await sso.dispose()
     print(f"ended {ended} session(s) of {email}")
     return 0
 

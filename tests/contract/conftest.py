@@ -10,6 +10,7 @@ import pytest
 
 from authloyalty.bootstrap import loyalty_database, sso_database
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
+from authloyalty.platform.database import open_database
 from authloyalty.platform.db import create_engine
 from authloyalty.platform.migrations import upgrade
 from authloyalty.sso.uow import SqlSsoUnitOfWork
@@ -25,9 +26,11 @@ async def _sql(request: pytest.FixtureRequest, tmp_path: Path, service: str
     engine = create_engine(target)
     await upgrade(service, engine, target)
     uow_class = SqlSsoUnitOfWork if service == "sso" else SqlLoyaltyUnitOfWork
+    database = open_database(target, engine)
     try:
-        yield lambda: uow_class(engine)
+        yield lambda: uow_class(database)
     finally:
+        await database.dispose()
         await engine.dispose()
 
 

@@ -16,10 +16,10 @@ from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, _str_
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
-from sqlalchemy.exc import OperationalError
 
 from authloyalty.bootstrap import EmbeddedSystem
 from authloyalty.loyalty.domain import Principal
+from authloyalty.platform.database import DatabaseUnavailable
 from authloyalty.platform.events import USER_REGISTERED, Event
 from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
 from authloyalty.platform.kafka_codec import EventCodec
@@ -167,7 +167,7 @@ async def test_database_outage_is_retried_without_loss_or_dead_letter(
     async def flaky(event: Event) -> None:
         if failures["left"] > 0:
             failures["left"] -= 1
-            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("database is down"))
+            raise DatabaseUnavailable()
         await system.loyalty.handlers.user_registered(event)
 
     consuming(flaky)

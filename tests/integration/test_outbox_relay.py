@@ -50,7 +50,7 @@ async def rows(system: EmbeddedSystem) -> list[tuple[str, int, str | None]]:
 async def test_failed_delivery_is_recorded_and_retried_after_backoff(
         system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher()
-    relay = OutboxRelay(system.sso.engine, outbox, publisher)
+    relay = OutboxRelay(system.sso.database, outbox, publisher)
     await add_event(system, "a")
     publisher.down = True
     assert await relay.run_once() == 1
@@ -68,7 +68,7 @@ async def test_failed_delivery_is_recorded_and_retried_after_backoff(
 
 async def test_competing_relays_never_publish_a_row_twice(system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher(delay=0.05)
-    relays = [OutboxRelay(system.sso.engine, outbox, publisher, batch_size=5) for _ in range(3)]
+    relays = [OutboxRelay(system.sso.database, outbox, publisher, batch_size=5) for _ in range(3)]
     for i in range(20):
         await add_event(system, f"k{i}")
     for _ in range(10):
@@ -81,7 +81,7 @@ async def test_row_committed_late_is_still_published(system: EmbeddedSystem) -> 
     if system.sso.target.is_sqlite:
         pytest.skip("SQLite serialises writers; there is no late commit to observe")
     publisher = FlakyPublisher()
-    relay = OutboxRelay(system.sso.engine, outbox, publisher)
+    relay = OutboxRelay(system.sso.database, outbox, publisher)
     late = Event(type="user_registered", key="late", data={"user_id": "late"})
     async with system.sso.engine.connect() as slow:
         await slow.begin()
@@ -97,7 +97,7 @@ async def test_row_committed_late_is_still_published(system: EmbeddedSystem) -> 
 async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
         system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher(delay=0.3)
-    relay = OutboxRelay(system.sso.engine, outbox, publisher, poll_interval=30.0)
+    relay = OutboxRelay(system.sso.database, outbox, publisher, poll_interval=30.0)
     task = asyncio.create_task(relay.run_forever())
     try:
         await add_event(system, "first")

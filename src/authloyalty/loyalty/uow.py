@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from authloyalty.loyalty.repository import (
     SqlAccounts,
     SqlIdempotencyKeys,
@@ -11,6 +9,7 @@ from authloyalty.loyalty.repository import (
     SqlLedger,
     SqlRevocations,
 )
+from authloyalty.platform.database import Session
 from authloyalty.platform.uow import SqlUnitOfWork
 
 
@@ -23,9 +22,9 @@ class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
     inbox: SqlInbox
     revocations: SqlRevocations
 
-    def _bind(self, conn: AsyncConnection) -> None:
-        self.accounts = SqlAccounts(conn)
-        self.ledger = SqlLedger(conn)
-        self.idempotency = SqlIdempotencyKeys(conn)
-        self.inbox = SqlInbox(conn)
-        self.revocations = SqlRevocations(conn)
+    def _bind(self, session: Session) -> None:
+        self.accounts = SqlAccounts(session)
+        self.ledger = SqlLedger(session)
+        self.idempotency = SqlIdempotencyKeys(session)
+        self.inbox = SqlInbox(session)
+        self.revocations = SqlRevocations(session)

@@ -17,7 +17,6 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authloyalty.platform import metrics
-from authloyalty.platform.db import ping
 from authloyalty.platform.errors import DomainError, ErrorKind, MissingToken
 from authloyalty.platform.schemas import ErrorOut, StatusOut
 
@@ -239,7 +238,7 @@ def health_router(prefix: str) -> APIRouter:
     async def ready(request: Request) -> Response:
         """Readiness: the database answers."""
         try:
-            await ping(request.app.state.container.engine)
+            await request.app.state.container.database.ping()
         except Exception:
             return error_response(503, "database_unavailable", "database is unreachable")
         return success(200)

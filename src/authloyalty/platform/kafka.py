@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from authloyalty.platform import metrics, telemetry
+from authloyalty.platform.database import DatabaseUnavailable
 from authloyalty.platform.events import Event, EventHandler, PermanentEventError
 from authloyalty.platform.kafka_codec import EventCodec, Headers, Record
 from authloyalty.platform.settings import KafkaSettings
@@ -136,8 +136,7 @@ def _header_list(headers: Any) -> Headers:
 
 def _is_transient(exc: BaseException) -> bool:
     """Failures of our infrastructure (database down), not of the record: retry forever."""
-    return isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError) or bool(
-        getattr(exc, "connection_invalidated", False))
+    return isinstance(exc, DatabaseUnavailable | OSError | TimeoutError)
 
 
 class KafkaEventConsumer:

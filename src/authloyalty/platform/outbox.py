@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,12 +29,14 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
+    func,
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from authloyalty.platform import metrics
+from authloyalty.platform.database import Database, Session
 from authloyalty.platform.db import as_utc, utcnow
 from authloyalty.platform.events import Event, EventPublisher
 
@@ -79,25 +81,56 @@ class OutboxRow:
 class OutboxWriter:
     """Appends events inside the caller's transaction."""
 
-    def __init__(self, conn: AsyncConnection, table: Table) -> None:
-        self._conn = conn
-        self._table = table
+    def __init__(self, session: Session, table: Table) -> None:
+        self._db = session
+        self._insert = _statements(table).insert
 
     async def add(self, event: Event) -> None:
         """Stage ``event``; it becomes visible to the relay when the transaction commits."""
-        await self._conn.execute(
-            self._table.insert().values(
-                event_id=event.id,
-                event_type=event.type,
-                event_key=event.key,
-                payload=dict(event.data),
-                headers=dict(event.headers),
-                created_at=event.occurred_at,
-                status=IN_PROGRESS,
-                attempts=0,
-                next_attempt_at=event.occurred_at,
-            )
+        await self._db.execute(self._insert, {
+            "event_id": event.id, "event_type": event.type, "event_key": event.key,
+            "payload": dict(event.data), "headers": dict(event.headers),
+            "created_at": event.occurred_at, "status": IN_PROGRESS, "attempts": 0,
+            "next_attempt_at": event.occurred_at})
+
+
+@dataclass(frozen=True)
+class _Statements:
+    insert: Any
+    due: Any
+    due_locked: Any  # FOR UPDATE SKIP LOCKED (PostgreSQL)
+    delivered: Any
+    failed: Any
+    backlog: Any
+
+
+_STATEMENTS: dict[int, _Statements] = {}
+
+
+def _statements(table: Table) -> _Statements:
+    """The outbox's statements for ``table``, built once."""
+    built = _STATEMENTS.get(id(table))
+    if built is None:
+        t = table
+        due = (select(t.c.id, t.c.event_id, t.c.event_type, t.c.event_key, t.c.payload,
+                      t.c.headers, t.c.created_at, t.c.attempts)
+               .where(t.c.status != SUCCESSFUL, t.c.next_attempt_at <= bindparam("b_now"))
+               .order_by(t.c.id).limit(bindparam("b_limit")))
+        by_id = update(t).where(t.c.id == bindparam("b_id"))
+        built = _Statements(
+            insert=t.insert(),
+            due=due,
+            due_locked=due.with_for_update(skip_locked=True),
+            delivered=by_id.values(status=SUCCESSFUL, published_at=bindparam("b_now"),
+                                   attempts=bindparam("b_attempts"), last_error=None),
+            failed=by_id.values(status=FAILED, attempts=bindparam("b_attempts"),
+                                last_error=bindparam("b_error"),
+                                next_attempt_at=bindparam("b_next")),
+            backlog=select(func.count().label("n"), func.min(t.c.created_at).label("oldest"))
+            .where(t.c.status != SUCCESSFUL),
         )
+        _STATEMENTS[id(table)] = built
+    return built
 
 
 def backoff(attempts: int, cap_seconds: float) -> float:
@@ -116,7 +149,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         table: Table,
         publisher: EventPublisher,
         *,
@@ -125,8 +158,8 @@ class OutboxRelay:
         max_backoff: float = 60.0,
         service: str = "sso",
     ) -> None:
-        self._engine = engine
-        self._table = table
+        self._database = database
+        self._sql = _statements(table)
         self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -140,54 +173,42 @@ class OutboxRelay:
 
     async def run_once(self) -> int:
         """Publish one batch of due rows; return how many were attempted."""
-        now = utcnow()
-        t = self._table
-        async with self._engine.begin() as conn:
-            query = (
-                select(t.c.id, t.c.event_id, t.c.event_type, t.c.event_key, t.c.payload,
-                       t.c.headers, t.c.created_at, t.c.attempts)
-                .where(t.c.status != SUCCESSFUL, t.c.next_attempt_at <= now)
-                .order_by(t.c.id)
-                .limit(self._batch_size)
-            )
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = [_row(r) for r in (await conn.execute(query)).all()]
+        query = self._sql.due_locked if self._database.dialect == "postgresql" else self._sql.due
+        async with self._database.transaction() as session:
+            found = await session.all(query, {"b_now": utcnow(), "b_limit": self._batch_size})
+            rows = [_row(r) for r in found]
             if not rows:
                 return 0
             results = await self._publisher.publish([r.event for r in rows])
-            await self._record(conn, rows, results)
+            await self._record(session, rows, results)
         return len(rows)
 
     async def _record(
-        self, conn: AsyncConnection, rows: Sequence[OutboxRow], results: Sequence[str | None]
+        self, session: Session, rows: Sequence[OutboxRow], results: Sequence[str | None]
     ) -> None:
         now = utcnow()
-        t = self._table
         for row, error in zip(rows, results, strict=True):
             attempts = row.attempts + 1
             if error is None:
-                values: dict[str, Any] = {"status": SUCCESSFUL, "published_at": now,
-                                          "attempts": attempts, "last_error": None}
+                await session.execute(self._sql.delivered, {
+                    "b_id": row.id, "b_now": now, "b_attempts": attempts})
                 metrics.OUTBOX_PUBLISHED.labels(self._service, "success").inc()
             else:
                 delay = timedelta(seconds=backoff(attempts, self._max_backoff))
-                values = {"status": FAILED, "attempts": attempts, "last_error": error[:2000],
-                          "next_attempt_at": now + delay}
+                await session.execute(self._sql.failed, {
+                    "b_id": row.id, "b_attempts": attempts, "b_error": error[:2000],
+                    "b_next": now + delay})
                 metrics.OUTBOX_PUBLISHED.labels(self._service, "failure").inc()
-            await conn.execute(update(t).where(t.c.id == row.id).values(**values))
 
     async def backlog(self) -> tuple[int, float]:
         """Number of undelivered rows and the age in seconds of the oldest one."""
-        t = self._table
-        from sqlalchemy import func
-
-        async with self._engine.connect() as conn:
-            count, oldest = (
-                await conn.execute(
-                    select(func.count(), func.min(t.c.created_at)).where(t.c.status != SUCCESSFUL)
-                )
-            ).one()
+        session = await self._database.session(read_only=True)
+        try:
+            row = await session.first(self._sql.backlog)
+        finally:
+            await session.close()
+        assert row is not None  # an aggregate always has a row
+        count, oldest = row["n"], row["oldest"]
         age = (utcnow() - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
         return int(count), age
 
@@ -213,14 +234,17 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
 
-def _row(r: Any) -> OutboxRow:
-    payload = r.payload if isinstance(r.payload, dict) else json.loads(r.payload)
+def _row(r: Mapping[str, Any]) -> OutboxRow:
+    payload = r["payload"]
+    payload = payload if isinstance(payload, dict) else json.loads(payload)
+    event_id = r["event_id"]
+    created = r["created_at"]
     event = Event(
-        id=r.event_id if isinstance(r.event_id, UUID) else UUID(str(r.event_id)),
-        type=r.event_type,
-        key=r.event_key,
+        id=event_id if isinstance(event_id, UUID) else UUID(str(event_id)),
+        type=r["event_type"],
+        key=r["event_key"],
         data=payload,
-        occurred_at=as_utc(r.created_at) if isinstance(r.created_at, datetime) else r.created_at,
-        headers=r.headers or {},
+        occurred_at=as_utc(created) if isinstance(created, datetime) else created,
+        headers=r["headers"] or {},
     )
-    return OutboxRow(id=r.id, event=event, attempts=r.attempts)
+    return OutboxRow(id=r["id"], event=event, attempts=r["attempts"])

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+
+from authloyalty.platform.database import Session
 
 
-async def insert_ignore(conn: AsyncConnection, table: Table, **values: Any) -> bool:
+@cache
+def _insert_ignore(table: Table, dialect: str) -> Executable:
+    # Built once per table and dialect, values bound at execution: the statement is compiled
+    # once per set of columns.
+    module = postgresql if dialect == "postgresql" else sqlite
+    statement: Executable = module.insert(table).on_conflict_do_nothing()
+    return statement
+
+
+async def insert_ignore(session: Session, table: Table, **values: Any) -> bool:
     """``INSERT … ON CONFLICT DO NOTHING``; True if a row was inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    result = await conn.execute(statement)
-    return bool(result.rowcount == 1)
+    return await session.execute(_insert_ignore(table, session.dialect), values) == 1

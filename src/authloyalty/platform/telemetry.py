@@ -111,6 +111,24 @@ def instrument_fastapi(app: Any) -> None:
 
 
 _engines: list[Any] = []
+_asyncpg_instrumented = False
+
+
+def instrument_database(database: Any) -> None:
+    """Client spans for every SQL statement of ``database`` (a platform ``Database``)."""
+    global _asyncpg_instrumented
+    if _provider is None:
+        return
+    engine = getattr(database, "engine", None)
+    if engine is not None:
+        instrument_engine(engine)
+        return
+    if not _asyncpg_instrumented:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().instrument(  # type: ignore[no-untyped-call]
+            tracer_provider=_provider)
+        _asyncpg_instrumented = True
 
 
 def instrument_engine(engine: Any) -> None:

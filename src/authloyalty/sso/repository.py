@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from authloyalty.platform.database import IntegrityViolation
+from authloyalty.platform.database import Session as DbSession
 from authloyalty.platform.db import as_utc
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
 from authloyalty.sso.tables import login_failures, sessions, users
@@ -26,141 +27,156 @@ _ROTATE = (
     .values(refresh_token_id=bindparam("b_successor"),
             previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now")))
 _ADD_SESSION = insert(sessions)
+_ADD_USER = insert(users)
+_SET_ADMIN = update(users).where(users.c.id == bindparam("b_id")).values(
+    is_admin=bindparam("b_admin"))
+_SET_HASH = update(users).where(users.c.id == bindparam("b_id")).values(
+    password_hash=bindparam("b_hash"))
+_REVOKE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("b_id"), sessions.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("b_now"), revoke_reason=bindparam("b_reason")))
+_ACTIVE_FOR_USER = select(sessions).where(sessions.c.user_id == bindparam("b_user"),
+                                          sessions.c.revoked_at.is_(None))
+_ADD_FAILURE = insert(login_failures)
+_FAILURES = select(func.count().label("n"), func.min(login_failures.c.created_at).label("oldest"))
+_FAILURES_FOR_EMAIL = _FAILURES.where(
+    login_failures.c.email_normalized == bindparam("b_email"),
+    login_failures.c.created_at > bindparam("b_since"))
+_FAILURES_FOR_CLIENT = _FAILURES.where(
+    login_failures.c.client == bindparam("b_client"),
+    login_failures.c.created_at > bindparam("b_since"))
+_CLEAR_EMAIL = delete(login_failures).where(
+    login_failures.c.email_normalized == bindparam("b_email"))
+_PURGE_FAILURES = delete(login_failures).where(
+    login_failures.c.created_at < bindparam("b_before"))
 
 
-def _user(row: Any) -> User:
-    return User(id=row.id, email=row.email, password_hash=row.password_hash,
-                created_at=as_utc(row.created_at), name=row.name, birthday=row.birthday,
-                is_admin=bool(row.is_admin))
 
 
-def _session(row: Any) -> Session:
+def _user(row: Mapping[str, Any]) -> User:
+    return User(id=row["id"], email=row["email"], password_hash=row["password_hash"],
+                created_at=as_utc(row["created_at"]), name=row["name"],
+                birthday=row["birthday"], is_admin=bool(row["is_admin"]))
+
+
+def _session(row: Mapping[str, Any]) -> Session:
     return Session(
-        id=row.id, user_id=row.user_id, created_at=as_utc(row.created_at),
-        refresh_token_id=row.refresh_token_id,
-        previous_refresh_token_id=row.previous_refresh_token_id,
-        rotated_at=as_utc(row.rotated_at) if row.rotated_at else None,
-        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
-        revoke_reason=row.revoke_reason,
+        id=row["id"], user_id=row["user_id"], created_at=as_utc(row["created_at"]),
+        refresh_token_id=row["refresh_token_id"],
+        previous_refresh_token_id=row["previous_refresh_token_id"],
+        rotated_at=as_utc(row["rotated_at"]) if row["rotated_at"] else None,
+        revoked_at=as_utc(row["revoked_at"]) if row["revoked_at"] else None,
+        revoke_reason=row["revoke_reason"],
     )
 
 
 class SqlUsers:
     """Users in the ``users`` table."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+    def __init__(self, db: DbSession) -> None:
+        self._db = db
 
     async def add(self, user: User) -> None:
         """Insert; a taken email (case-insensitively) raises :class:`UserExists`."""
         try:
             # A savepoint keeps the surrounding transaction usable after the conflict.
-            async with self._conn.begin_nested():
-                await self._conn.execute(insert(users).values(
-                    id=user.id, email=user.email, email_normalized=user.email_normalized,
-                    password_hash=user.password_hash, name=user.name, birthday=user.birthday,
-                    is_admin=user.is_admin, created_at=user.created_at))
-        except IntegrityError as exc:
+            async with self._db.savepoint():
+                await self._db.execute(_ADD_USER, {
+                    "id": user.id, "email": user.email,
+                    "email_normalized": user.email_normalized,
+                    "password_hash": user.password_hash, "name": user.name,
+                    "birthday": user.birthday, "is_admin": user.is_admin,
+                    "created_at": user.created_at})
+        except IntegrityViolation as exc:
             raise UserExists() from exc
 
     async def get(self, user_id: UUID) -> User | None:
         """The user with ``user_id``."""
-        row = (await self._conn.execute(_USER, {"b_id": user_id})).first()
+        row = await self._db.first(_USER, {"b_id": user_id})
         return _user(row) if row else None
 
     async def by_email(self, email: str) -> User | None:
         """The user whose email matches case-insensitively."""
-        row = (await self._conn.execute(_USER_BY_EMAIL,
-                                        {"b_email": normalise_email(email)})).first()
+        row = await self._db.first(_USER_BY_EMAIL, {"b_email": normalise_email(email)})
         return _user(row) if row else None
 
     async def set_admin(self, user_id: UUID, is_admin: bool) -> None:
         """Grant or withdraw the admin flag."""
-        await self._conn.execute(
-            update(users).where(users.c.id == user_id).values(is_admin=is_admin))
+        await self._db.execute(_SET_ADMIN, {"b_id": user_id, "b_admin": is_admin})
 
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
         """Store a new hash (after a parameter upgrade)."""
-        await self._conn.execute(
-            update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+        await self._db.execute(_SET_HASH, {"b_id": user_id, "b_hash": password_hash})
 
 
 class SqlSessions:
     """Sessions in the ``sessions`` table."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+    def __init__(self, db: DbSession) -> None:
+        self._db = db
 
     async def add(self, session: Session) -> None:
         """Insert a new session."""
-        await self._conn.execute(_ADD_SESSION, {
+        await self._db.execute(_ADD_SESSION, {
             "id": session.id, "user_id": session.user_id, "created_at": session.created_at,
             "refresh_token_id": session.refresh_token_id})
 
     async def get(self, session_id: UUID) -> Session | None:
         """The session with ``session_id``."""
-        row = (await self._conn.execute(_SESSION, {"b_id": session_id})).first()
+        row = await self._db.first(_SESSION, {"b_id": session_id})
         return _session(row) if row else None
 
     async def rotate(
         self, session_id: UUID, presented: UUID, successor: UUID, now: datetime
     ) -> bool:
         """Compare-and-set of the current refresh token id: one concurrent caller wins."""
-        result = await self._conn.execute(_ROTATE, {
+        return await self._db.execute(_ROTATE, {
             "b_id": session_id, "b_presented": presented, "b_successor": successor,
-            "b_now": now})
-        return result.rowcount == 1
+            "b_now": now}) == 1
 
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
         """End the session if it is active."""
-        result = await self._conn.execute(
-            update(sessions)
-            .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-            .values(revoked_at=now, revoke_reason=reason))
-        return result.rowcount == 1
-
+        return await self._db.execute(_REVOKE, {
+            "b_id": session_id, "b_now": now, "b_reason": reason}) == 1
 
     async def active_for_user(self, user_id: UUID) -> list[Session]:
         """The user's sessions that have not ended."""
-        query = select(sessions).where(sessions.c.user_id == user_id,
-                                       sessions.c.revoked_at.is_(None))
-        return [_session(r) for r in (await self._conn.execute(query)).all()]
+        return [_session(r) for r in await self._db.all(_ACTIVE_FOR_USER, {"b_user": user_id})]
 
 
 class SqlLoginFailures:
     """Failed logins in ``login_failures``."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+    def __init__(self, db: DbSession) -> None:
+        self._db = db
 
     async def record(self, email: str, client: str, at: datetime) -> None:
         """Remember one failed attempt."""
-        await self._conn.execute(insert(login_failures).values(
-            email_normalized=normalise_email(email), client=client[:64], created_at=at))
+        await self._db.execute(_ADD_FAILURE, {
+            "email_normalized": normalise_email(email), "client": client[:64],
+            "created_at": at})
 
-    async def _window(self, where: Any) -> tuple[int, datetime | None]:
-        query = select(func.count(), func.min(login_failures.c.created_at)).where(*where)
-        count, oldest = (await self._conn.execute(query)).one()
-        return int(count), as_utc(oldest) if oldest is not None else None
+    async def _window(self, query: Any, params: dict[str, Any]) -> tuple[int, datetime | None]:
+        row = await self._db.first(query, params)
+        assert row is not None  # an aggregate always has a row
+        oldest = row["oldest"]
+        return int(row["n"]), as_utc(oldest) if oldest is not None else None
 
     async def for_email(self, email: str, since: datetime) -> tuple[int, datetime | None]:
         """Failures for ``email`` after ``since``."""
-        return await self._window([
-            login_failures.c.email_normalized == normalise_email(email),
-            login_failures.c.created_at > since])
+        return await self._window(_FAILURES_FOR_EMAIL,
+                                  {"b_email": normalise_email(email), "b_since": since})
 
     async def for_client(self, client: str, since: datetime) -> tuple[int, datetime | None]:
         """Failures from ``client`` after ``since``."""
-        return await self._window([
-            login_failures.c.client == client[:64], login_failures.c.created_at > since])
+        return await self._window(_FAILURES_FOR_CLIENT,
+                                  {"b_client": client[:64], "b_since": since})
 
     async def clear_email(self, email: str) -> None:
         """Forget the failures of ``email`` (after a successful login)."""
-        await self._conn.execute(delete(login_failures).where(
-            login_failures.c.email_normalized == normalise_email(email)))
+        await self._db.execute(_CLEAR_EMAIL, {"b_email": normalise_email(email)})
 
     async def purge(self, before: datetime) -> int:
         """Drop failures older than ``before``."""
-        result = await self._conn.execute(
-            delete(login_failures).where(login_failures.c.created_at < before))
-        return int(result.rowcount)
+        return await self._db.execute(_PURGE_FAILURES, {"b_before": before})

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from authloyalty.platform.database import Session
 from authloyalty.platform.outbox import OutboxWriter
 from authloyalty.platform.uow import SqlUnitOfWork
 from authloyalty.sso.repository import SqlLoginFailures, SqlSessions, SqlUsers
@@ -18,8 +17,8 @@ class SqlSsoUnitOfWork(SqlUnitOfWork):
     login_failures: SqlLoginFailures
     outbox: OutboxWriter
 
-    def _bind(self, conn: AsyncConnection) -> None:
-        self.users = SqlUsers(conn)
-        self.sessions = SqlSessions(conn)
-        self.login_failures = SqlLoginFailures(conn)
-        self.outbox = OutboxWriter(conn, outbox)
+    def _bind(self, session: Session) -> None:
+        self.users = SqlUsers(session)
+        self.sessions = SqlSessions(session)
+        self.login_failures = SqlLoginFailures(session)
+        self.outbox = OutboxWriter(session, outbox)
