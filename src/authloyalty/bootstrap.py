@@ -156,7 +156,8 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
                          cfg.refresh_token_ttl_seconds)
     verifier = TokenVerifier(keys, cfg.issuer)
     service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
-                          PasswordHasher(cfg.argon2), issuer, verifier, cfg)
+                          PasswordHasher(cfg.argon2), issuer, verifier, cfg,
+                          read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True))
     return SsoContainer(cfg, target, engine, database, keys, service, relay)
 
 

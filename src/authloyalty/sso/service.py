@@ -61,8 +61,11 @@ class AuthService:
         verifier: TokenVerifier,
         settings: SsoSettings,
         clock: Callable[[], datetime] = utcnow,
+        read_uow: Callable[[], SsoUnitOfWork] | None = None,
     ) -> None:
         self._uow = uow
+        # Lookups that write nothing: no BEGIN/ROLLBACK round trips on PostgreSQL.
+        self._read_uow = read_uow or uow
         self._hasher = hasher
         self._issuer = issuer
         self._verifier = verifier
@@ -105,8 +108,8 @@ class AuthService:
 
     async def login(self, email: str, password: str, client: str) -> IssuedTokens:
         """Check the password (throttled per email and per client) and open a session."""
-        async with self._uow() as uow:
-            await self._check_throttle(uow, email, client)
+        async with self._read_uow() as uow:
+            email_failures = await self._check_throttle(uow, email, client)
             user = await uow.users.by_email(email)
         ok = await self._hasher.verify(user.password_hash if user else None, password)
         now = self._now()
@@ -117,7 +120,8 @@ class AuthService:
             metrics.LOGINS.labels("invalid_credentials").inc()
             raise InvalidCredentials()
         async with self._uow() as uow:
-            await uow.login_failures.clear_email(email)
+            if email_failures:
+                await uow.login_failures.clear_email(email)
             if self._hasher.needs_rehash(user.password_hash):
                 await uow.users.set_password_hash(user.id, await self._hasher.hash(password))
             session = await self._open_session(uow, user, now)
@@ -125,21 +129,24 @@ class AuthService:
         metrics.LOGINS.labels("success").inc()
         return IssuedTokens(user.id, self._pair(user, session))
 
-    async def _check_throttle(self, uow: SsoUnitOfWork, email: str, client: str) -> None:
+    async def _check_throttle(self, uow: SsoUnitOfWork, email: str, client: str) -> int:
+        """Raise :class:`TooManyAttempts` over the limits; else the email's recent failures."""
         policy = self._settings.login_throttle
         if not policy.enabled:
-            return
+            return 0
         now = self._now()
         window = timedelta(seconds=policy.window_seconds)
         since = now - window
+        email_failures = await uow.login_failures.for_email(email, since)
         for count, oldest, limit in (
-            (*await uow.login_failures.for_email(email, since), policy.max_failures_per_email),
+            (*email_failures, policy.max_failures_per_email),
             (*await uow.login_failures.for_client(client, since),
              policy.max_failures_per_client),
         ):
             if count >= limit and oldest is not None:
                 metrics.LOGINS.labels("throttled").inc()
                 raise TooManyAttempts(math.ceil((oldest + window - now).total_seconds()))
+        return email_failures[0]
 
     async def refresh(self, token: str) -> IssuedTokens:
         """Spend a refresh token for a new pair; a spent token presented again ends the session."""
@@ -236,7 +243,7 @@ class AuthService:
     async def authenticate(self, access_token: str) -> TokenClaims:
         """Claims of a valid access token whose session is still active."""
         claims = self._verifier.verify(access_token, "access")
-        async with self._uow() as uow:
+        async with self._read_uow() as uow:
             session = await uow.sessions.get(claims.session_id)
         if session is None or not session.active:
             raise InvalidToken("session has ended")
@@ -245,7 +252,7 @@ class AuthService:
     async def user_info(self, access_token: str) -> User:
         """The user behind an access token."""
         claims = await self.authenticate(access_token)
-        async with self._uow() as uow:
+        async with self._read_uow() as uow:
             user = await uow.users.get(claims.user_id)
         if user is None:
             raise InvalidToken("user no longer exists")
@@ -253,7 +260,7 @@ class AuthService:
 
     async def get_user(self, user_id: UUID) -> User:
         """A user by id (for other services)."""
-        async with self._uow() as uow:
+        async with self._read_uow() as uow:
             user = await uow.users.get(user_id)
         if user is None:
             raise UserNotFound()
