@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import TypeAdapter
+from starlette.requests import HTTPConnection
 
 from authloyalty.loyalty.domain import Kind, LedgerEntry, Principal, StoredReply
 from authloyalty.loyalty.schemas import (
@@ -20,17 +23,29 @@ from authloyalty.loyalty.schemas import (
 )
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
-from authloyalty.platform.http import BearerToken, dump_json, health_router, success
+from authloyalty.platform.http import (
+    BearerToken,
+    dump_json,
+    health_router,
+    json_body,
+    resolved_by,
+    success,
+    validate,
+)
 from authloyalty.platform.schemas import ERRORS
 
 
-async def _principal(request: Request, token: Annotated[str, Depends(BearerToken())]
-                     ) -> Principal:
-    principal: Principal = await request.app.state.container.authenticator.principal(token)
-    return principal
+class _Caller(BearerToken):
+    """The caller behind the bearer token: one dependency where a token dependency under a
+    principal dependency cost a visible share of a short request."""
+
+    async def __call__(self, request: HTTPConnection) -> Principal:  # type: ignore[override]
+        token = await super().__call__(request)
+        principal: Principal = await request.app.state.container.authenticator.principal(token)
+        return principal
 
 
-async def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _admin(principal: Annotated[Principal, Depends(_Caller())]) -> Principal:
     if not principal.is_admin:
         raise Forbidden("admin rights required")
     return principal
@@ -42,7 +57,7 @@ async def _service(request: Request) -> LedgerService:
     return service
 
 
-CurrentUser = Annotated[Principal, Depends(_principal)]
+CurrentUser = Annotated[Principal, Depends(_Caller())]
 AdminUser = Annotated[Principal, Depends(_admin)]
 Service = Annotated[LedgerService, Depends(_service)]
 IdempotencyKey = Annotated[str | None, Header(
@@ -92,18 +107,47 @@ def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> Response
 router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS)
 
 
-@router.get("/me", response_model=BalanceOut)
+# The two hottest routes are served by hand-written resolvers of the same parameters
+# (platform.http.resolved_by): same documentation, same answers, a fraction of the CPU.
+_CALLER = _Caller()
+_MOVEMENT = TypeAdapter(MovementIn)
+_KEY = TypeAdapter(IdempotencyKey)
+
+
+async def _caller_args(request: Request) -> dict[str, Any]:
+    return {"user": await _CALLER(request), "service": request.app.state.container.service}
+
+
+async def _withdrawal_args(request: Request) -> dict[str, Any]:
+    raw = await json_body(request)  # malformed JSON is refused before authentication
+    args = await _caller_args(request)
+    errors: list[dict[str, Any]] = []
+    key = request.headers.get("idempotency-key")
+    args["key"] = None if key is None else validate(_KEY, key, ("header", "Idempotency-Key"),
+                                                     errors)
+    args["body"] = validate(_MOVEMENT, raw, ("body",), errors)
+    if errors:
+        raise RequestValidationError(errors)
+    return args
+
+
 async def my_balance(user: CurrentUser, service: Service) -> Response:
     """Your balance (404 until the welcome event has been processed)."""
     account = await service.balance(user, user.user_id)
     return _balance(account.user_id, account.balance)
 
 
-@router.post("/me/withdrawals", status_code=201, response_model=MovementOut)
 async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
                         key: IdempotencyKey = None) -> Response:
     """Spend your points."""
     return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
+
+
+router.add_api_route("/me", my_balance, methods=["GET"], response_model=BalanceOut,
+                     route_class_override=resolved_by(_caller_args))
+router.add_api_route("/me/withdrawals", my_withdrawal, methods=["POST"], status_code=201,
+                     response_model=MovementOut,
+                     route_class_override=resolved_by(_withdrawal_args))
 
 
 @router.get("/me/transactions", response_model=HistoryOut)

@@ -172,12 +172,11 @@ class PgDatabase(Database):
 
     dialect = "postgresql"
 
-    def __init__(self, target: DatabaseTarget, *, acquire_timeout: float = 30.0,
-                 connect_timeout: float = 10.0, cache_size: int = 512) -> None:
+    def __init__(self, target: DatabaseTarget, *, connect_timeout: float = 10.0,
+                 cache_size: int = 512) -> None:
         url = make_url(target.url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._target = target
-        self._acquire_timeout = acquire_timeout
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -217,7 +216,9 @@ class PgDatabase(Database):
 
     async def session(self, *, read_only: bool = False) -> Session:
         pool = await self._get_pool()
-        conn = await _pg_call(pool.acquire(timeout=self._acquire_timeout))
+        # No timeout here: asyncpg implements it with a timer per call, a visible share of a
+        # short request. A request waits for a connection as long as its client does.
+        conn = await _pg_call(pool.acquire())
         session = _PgSession(self, pool, conn)
         if not read_only:
             try:
