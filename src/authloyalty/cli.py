@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -153,9 +154,24 @@ def _banner(settings: Settings, system: EmbeddedSystem) -> str:
     ])
 
 
+# Young-generation collections every 50,000 net allocations instead of 700, and older
+# generations correspondingly rarer. With the defaults, a balance read's p99 latency was 79 ms
+# against a p50 of 6 ms (collections of a heap holding thousands of cached token claims);
+# with these it was 10 ms, and throughput rose by about a tenth (`make bench`, bench/README.md).
+# (Tried and dropped: gc.freeze() after start-up with a full-collection threshold of 100 gave
+# a p99 of 505 ms in the same benchmark.)
+GC_THRESHOLDS = (50_000, 50, 1000)
+
+
+def _tune_gc() -> None:
+    """Collect cyclic garbage less often (the services allocate many short-lived objects)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(servers: list[_Server], banner: str) -> bool:
     """Serve until SIGINT/SIGTERM; False if a server could not start."""
     loop = asyncio.get_running_loop()
+    _tune_gc()
 
     def _exit() -> None:
         for server in servers:
