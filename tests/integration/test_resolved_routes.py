@@ -44,6 +44,8 @@ CASES: list[tuple[str, dict[str, str], bytes | None]] = [
     ("empty object", JSON, b"{}"),
     ("malformed JSON", JSON, b'{"amount": 1,'),
     ("JSON array", JSON, b"[1]"),
+    ("huge number", JSON, b'{"amount": 1' + b"0" * 5000 + b', "comment": "x"}'),
+    ("deep nesting", JSON, b"[" * 30000),
     ("no content type", {}, b'{"amount": 1, "comment": "x"}'),
     ("form content type", {"Content-Type": "application/x-www-form-urlencoded"},
      b"amount=1&comment=x"),

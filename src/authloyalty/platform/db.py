@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, make_url, text
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -115,12 +115,6 @@ def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-async def ping(engine: AsyncEngine) -> None:
-    """Raise unless the database answers a trivial query."""
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
 
 
 def utcnow() -> datetime:

@@ -306,7 +306,7 @@ def resolved_by(resolver: Resolver) -> type[APIRoute]:
 
 async def json_body(request: Request) -> Any:
     """The request's JSON body as FastAPI reads it: no body → :data:`MISSING`, a non-JSON
-    content type → the raw bytes (which then fail validation), bad JSON → 400."""
+    content type → the raw bytes (which then fail validation), bad or unparseable JSON → 400."""
     raw = await request.body()
     if not raw:
         return MISSING
@@ -321,6 +321,8 @@ async def json_body(request: Request) -> Any:
         raise RequestValidationError([{
             "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
             "input": {}, "ctx": {"error": exc.msg}}]) from exc
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        raise StarletteHTTPException(400, "There was an error parsing the body") from exc
 
 
 MISSING: Any = object()
