@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import drivers, loadgen, report, sqlcheck
+from benchlib import coalescing, drivers, loadgen, report, sqlcheck
 from benchlib import seed as seeding
 from benchlib.cpu import NCPU, CpuWindow, machine_times, pid_group, postgres_group
 from benchlib.deploy import Deployment, deploy
@@ -172,12 +172,17 @@ class Runner:
                             threads=threads, env=env, cpus=self.opts.wrk_cpus)
         if before_measure is not None:
             before_measure()
+        served_by = self.stack.loyalty_urls if "/loyalty" in url else []
+        batches_before = coalescing.snapshot(served_by)
         window = self.window().start()
         raw = loadgen.run_wrk(script, url, duration=self.opts.mode.duration, connections=conns,
                               threads=threads, env=env, cpus=self.opts.wrk_cpus)
         window.stop()
         result = loadgen.wrk_summary(raw, ok)
         result["cpu_seconds"] = raw["cpu_seconds"]
+        coalesced = coalescing.between(batches_before, coalescing.snapshot(served_by))
+        if coalesced:
+            result["coalesced"] = coalesced
         path = "/" + url.split("//", 1)[1].split("/", 1)[1]
         base = {"name": name, "title": title, "kind": kind, "generator": "wrk",
                 "request": f"{extra.pop('method', 'GET')} {path}",

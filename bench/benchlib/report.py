@@ -219,6 +219,23 @@ def markdown(document: dict[str, Any]) -> str:
                      f"{_fmt(lat.get('max'))} | {_fmt(rec.get('polls'))} | "
                      f"{sum(1 for d in samples if d > 100)} | "
                      f"{sum(1 for d in samples if d > 500)} |")
+    shared = [r for r in records if r.get("coalesced")]
+    if shared:
+        lines += [
+            "",
+            "Statements per request: loyalty serves the balance reads, and the movements "
+            "without Idempotency-Key, that arrive in the same event-loop turn with one "
+            "statement (`platform/batching.py`); pgbench's ceilings send that statement for "
+            "one request at a time. From the services' `authloyalty_coalesced_batch_size` "
+            "histogram during each measurement:",
+            "",
+            "| scenario | operation | requests | statements | requests per statement |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for rec in shared:
+            for operation, c in rec["coalesced"].items():
+                lines.append(f"| {rec['name']} | {operation} | {_fmt(c['requests'])} | "
+                             f"{_fmt(c['statements'])} | {_fmt(c['mean_batch'], 2)} |")
     login = next((r for r in records if r["name"] == "login"), None)
     if login:
         lines += ["", f"Logins: {_fmt(login['throughput_rps'])}/s = "

@@ -43,17 +43,53 @@ def script_shape(name: str) -> list[str]:
     return shape
 
 
+def _is_driver_introspection(sql: str) -> bool:
+    # asyncpg looks up the types of a prepared statement's parameters (arrays, ...) the first
+    # time a connection prepares it: once per connection, not per request.
+    return "typeinfo_tree" in sql
+
+
 def _served_by(log_text: str, marker: str) -> list[str]:
     """Commands of the backend whose statements mention ``marker``, in order."""
     by_pid: dict[str, list[str]] = defaultdict(list)
+    current: list[str] | None = None
     for line in log_text.splitlines():
         match = _STATEMENT.search(line)
         if match:
-            by_pid[match.group(1)].append(match.group(2))
+            current = by_pid[match.group(1)]
+            current.append(match.group(2))
+        elif line.startswith("\t") and current:
+            current[-1] += "\n" + line.strip()  # a multi-line statement goes on
+        else:
+            current = None
+    for pid, statements in by_pid.items():
+        by_pid[pid] = [s for s in statements if not _is_driver_introspection(s)]
     for statements in by_pid.values():
-        if any(marker in s for s in statements):
-            return [_command(s) for s in statements if _command(s) in _COMMANDS]
+        commands = [_command(s) for s in statements]
+        hits = [i for i, s in enumerate(statements) if marker in s]
+        if hits:
+            return _request_of(commands, hits[0])
     return []
+
+
+def _request_of(commands: list[str], at: int) -> list[str]:
+    """The commands of the request whose statement is ``commands[at]``: its transaction
+    (BEGIN … COMMIT/ROLLBACK) if it ran in one, else that statement alone. A pooled
+    connection also serves other work (background jobs, other requests) in the same window."""
+    start = at
+    for i in range(at - 1, -1, -1):
+        if commands[i] in ("COMMIT", "ROLLBACK"):
+            break
+        if commands[i] == "BEGIN":
+            start = i
+            break
+    end = at
+    if start < at:
+        for i in range(at + 1, len(commands)):
+            if commands[i] in ("COMMIT", "ROLLBACK"):
+                end = i
+                break
+    return [c for c in commands[start:end + 1] if c in _COMMANDS]
 
 
 def check(stack: Stack, token: str) -> dict[str, Any]:
@@ -63,7 +99,7 @@ def check(stack: Stack, token: str) -> dict[str, Any]:
     base = stack.loyalty_urls[0]
     headers = {"Authorization": f"Bearer {token}"}
     requests = {
-        "balance": ("GET", f"{base}/loyalty/me", None, "accounts.balance"),
+        "balance": ("GET", f"{base}/loyalty/me", None, "balance, created_at FROM accounts"),
         "withdrawal": ("POST", f"{base}/loyalty/me/withdrawals",
                        {"amount": 1, "comment": "sql shape check"}, "INSERT INTO ledger_entries"),
     }

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
-from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.devinfra.common import free_port
+from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,6 +21,7 @@ from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import OwnerDirectory
 from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
+from authloyalty.loyalty.repository import CoalescedAccounts, CoalescedMovements
 from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
@@ -125,9 +126,12 @@ class LoyaltyContainer:
     service: LedgerService
     handlers: LoyaltyEventHandlers
     read_database: Database | None = None
+    coalescers: list[CoalescedAccounts | CoalescedMovements] = field(default_factory=list)
 
     async def dispose(self) -> None:
-        """Close the database pools."""
+        """Let batches under way finish, then close the database pools."""
+        for coalescer in self.coalescers:
+            await coalescer.aclose()
         await self.database.dispose()
         await self.engine.dispose()
         if self.read_database is not None:
@@ -179,11 +183,20 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
 
     revoked = RevokedSessions()
     authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
+    accounts: CoalescedAccounts | None = None
+    movements: CoalescedMovements | None = None
+    if cfg.coalesce and database.dialect == "postgresql":
+        reads_from = read_database or database
+        accounts = CoalescedAccounts(reads_from) if reads_from.dialect == "postgresql" \
+            else None
+        movements = CoalescedMovements(database)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
-                            owners=owners, read_uow=read_uow)
+                            owners=owners, read_uow=read_uow, accounts=accounts,
+                            movements=movements)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
+    coalescers = [c for c in (accounts, movements) if c is not None]
     return LoyaltyContainer(cfg, target, engine, database, revoked, authenticator, service,
-                            handlers, read_database)
+                            handlers, read_database, coalescers)
 
 
 def sso_app(container: SsoContainer) -> FastAPI:

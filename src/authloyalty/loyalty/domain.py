@@ -129,6 +129,24 @@ class Accounts(Protocol):
         """Add ``delta`` unless the balance would go negative; new balance or None."""
 
 
+class AccountReads(Protocol):
+    """Reads of single accounts outside a unit of work (an implementation may serve
+    concurrent reads with one query)."""
+
+    async def get(self, user_id: UUID) -> Account | None: ...
+
+
+class Movements(Protocol):
+    """Balance changes that each are a transaction of their own: the conditional balance
+    update and its ledger entry, atomically (an implementation may commit concurrent
+    movements of different accounts together)."""
+
+    async def apply(self, account_id: UUID, kind: Kind, amount: int, comment: str,
+                    now: datetime) -> LedgerEntry:
+        """The new entry; :class:`AccountNotFound` or :class:`InsufficientPoints` (nothing
+        changed) otherwise."""
+
+
 class Ledger(Protocol):
     """The append-only history of movements."""
 

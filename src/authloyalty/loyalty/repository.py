@@ -7,11 +7,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, text, update
 
 from authloyalty.loyalty.domain import (
     Account,
+    AccountNotFound,
     IdempotencyRecord,
+    InsufficientPoints,
     KeyTaken,
     Kind,
     LedgerEntry,
@@ -24,7 +26,8 @@ from authloyalty.loyalty.tables import (
     ledger_entries,
     revoked_sessions,
 )
-from authloyalty.platform.database import IntegrityViolation, Session
+from authloyalty.platform.batching import Coalescer
+from authloyalty.platform.database import Database, IntegrityViolation, Session
 from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
@@ -56,6 +59,47 @@ _ACTIVE_REVOCATIONS = select(revoked_sessions).where(
 _PURGE_KEYS = delete(idempotency_keys).where(idempotency_keys.c.created_at < bindparam("b_before"))
 _PURGE_REVOCATIONS = delete(revoked_sessions).where(
     revoked_sessions.c.revoked_until < bindparam("b_before"))
+# PostgreSQL only (see CoalescedAccounts / CoalescedMovements).
+_ACCOUNTS_BY_IDS = text(
+    "SELECT user_id, balance, created_at FROM accounts"
+    " WHERE user_id = ANY(CAST(:b_ids AS uuid[]))")
+# Many movements of distinct accounts as one statement, i.e. one transaction in autocommit:
+# lock the accounts in id order (two concurrent batches never wait on each other in a
+# cycle), apply each conditional update, append an entry for every update that happened, and
+# answer per request: the entry, or whether the account exists (no entry: not found, or the
+# balance would have gone negative). An account appears at most once per batch.
+_APPLY_MOVEMENTS = text("""\
+WITH req AS (
+    SELECT * FROM unnest(CAST(:b_ord AS integer[]), CAST(:b_ids AS uuid[]),
+                         CAST(:b_kinds AS text[]), CAST(:b_amounts AS bigint[]),
+                         CAST(:b_comments AS text[]), CAST(:b_ats AS timestamptz[]))
+        AS r(ord, account_id, kind, amount, comment, at)
+), locked AS (
+    SELECT user_id FROM accounts WHERE user_id IN (SELECT account_id FROM req)
+    ORDER BY user_id FOR UPDATE
+), changed AS (
+    UPDATE accounts
+    SET balance = accounts.balance
+            + CASE WHEN req.kind = 'deposit' THEN req.amount ELSE -req.amount END,
+        updated_at = req.at
+    FROM req JOIN locked ON locked.user_id = req.account_id
+    WHERE accounts.user_id = req.account_id
+      AND accounts.balance
+            + CASE WHEN req.kind = 'deposit' THEN req.amount ELSE -req.amount END >= 0
+    RETURNING accounts.user_id, accounts.balance
+), entries AS (
+    INSERT INTO ledger_entries (account_id, kind, amount, comment, balance_after, created_at)
+    SELECT req.account_id, req.kind, req.amount, req.comment, changed.balance, req.at
+    FROM req JOIN changed ON changed.user_id = req.account_id
+    ORDER BY req.ord
+    RETURNING id, account_id
+)
+SELECT req.ord, entries.id, changed.balance,
+       EXISTS (SELECT 1 FROM locked WHERE locked.user_id = req.account_id) AS found
+FROM req
+LEFT JOIN changed ON changed.user_id = req.account_id
+LEFT JOIN entries ON entries.account_id = req.account_id
+ORDER BY req.ord""")
 # Ledger ids are positive; "before the largest bigint" is the first page.
 _NO_CURSOR = 2**63 - 1
 
@@ -186,3 +230,82 @@ class SqlRevocations:
     async def purge(self, before: datetime) -> int:
         """Drop revocations whose tokens have all expired."""
         return await self._db.execute(_PURGE_REVOCATIONS, {"b_before": before})
+
+
+class CoalescedAccounts:
+    """:class:`~authloyalty.loyalty.domain.AccountReads` on PostgreSQL: the reads that arrive
+    in the same event-loop turn are one ``SELECT ... WHERE user_id = ANY(...)``."""
+
+    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
+        self._db = database
+        self._reads: Coalescer[UUID, Account | None] = Coalescer(
+            "account_read", self._read, max_batch=max_batch)
+
+    async def get(self, user_id: UUID) -> Account | None:
+        """The account of ``user_id`` as committed when its batch ran."""
+        return await self._reads.submit(user_id)
+
+    async def _read(self, ids: list[UUID]) -> list[Account | None]:
+        rows = await self._db.fetch(_ACCOUNTS_BY_IDS, {"b_ids": list(set(ids))})
+        found = {row["user_id"]: Account(user_id=row["user_id"], balance=int(row["balance"]),
+                                         created_at=as_utc(row["created_at"]))
+                 for row in rows}
+        return [found.get(user_id) for user_id in ids]
+
+    async def aclose(self) -> None:
+        """Wait for the reads under way."""
+        await self._reads.aclose()
+
+
+class _Movement:
+    __slots__ = ("account_id", "amount", "at", "comment", "kind")
+
+    def __init__(self, account_id: UUID, kind: Kind, amount: int, comment: str,
+                 at: datetime) -> None:
+        self.account_id = account_id
+        self.kind = kind
+        self.amount = amount
+        self.comment = comment
+        self.at = at
+
+
+class CoalescedMovements:
+    """:class:`~authloyalty.loyalty.domain.Movements` on PostgreSQL: the movements that
+    arrive in the same event-loop turn commit together, as one statement (group commit).
+    Each still gets its own answer; a database failure fails the whole batch and applies
+    none of it."""
+
+    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
+        self._db = database
+        self._batches: Coalescer[_Movement, LedgerEntry] = Coalescer(
+            "movement", self._apply, key=lambda m: m.account_id, max_batch=max_batch)
+
+    async def apply(self, account_id: UUID, kind: Kind, amount: int, comment: str,
+                    now: datetime) -> LedgerEntry:
+        """The new entry, or :class:`AccountNotFound` / :class:`InsufficientPoints`."""
+        return await self._batches.submit(_Movement(account_id, kind, amount, comment, now))
+
+    async def _apply(self, batch: list[_Movement]) -> list[LedgerEntry | Exception]:
+        rows = await self._db.fetch(_APPLY_MOVEMENTS, {
+            "b_ord": list(range(len(batch))),
+            "b_ids": [m.account_id for m in batch],
+            "b_kinds": [m.kind for m in batch],
+            "b_amounts": [m.amount for m in batch],
+            "b_comments": [m.comment for m in batch],
+            "b_ats": [m.at for m in batch]})
+        answers: list[LedgerEntry | Exception] = []
+        for movement, row in zip(batch, rows, strict=True):
+            if row["id"] is not None:
+                answers.append(LedgerEntry(
+                    id=int(row["id"]), account_id=movement.account_id, kind=movement.kind,
+                    amount=movement.amount, comment=movement.comment,
+                    balance_after=int(row["balance"]), created_at=movement.at))
+            elif row["found"]:
+                answers.append(InsufficientPoints())
+            else:
+                answers.append(AccountNotFound())
+        return answers
+
+    async def aclose(self) -> None:
+        """Wait for the batches under way."""
+        await self._batches.aclose()

@@ -15,6 +15,7 @@ from uuid import UUID
 from authloyalty.loyalty.domain import (
     Account,
     AccountNotFound,
+    AccountReads,
     IdempotencyKeyReused,
     IdempotencyRecord,
     InsufficientPoints,
@@ -22,6 +23,7 @@ from authloyalty.loyalty.domain import (
     Kind,
     LedgerEntry,
     LoyaltyUnitOfWork,
+    Movements,
     Owner,
     OwnerDirectory,
     OwnerUnavailable,
@@ -87,11 +89,16 @@ class LedgerService:
     def __init__(self, uow: Callable[[], LoyaltyUnitOfWork], *, idempotency_ttl_hours: int = 24,
                  owners: OwnerDirectory | None = None,
                  read_uow: Callable[[], LoyaltyUnitOfWork] | None = None,
+                 accounts: AccountReads | None = None, movements: Movements | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._uow = uow
         # Balance and history reads may come from a replica (a few ms behind); writes and the
         # idempotency check never do.
         self._read_uow = read_uow or uow
+        # Optional faster paths for the two hottest requests (on PostgreSQL: concurrent
+        # requests share one statement); without them, units of work do the same.
+        self._accounts = accounts
+        self._movements = movements
         self._owners = owners
         self._ttl = timedelta(hours=idempotency_ttl_hours)
         self._now = clock
@@ -104,8 +111,11 @@ class LedgerService:
     async def balance(self, actor: Principal, account_id: UUID) -> Account:
         """The account, for its owner or an admin."""
         self._authorize_read(actor, account_id)
-        async with self._read_uow() as uow:
-            account = await uow.accounts.get(account_id)
+        if self._accounts is not None:
+            account = await self._accounts.get(account_id)
+        else:
+            async with self._read_uow() as uow:
+                account = await uow.accounts.get(account_id)
         if account is None:
             raise AccountNotFound()
         return account
@@ -139,6 +149,14 @@ class LedgerService:
                       idempotency: Idempotency | None = None) -> StoredReply:
         """Apply ``op`` and return ``render``'s answer; with a key, at most once per key."""
         self._authorize_operation(op)
+        if idempotency is None and self._movements is not None:
+            try:
+                entry = await self._movements.apply(op.account_id, op.kind, op.amount,
+                                                    op.comment, self._now())
+            except InsufficientPoints:
+                metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
+                raise
+            return self._done(op, render(entry))
         while True:
             async with self._uow() as uow:
                 if idempotency is not None:
@@ -157,9 +175,13 @@ class LedgerService:
                         # A concurrent twin committed first: undo ours, replay theirs.
                         continue
                 await uow.commit()
-            metrics.LEDGER_OPERATIONS.labels(op.kind, "success").inc()
-            metrics.POINTS.labels(op.kind).inc(op.amount)
-            return reply
+            return self._done(op, reply)
+
+    @staticmethod
+    def _done(op: Operation, reply: StoredReply) -> StoredReply:
+        metrics.LEDGER_OPERATIONS.labels(op.kind, "success").inc()
+        metrics.POINTS.labels(op.kind).inc(op.amount)
+        return reply
 
     @staticmethod
     def _authorize_operation(op: Operation) -> None:

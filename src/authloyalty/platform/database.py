@@ -109,6 +109,12 @@ class Database(ABC):
         finally:
             await session.close()
 
+    async def fetch(self, statement: Executable, params: Params = None) -> list[Row]:
+        """Run one statement in a transaction of its own and return its rows (on PostgreSQL
+        in autocommit: one round trip, and a single statement is atomic by itself)."""
+        async with self.transaction() as session:
+            return await session.all(statement, params)
+
     async def ping(self) -> None:
         """Raise :class:`DatabaseUnavailable` unless the database answers a trivial query."""
         session = await self.session(read_only=True)
@@ -144,6 +150,11 @@ _PG_UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ReadOnlySQLTransactionError,  # a former primary after a failover
+    asyncpg.TransactionRollbackError,  # deadlock / serialization failure: nothing applied
+    # A pooled connection whose server said goodbye (shutdown, FATAL) while it sat idle, and
+    # whose closing the event loop has not yet processed: it refuses the next query with this.
+    # The connection is terminated (see the callers) and the next one is fresh.
+    asyncpg.InternalClientError,
 )
 
 
@@ -228,6 +239,21 @@ class PgDatabase(Database):
                 raise
         return session
 
+    async def fetch(self, statement: Executable, params: Params = None) -> list[Row]:
+        sql, args = self.compile(statement, params)
+        pool = await self._get_pool()
+        conn = await _pg_call(pool.acquire())
+        try:
+            rows: list[Row] = await _pg_call(conn.fetch(sql, *args))
+        except DatabaseUnavailable:
+            # The server went away mid-exchange: the connection may still be waiting for
+            # the end of an error; never hand it to the next request.
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
+        return rows
+
     async def dispose(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -261,6 +287,7 @@ class _PgSession(Session):
         self._pool = pool
         self._conn: asyncpg.Connection | None = conn
         self._tx: Any = None
+        self._broken = False  # the server went away mid-exchange: terminate, do not reuse
 
     @property
     def _open(self) -> asyncpg.Connection:
@@ -270,43 +297,52 @@ class _PgSession(Session):
 
     async def begin(self) -> None:
         self._tx = self._open.transaction()
-        await _pg_call(self._tx.start())
+        await self._call(self._tx.start())
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await _pg_call(call)
+        except DatabaseUnavailable:
+            self._broken = True
+            raise
 
     async def first(self, statement: Executable, params: Params = None) -> Row | None:
         sql, args = self._db.compile(statement, params)
-        row: Row | None = await _pg_call(self._open.fetchrow(sql, *args))
+        row: Row | None = await self._call(self._open.fetchrow(sql, *args))
         return row
 
     async def all(self, statement: Executable, params: Params = None) -> list[Row]:
         sql, args = self._db.compile(statement, params)
-        rows: list[Row] = await _pg_call(self._open.fetch(sql, *args))
+        rows: list[Row] = await self._call(self._open.fetch(sql, *args))
         return rows
 
     async def execute(self, statement: Executable, params: Params = None) -> int:
         sql, args = self._db.compile(statement, params)
-        return _rowcount(await _pg_call(self._open.execute(sql, *args)))
+        return _rowcount(await self._call(self._open.execute(sql, *args)))
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         nested = self._open.transaction()
-        await _pg_call(nested.start())
+        await self._call(nested.start())
         try:
             yield
         except BaseException:
-            await _pg_call(nested.rollback())
+            await self._call(nested.rollback())
             raise
-        await _pg_call(nested.commit())
+        await self._call(nested.commit())
 
     async def commit(self) -> None:
         if self._tx is None:
             raise RuntimeError("a read-only session has nothing to commit")
         tx, self._tx = self._tx, None
-        await _pg_call(tx.commit())
+        await self._call(tx.commit())
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        if self._broken:
+            conn.terminate()
         try:
             if self._tx is not None and not conn.is_closed():
                 tx, self._tx = self._tx, None

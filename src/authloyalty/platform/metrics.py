@@ -49,3 +49,9 @@ CONSUMER_LAG = Gauge(
     "authloyalty_consumer_lag", "Records not yet consumed, per partition",
     ["group", "topic", "partition"],
 )
+COALESCED_BATCH_SIZE = Histogram(
+    "authloyalty_coalesced_batch_size",
+    "Requests served by one database statement (see platform.batching), by operation",
+    ["operation"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -91,6 +91,9 @@ class LoyaltySettings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     welcome_bonus: int = Field(default=100, ge=0, le=1_000_000_000)
     idempotency_ttl_hours: int = Field(default=24, ge=24)
+    # On PostgreSQL, balance reads and movements (without Idempotency-Key) that arrive
+    # together share one statement each: a batched SELECT, a group-committed update.
+    coalesce: bool = True
     # Expected `iss` of access tokens; defaults to sso.issuer.
     token_issuer: str | None = None
     # Where a separate loyalty process fetches sso's public keys.
