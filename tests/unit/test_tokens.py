@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import jwt
 import pytest
 
+from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
 from authloyalty.platform.errors import InvalidToken
 from authloyalty.platform.tokens import (
-    CachingVerifier,
     KeyStore,
     SigningKey,
     TokenIssuer,
@@ -110,17 +111,32 @@ def test_reload_picks_up_a_new_key_and_drops_a_retired_one(tmp_path: Path) -> No
     assert [k["kid"] for k in keys.jwks()["keys"]] == [keys.active.kid]
 
 
-def test_caching_verifier_remembers_successes_only_and_honours_expiry_and_type() -> None:
+async def test_authenticator_remembers_successes_only_and_honours_expiry_type_and_revocation(
+        ) -> None:
     keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
-    pair = TokenIssuer(keys, "iss", 1, 3600).issue_pair(uuid4(), uuid4(), False,
+    session = uuid4()
+    pair = TokenIssuer(keys, "iss", 1, 3600).issue_pair(uuid4(), session, False,
                                                        datetime.now(UTC))
-    cached = CachingVerifier(TokenVerifier(keys, "iss"))
-    first = cached.verify(pair.access_token, "access")
-    assert cached.verify(pair.access_token, "access") is first
-    with pytest.raises(InvalidToken, match="refresh token required"):
-        cached.verify(pair.access_token, "refresh")
+    revoked = RevokedSessions()
+    auth = Authenticator(TokenVerifier(keys, "iss"), revoked)
+    assert auth.known_principal(pair.access_token) is None  # never verified yet
+    first = await auth.principal(pair.access_token)
+    assert auth.known_principal(pair.access_token) is first
+    assert await auth.principal(pair.access_token) is first
+    with pytest.raises(InvalidToken, match="access token required"):
+        await auth.principal(pair.refresh_token)
+    assert auth.known_principal(pair.refresh_token) is None  # failures are not remembered
+    forged = pair.access_token[:-3] + "AAA"
     with pytest.raises(InvalidToken):
-        cached.verify(pair.access_token[:-3] + "AAA", "access")
-    time.sleep(2.1)
+        await auth.principal(forged)
+    assert auth.known_principal(forged) is None
+    revoked.add(session, datetime.now(UTC))
+    with pytest.raises(InvalidToken, match="session has ended"):
+        auth.known_principal(pair.access_token)  # remembered, yet refused once revoked
+    with pytest.raises(InvalidToken, match="session has ended"):
+        await auth.principal(pair.access_token)
+    revoked.prune(datetime.now(UTC) + timedelta(days=1))
+    await asyncio.sleep(2.1)
+    assert auth.known_principal(pair.access_token) is None  # expired: not a hit
     with pytest.raises(InvalidToken, match="expired"):
-        cached.verify(pair.access_token, "access")
+        await auth.principal(pair.access_token)

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from starlette.requests import HTTPConnection
 
 from authloyalty.loyalty.domain import Kind, LedgerEntry, Principal, StoredReply
+from authloyalty.loyalty.revocations import Authenticator
 from authloyalty.loyalty.schemas import (
     AdminAccountOut,
     BalanceOut,
@@ -25,6 +26,7 @@ from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 from authloyalty.platform.http import (
     BearerToken,
+    bearer_token,
     dump_json,
     health_router,
     json_body,
@@ -40,9 +42,9 @@ class _Caller(BearerToken):
     principal dependency cost a visible share of a short request."""
 
     async def __call__(self, request: HTTPConnection) -> Principal:  # type: ignore[override]
-        token = await super().__call__(request)
-        principal: Principal = await request.app.state.container.authenticator.principal(token)
-        return principal
+        token = bearer_token(request.scope)
+        authenticator: Authenticator = request.app.state.container.authenticator
+        return authenticator.known_principal(token) or await authenticator.principal(token)
 
 
 async def _admin(principal: Annotated[Principal, Depends(_Caller())]) -> Principal:

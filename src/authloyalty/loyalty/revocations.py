@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from uuid import UUID
@@ -10,7 +12,7 @@ from authloyalty.loyalty.domain import Principal
 from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.platform.tokens import CachingVerifier, TokenVerifier, UnknownSigningKey
+from authloyalty.platform.tokens import TokenVerifier, UnknownSigningKey
 
 
 class RevokedSessions:
@@ -48,25 +50,53 @@ class RevokedSessions:
 class Authenticator:
     """Turns an access token into a :class:`Principal`, locally: signature, claims, revocation.
 
+    Tokens that verified are remembered until they expire, so a client's repeated requests
+    skip the signature check (about 0.2 ms each): only successes, keyed by the whole token
+    string, expiry checked on every hit, revocation checked on every request. A key retired
+    from the JWKS keeps its remembered tokens valid until they expire, which is why keys are
+    retired only after their tokens' lifetime.
+
     ``knows_key`` (a JWKS cache in a separate process) gets a chance to learn a new signing key
     before a token with an unknown ``kid`` is refused.
     """
 
     def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions,
-                 knows_key: Callable[[str], Awaitable[bool]] | None = None) -> None:
-        self._verifier = CachingVerifier(verifier)
+                 knows_key: Callable[[str], Awaitable[bool]] | None = None,
+                 max_remembered: int = 50_000) -> None:
+        self._verifier = verifier
         self._revoked = revoked
         self._knows_key = knows_key
+        self._max = max_remembered
+        # token -> (its principal, its expiry as a timestamp)
+        self._known: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def known_principal(self, token: str) -> Principal | None:
+        """The caller without waiting, when the token verified before (the common case);
+        :class:`InvalidToken` if its session has ended; None when :meth:`principal` must
+        decide."""
+        hit = self._known.get(token)
+        if hit is None or hit[1] <= time.time():
+            return None
+        if hit[0].session_id in self._revoked:
+            raise InvalidToken("session has ended")
+        return hit[0]
 
     async def principal(self, token: str) -> Principal:
         """The caller, or :class:`InvalidToken`."""
+        known = self.known_principal(token)
+        if known is not None:
+            return known
         try:
             claims = self._verifier.verify(token, "access")
         except UnknownSigningKey as exc:
             if self._knows_key is None or not await self._knows_key(exc.kid):
                 raise
             claims = self._verifier.verify(token, "access")
-        if claims.session_id in self._revoked:
+        principal = Principal(user_id=claims.user_id, session_id=claims.session_id,
+                              is_admin=claims.admin)
+        self._known[token] = (principal, claims.expires_at.timestamp())
+        if len(self._known) > self._max:
+            self._known.popitem(last=False)
+        if principal.session_id in self._revoked:
             raise InvalidToken("session has ended")
-        return Principal(user_id=claims.user_id, session_id=claims.session_id,
-                         is_admin=claims.admin)
+        return principal

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -15,7 +16,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authloyalty.platform import metrics
@@ -37,8 +38,9 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def dump_json(body: dict[str, Any]) -> bytes:
-    """Compact, deterministic JSON (stored idempotent responses replay byte for byte)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON in UTF-8, keys in insertion order (stored idempotent responses replay
+    byte for byte)."""
+    return orjson.dumps(body)
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -223,12 +225,18 @@ class BearerToken(HTTPBearer):
                          description="Access token from /auth/login")
 
     async def __call__(self, request: HTTPConnection) -> Any:  # returns the raw token
-        header = request.headers.get("Authorization", "").strip()
-        scheme, _, rest = header.partition(" ")
-        token = rest.strip() if scheme.lower() == "bearer" else header
-        if not token:
-            raise MissingToken()
-        return token
+        return bearer_token(request.scope)
+
+
+def bearer_token(scope: Scope) -> str:
+    """The token of the ``Authorization`` header (``Bearer <jwt>`` or a bare ``<jwt>``), read
+    straight from the ASGI scope; :class:`MissingToken` without one."""
+    header = _header(scope, b"authorization").strip()
+    scheme, _, rest = header.partition(" ")
+    token = rest.strip() if scheme.lower() == "bearer" else header
+    if not token:
+        raise MissingToken()
+    return token
 
 
 def health_router(prefix: str) -> APIRouter:
@@ -307,10 +315,10 @@ def resolved_by(resolver: Resolver) -> type[APIRoute]:
 async def json_body(request: Request) -> Any:
     """The request's JSON body as FastAPI reads it: no body → :data:`MISSING`, a non-JSON
     content type → the raw bytes (which then fail validation), bad or unparseable JSON → 400."""
-    raw = await request.body()
+    raw = await _body(request)
     if not raw:
         return MISSING
-    content_type = request.headers.get("content-type", "")
+    content_type = _header(request.scope, b"content-type")
     media = content_type.split(";", 1)[0].strip().lower()
     main, _, sub = media.partition("/")
     if main != "application" or not (sub == "json" or sub.endswith("+json")):
@@ -326,6 +334,35 @@ async def json_body(request: Request) -> Any:
 
 
 MISSING: Any = object()
+
+
+async def _body(request: Request) -> bytes:
+    """The whole body, read from ``receive`` as :meth:`Request.body` would (and kept for it),
+    without its async-generator machinery: a visible share of a short request."""
+    if hasattr(request, "_body"):
+        body: bytes = request._body
+        return body
+    chunks: list[bytes] = []
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    request._body = b"".join(chunks)
+    request._stream_consumed = True
+    return request._body
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """The first value of header ``name`` (lower case), or ""."""
+    for key, value in scope["headers"]:
+        if key == name:  # ASGI servers lower-case header names
+            return str(value.decode("latin-1"))
+    return ""
 
 
 def validate(adapter: TypeAdapter[T], value: Any, loc: tuple[str, ...],

@@ -6,8 +6,6 @@ import base64
 import hashlib
 import json
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -308,31 +306,3 @@ def _claims(payload: Mapping[str, Any]) -> TokenClaims:
     except (ValueError, TypeError) as exc:
         raise InvalidToken("malformed claims") from exc
 
-
-class CachingVerifier:
-    """Remembers tokens that verified, until they expire, so a client's repeated requests skip
-    the signature check (about 0.2 ms each).
-
-    Only successes are cached, keyed by the whole token string, and expiry is checked on every
-    hit; revocation is not this cache's business (the caller checks the session each time). A
-    key retired from the JWKS keeps its cached tokens valid until they expire, which is why keys
-    are retired only after their tokens' lifetime.
-    """
-
-    def __init__(self, verifier: TokenVerifier, max_entries: int = 50_000) -> None:
-        self._verifier = verifier
-        self._max = max_entries
-        self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
-
-    def verify(self, token: str, expected_type: TokenType | None = None) -> TokenClaims:
-        """Like :meth:`TokenVerifier.verify`."""
-        claims = self._cache.get(token)
-        if claims is not None and claims.expires_at.timestamp() > time.time():
-            if expected_type is not None and claims.token_type != expected_type:
-                raise InvalidToken(f"{expected_type} token required, got {claims.token_type}")
-            return claims
-        claims = self._verifier.verify(token, expected_type)
-        self._cache[token] = claims
-        if len(self._cache) > self._max:
-            self._cache.popitem(last=False)
-        return claims
