@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import coalescing, drivers, loadgen, report, sqlcheck
+from benchlib import coalescing, drivers, loadgen, report, sqlcheck, tokencost
 from benchlib import seed as seeding
 from benchlib.cpu import NCPU, CpuWindow, machine_times, pid_group, postgres_group
 from benchlib.deploy import Deployment, deploy
@@ -100,6 +100,7 @@ class Runner:
     opts: Options
     dep: Deployment
     records: list[dict[str, Any]] = field(default_factory=list)
+    priming: dict[str, Any] | None = None
 
     @property
     def stack(self) -> Any:
@@ -189,6 +190,35 @@ class Runner:
                 "connections": conns, "threads": threads, "processes": len(ports), **extra}
         self.record(base, result, window, "wrk")
 
+    def prime_tokens(self, url: str, env: dict[str, str]) -> None:
+        """Every loyalty process sees every seeded access token once (``lua/prime.lua``)
+        before the authenticated scenarios, which therefore measure clients reusing their
+        tokens (loyalty remembers verified tokens until they expire). Without it, a short
+        run's first seconds verify thousands of signatures per process and the figure
+        depends on the warm-up's length. What a first-seen token costs is measured apart
+        (:func:`benchlib.tokencost.measure`)."""
+        if not any(self.wanted(n) for n in ("balance", "withdrawal", "seed_withdrawal")):
+            return
+        ports = self.stack.loyalty_ports
+        users = self.dep.seeded.users
+        env = {**env, "BENCH_PORTS": ",".join(map(str, ports)) if len(ports) > 1 else ""}
+        duration = max(2.0, users / 1000)  # cold, a process verifies > 1,000 tokens/s
+        window = self.window().start()
+        raw = loadgen.run_wrk("prime", url, duration=duration, connections=self.opts.connections,
+                              threads=len(ports), env=env, cpus=self.opts.wrk_cpus)
+        window.stop()
+        summary = loadgen.wrk_summary(raw, {200})
+        per_process = summary["requests"] / len(ports)
+        self.priming = {
+            "requests": summary["requests"], "duration_s": summary["duration_s"],
+            "processes": len(ports), "users": users, "errors": summary["errors"],
+            "every_token_reached": per_process >= users, "cpu": window.report(),
+        }
+        log(f"token priming: {summary['requests']} requests in {summary['duration_s']} s "
+            f"over {len(ports)} process(es), errors {summary['errors']}")
+        if per_process < users:
+            log(f"priming reached only {per_process:.0f} of {users} tokens per process")
+
     def pgbench(self, name: str, title: str, script: str) -> None:
         if not self.wanted(name):
             return
@@ -256,6 +286,7 @@ class Runner:
         self.wrk("ceiling_bare_loyalty", "Bare GET /loyalty/healthz (same stack, no auth, no DB)",
                  "ceiling", "bare", f"{loyalty}/loyalty/healthz", {200}, {})
         self.pgbench("ceiling_pg_balance", "pgbench: SQL of the balance read", "balance")
+        self.prime_tokens(f"{loyalty}/loyalty/me", users)
         self.wrk("balance", "Authenticated balance read", "scenario", "balance",
                  f"{loyalty}/loyalty/me", {200}, users)
 
@@ -411,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(opts, dep)
     consistency: dict[str, int] = {}
     sql_shapes: dict[str, Any] = {}
+    token_algorithms: list[dict[str, Any]] = []
     failed: BaseException | None = None
     try:
         first_token = dep.seeded.users_file.read_text().split("\n", 1)[0].split()[1]
@@ -420,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                 + ("" if shape["match"] else "  <-- MISMATCH: update bench/sql/"))
         runner.run()
         consistency = seeding.ledger_consistent(dep.stack.loyalty_db_url)
+        token_algorithms = tokencost.measure()
+        log("token signatures: " + ", ".join(
+            f"{t['algorithm']} verify {t['verify_us']} us" for t in token_algorithms))
         log(f"ledger check: {consistency}")
     except BaseException as exc:  # still write what was measured
         failed = exc
@@ -470,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                      "poll_interval_ms": opts.poll_interval * 1000},
             "ledger_check": consistency,
             "sql_check": sql_shapes,
+            "token_priming": runner.priming,
+            "token_algorithms": token_algorithms,
             "failed": repr(failed) if failed else None,
         },
         "scenarios": runner.records,

@@ -287,11 +287,41 @@ def markdown(document: dict[str, Any]) -> str:
         f"{check.get('entries', '-')} entries, {check.get('mismatched', '-')} balances ≠ "
         f"sum of ledger, {check.get('negative', '-')} negative.",
     ]
+    priming = meta.get("token_priming")
+    if priming:
+        reached = ("every loyalty process saw every one of the"
+                   if priming.get("every_token_reached")
+                   else "**not every process reached all** of the")
+        lines.append(
+            f"\nToken priming before the authenticated scenarios: {reached} "
+            f"{_fmt(priming['users'])} seeded access tokens ({_fmt(priming['requests'])} "
+            f"`GET /loyalty/me` in {_fmt(priming['duration_s'])} s over "
+            f"{priming['processes']} processes, {_fmt(priming['errors'])} errors), so the "
+            "scenarios measure clients reusing their tokens; a token's first use costs one "
+            "signature check (below).")
     for name, shape in (meta.get("sql_check") or {}).items():
         verdict = "same commands" if shape["match"] else "**MISMATCH: update bench/sql/**"
         lines.append(f"\nSQL of one {name} request: the service sent "
                      f"{' -> '.join(shape['service']) or '?'}; pgbench runs "
                      f"{' -> '.join(shape['pgbench'])} ({verdict}).")
+    algorithms = meta.get("token_algorithms") or []
+    if algorithms:
+        lines += [
+            "",
+            "## Token signatures",
+            "",
+            "The project's `TokenIssuer` / `TokenVerifier` (PyJWT on `cryptography`), one core, "
+            "in the runner's process. sso signs a pair per login and refresh; loyalty verifies "
+            "an access token the first time a process sees it, then remembers it until it "
+            "expires.",
+            "",
+            "| algorithm | sign a pair (µs) | verify (µs) | verifies/s | access token bytes |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for t in algorithms:
+            lines.append(f"| {t['algorithm']} | {_fmt(t['sign_pair_us'])} | "
+                         f"{_fmt(t['verify_us'])} | {_fmt(t['verifies_per_s'])} | "
+                         f"{_fmt(t['token_bytes'])} |")
     if meta.get("failed"):
         lines += ["", f"**The run failed:** `{meta['failed']}`"]
     lines += [
