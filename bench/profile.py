@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         assert pid is not None
         next_tokens = seeded.token_dir / "refresh-next.txt"
         env["BENCH_REFRESH_OUT"] = str(next_tokens)
+        if service == "loyalty" and script != "bare":
+            # every token verified once, as bench/run.py does before these scenarios
+            loadgen.run_wrk("prime", base + "/loyalty/me", duration=max(2, seeded.users / 1000),
+                            connections=connections, threads=1, env=env)
         loadgen.run_wrk(script, base + path, duration=3, connections=connections, threads=1,
                         env=env)  # warm-up
         if script == "refresh":
