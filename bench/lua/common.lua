@@ -40,6 +40,19 @@ function M.seed_random()
   for _ = 1, 10 do math.random() end
 end
 
+-- Request headers for every seeded user ($BENCH_USERS: "<user id> <access token>" per line):
+-- Authorization, plus the fields of `extra` (e.g. a content type).
+function M.bearer_headers(extra)
+  local out = {}
+  for _, line in ipairs(M.lines(os.getenv("BENCH_USERS"))) do
+    local _, token = line:match("^(%S+) (%S+)$")
+    local headers = { Authorization = "Bearer " .. token }
+    for name, value in pairs(extra or {}) do headers[name] = value end
+    out[#out + 1] = headers
+  end
+  return out
+end
+
 -- Lines of a file; with a stride (thread count), only this thread's slice.
 function M.lines(path, index, stride)
   local out = {}

@@ -9,11 +9,7 @@ local next_index = 0
 function setup(thread) common.setup(thread) end
 
 function init(args)
-  tokens = {}
-  for _, line in ipairs(common.lines(os.getenv("BENCH_USERS"))) do
-    local _, token = line:match("^(%S+) (%S+)$")
-    tokens[#tokens + 1] = { Authorization = "Bearer " .. token }
-  end
+  tokens = common.bearer_headers()
 end
 
 function request()

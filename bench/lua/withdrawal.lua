@@ -7,12 +7,7 @@ function setup(thread) common.setup(thread) end
 
 function init(args)
   common.seed_random()
-  headers = {}
-  for _, line in ipairs(common.lines(os.getenv("BENCH_USERS"))) do
-    local _, token = line:match("^(%S+) (%S+)$")
-    headers[#headers + 1] = { Authorization = "Bearer " .. token,
-                              ["Content-Type"] = "application/json" }
-  end
+  headers = common.bearer_headers({ ["Content-Type"] = "application/json" })
 end
 
 function request()

@@ -116,3 +116,20 @@ async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer("test", Recorder(), max_batch=0)
+
+
+async def test_a_cancelled_batch_run_cancels_its_callers_and_those_after_it() -> None:
+    started = asyncio.Event()
+
+    async def hangs(items: list[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(3600)
+        return items
+
+    coalescer = Coalescer("test", hangs, key=lambda i: 0)  # one key: one batch each
+    callers = [asyncio.ensure_future(coalescer.submit(i)) for i in range(3)]
+    await started.wait()
+    for task in list(coalescer._tasks):
+        task.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 1)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)

@@ -18,13 +18,10 @@ one ``run`` call at the start of the next, the way group commit amortises a disk
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from authloyalty.platform import metrics
-
-log = logging.getLogger(__name__)
 
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")  # its result
@@ -86,7 +83,7 @@ class Coalescer(Generic[I, R]):
         return batches
 
     async def _run_batches(self, batches: list[list[tuple[I, asyncio.Future[R]]]]) -> None:
-        for batch in batches:
+        for number, batch in enumerate(batches):
             self.batches += 1
             self.items += len(batch)
             self._size.observe(len(batch))
@@ -94,13 +91,16 @@ class Coalescer(Generic[I, R]):
                 results = await self._run([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch of {len(batch)} answered {len(results)} times")
-            except BaseException as exc:
+            except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
                 continue
+            except BaseException:  # cancelled (shutdown): no caller may wait forever
+                for _, future in (entry for rest in batches[number:] for entry in rest):
+                    if not future.done():
+                        future.cancel()
+                raise
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # its caller was cancelled; the work is done regardless
                     continue
