@@ -140,3 +140,17 @@ async def test_authenticator_remembers_successes_only_and_honours_expiry_type_an
     assert auth.known_principal(pair.access_token) is None  # expired: not a hit
     with pytest.raises(InvalidToken, match="expired"):
         await auth.principal(pair.access_token)
+
+
+@pytest.mark.parametrize("token", ["", "no-dots", "!!!.e30.sig", "W10.e30.sig", "bnVsbA.e30.sig",
+                                   "eyJraWQiOg.e30.sig"])
+def test_a_token_whose_header_is_not_a_json_object_is_malformed(token: str) -> None:
+    keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
+    with pytest.raises(InvalidToken, match="malformed token"):
+        TokenVerifier(keys, "iss").verify(token)
+
+
+def test_a_header_without_a_key_id_is_refused_before_any_key_is_looked_up() -> None:
+    keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
+    with pytest.raises(InvalidToken, match="no key id"):
+        TokenVerifier(keys, "iss").verify("e30.e30.sig")  # header {}
