@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from authloyalty.bootstrap import build_embedded, loyalty_app, sso_app
 from authloyalty.devinfra.common import free_port
@@ -91,3 +92,17 @@ async def test_requests_get_503_during_an_outage_and_succeed_after_it(
             assert moved.json()["balance"] == 90
     finally:
         await system.stop()
+
+
+async def test_a_statement_that_hangs_is_cancelled_with_503_and_its_connection_replaced(
+        pg_url: str) -> None:
+    database = PgDatabase(DatabaseTarget(url=pg_url), fetch_timeout=0.5)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DatabaseUnavailable):
+            await database.fetch(text("SELECT pg_sleep(30)"))
+        assert asyncio.get_running_loop().time() - started < 5
+        rows = await database.fetch(text("SELECT 1 AS one"))
+        assert rows[0]["one"] == 1
+    finally:
+        await database.dispose()

@@ -268,11 +268,15 @@ class PgDatabase(Database):
     dialect = "postgresql"
 
     def __init__(self, target: DatabaseTarget, *, connect_timeout: float = 10.0,
-                 cache_size: int = 512) -> None:
+                 fetch_timeout: float = 30.0, cache_size: int = 512) -> None:
         url = make_url(target.url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._target = target
         self._connect_timeout = connect_timeout
+        # A statement of fetch() (one per batch of coalesced requests, so its timer is cheap)
+        # that takes longer is cancelled: 503 for its callers instead of a wait without end
+        # on a hung server, and its connection is replaced.
+        self._fetch_timeout = fetch_timeout
         self._pool: asyncpg.Pool | None = None
         self._lane = _Lane(self._connect, max(2, target.pool_size // 2))
         self._lock = asyncio.Lock()
@@ -327,7 +331,8 @@ class PgDatabase(Database):
     async def _connect(self) -> asyncpg.Connection:
         settings = {"search_path": self._target.schema} if self._target.schema else None
         conn: asyncpg.Connection = await _pg_call(asyncpg.connect(
-            self._dsn, timeout=self._connect_timeout, server_settings=settings))
+            self._dsn, timeout=self._connect_timeout, command_timeout=self._fetch_timeout,
+            server_settings=settings))
         try:
             await _pg_call(_init_connection(conn))
         except BaseException:
