@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from authloyalty.devinfra.common import free_port
+from authloyalty.devinfra.common import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,11 +43,8 @@ PASSWORD = "correct horse battery"
 
 def server_env(**extra: str) -> dict[str, str]:
     """The environment of a server or CLI run: ours, minus config that could leak in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AUTHLOYALTY_") and k != "CONFIG_PATH"}
-    env["AUTHLOYALTY_SSO__LOGIN_THROTTLE__MAX_FAILURES_PER_CLIENT"] = "1000"
-    env.update(extra)
-    return env
+    return clean_env(**{"AUTHLOYALTY_SSO__LOGIN_THROTTLE__MAX_FAILURES_PER_CLIENT": "1000",
+                        **extra})
 
 
 @dataclass

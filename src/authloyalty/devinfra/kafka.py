@@ -49,7 +49,14 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, NamedTuple, Self
 
-from authloyalty.devinfra.common import HOST, free_ports, tail, write_json
+from authloyalty.devinfra.common import (
+    HOST,
+    apt_install,
+    can_apt_install,
+    free_ports,
+    tail,
+    write_json,
+)
 
 __all__ = [
     "HOST",
@@ -68,7 +75,6 @@ __all__ = [
 CACHE_ENV = "AUTHLOYALTY_CACHE_DIR"
 POM_ENV = "AUTHLOYALTY_KAFKA_POM"
 LOG4J2_ENV = "AUTHLOYALTY_KAFKA_LOG4J2"
-NO_APT_ENV = "AUTHLOYALTY_NO_APT"
 
 QuorumMode = Literal["dynamic", "static"]
 
@@ -149,36 +155,18 @@ def _which_java() -> str | None:
     return shutil.which("java")
 
 
-def _apt_install(packages: Sequence[str]) -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-    ):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail(proc.stderr)}"
-            )
-
-
 def _ensure_tools(*, need_mvn: bool) -> tuple[str, str | None]:
     java, mvn = _which_java(), shutil.which("mvn")
     missing = [] if java else ["java"]
     if need_mvn and not mvn:
         missing.append("mvn")
     if missing:
-        can_apt = (
-            os.geteuid() == 0
-            and shutil.which("apt-get") is not None
-            and os.environ.get(NO_APT_ENV, "") in ("", "0")
-        )
-        if not can_apt:
+        if not can_apt_install():
             raise RuntimeError(
                 f"{' and '.join(missing)} not found on PATH: the Kafka broker needs Java "
                 f"{_MIN_JAVA}+ and Maven (Debian: `apt-get install default-jre-headless maven`)"
             )
-        _apt_install(["default-jre-headless", "maven"])
+        apt_install(["default-jre-headless", "maven"])
         java, mvn = _which_java(), shutil.which("mvn")
         if java is None or (need_mvn and mvn is None):
             raise RuntimeError(

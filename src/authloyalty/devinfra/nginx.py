@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authloyalty.devinfra.common import tail
+from authloyalty.devinfra.common import apt_install, can_apt_install, tail
 
 __all__ = [
     "GatewayValues",
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 DEPLOY_ENV = "AUTHLOYALTY_DEPLOY_DIR"
-NO_APT_ENV = "AUTHLOYALTY_NO_APT"
 TEMPLATE_NAME = "gateway.conf.template"
 COMPOSE_CONF_NAME = "nginx.compose.conf"
 _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -237,29 +236,13 @@ def ensure_commands(commands: Mapping[str, str], *, install: bool = True) -> dic
     found = {cmd: find_command(cmd) for cmd in commands}
     missing = sorted({commands[cmd] for cmd, path in found.items() if path is None})
     if missing:
-        can_apt = (
-            install
-            and os.geteuid() == 0
-            and shutil.which("apt-get") is not None
-            and os.environ.get(NO_APT_ENV, "") in ("", "0")
-        )
-        if not can_apt:
+        if not (install and can_apt_install()):
             raise RuntimeError(
                 f"missing commands {sorted(c for c, p in found.items() if p is None)}; install "
                 f"the Debian packages: apt-get install {' '.join(missing)}"
             )
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         with _no_service_starts():
-            for cmd in (
-                ["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-            ):
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(
-                        f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                        f"{tail(proc.stdout + proc.stderr, 30)}"
-                    )
+            apt_install(missing)
         found = {cmd: find_command(cmd) for cmd in commands}
     still = sorted(cmd for cmd, path in found.items() if path is None)
     if still:

@@ -62,7 +62,14 @@ import yaml
 
 from authloyalty.devinfra import nginx as gateway
 from authloyalty.devinfra import prometheus as prom
-from authloyalty.devinfra.common import HOST, free_ports, port_open, tail, write_json
+from authloyalty.devinfra.common import (
+    HOST,
+    clean_env,
+    free_ports,
+    port_open,
+    tail,
+    write_json,
+)
 from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
 from authloyalty.devinfra.postgres import PostgresCluster
 
@@ -232,11 +239,7 @@ def _authloyalty() -> list[str]:
 def _service_env(**extra: str) -> dict[str, str]:
     # The generated config is the whole truth: settings from our own environment
     # (AUTHLOYALTY_*, CONFIG_PATH) would override it in every process alike.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AUTHLOYALTY_") and k != "CONFIG_PATH"}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return clean_env(**{"PYTHONUNBUFFERED": "1", **extra})
 
 
 def _run(argv: Sequence[str], what: str, *, env: dict[str, str] | None = None,

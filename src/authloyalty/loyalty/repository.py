@@ -104,6 +104,11 @@ ORDER BY req.ord""")
 _NO_CURSOR = 2**63 - 1
 
 
+def _account(row: Mapping[str, Any]) -> Account:
+    return Account(user_id=row["user_id"], balance=int(row["balance"]),
+                   created_at=as_utc(row["created_at"]))
+
+
 def _entry(row: Mapping[str, Any]) -> LedgerEntry:
     return LedgerEntry(id=int(row["id"]), account_id=row["account_id"], kind=row["kind"],
                        amount=int(row["amount"]), comment=row["comment"],
@@ -120,10 +125,7 @@ class SqlAccounts:
     async def get(self, user_id: UUID) -> Account | None:
         """The account of ``user_id``."""
         row = await self._db.first(_ACCOUNT, {"b_user_id": user_id})
-        if row is None:
-            return None
-        return Account(user_id=row["user_id"], balance=int(row["balance"]),
-                       created_at=as_utc(row["created_at"]))
+        return None if row is None else _account(row)
 
     async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
         """Create the account unless it exists."""
@@ -247,9 +249,7 @@ class CoalescedAccounts:
 
     async def _read(self, ids: list[UUID]) -> list[Account | None]:
         rows = await self._db.fetch(_ACCOUNTS_BY_IDS, {"b_ids": list(set(ids))})
-        found = {row["user_id"]: Account(user_id=row["user_id"], balance=int(row["balance"]),
-                                         created_at=as_utc(row["created_at"]))
-                 for row in rows}
+        found = {row["user_id"]: _account(row) for row in rows}
         return [found.get(user_id) for user_id in ids]
 
     async def aclose(self) -> None:
