@@ -22,7 +22,7 @@ from authloyalty.loyalty.domain import (
 )
 from authloyalty.loyalty.repository import CoalescedAccounts, CoalescedMovements
 from authloyalty.loyalty.service import Idempotency, Operation
-from authloyalty.platform.database import PgDatabase
+from authloyalty.platform.database import InvalidValue, PgDatabase
 from tests.conftest import FAST_ARGON2, settings_for
 
 ADMIN = Principal(user_id=uuid4(), session_id=uuid4(), is_admin=True)
@@ -172,3 +172,25 @@ async def test_coalescing_off_gives_the_same_answers(tmp_path: Path, pg_url: str
         assert await ledger_of(system, account) == (10, 10, 4)
     finally:
         await system.stop()
+
+
+async def test_a_statement_one_request_poisons_fails_only_that_request(
+        system: EmbeddedSystem) -> None:
+    # Below the HTTP validation (which refuses NUL first): a value PostgreSQL itself refuses
+    # fails the coalesced statement, and only its sender may see that.
+    users = await open_accounts(system, [100] * 13)
+    service = system.loyalty.service
+    _, movements = coalescers(system)
+    for _round in range(3):
+        comments = ["spent"] * 13
+        comments[5] = "a\x00b"
+        results = await asyncio.gather(*(service.operate(
+            Operation(ADMIN, user, "withdrawal", 1, comment), render)
+            for user, comment in zip(users, comments, strict=True)), return_exceptions=True)
+        assert isinstance(results[5], InvalidValue)
+        assert all(isinstance(r, StoredReply) and r.status == 201
+                   for i, r in enumerate(results) if i != 5), results
+    assert movements._batches._split_runs._value.get() > 0  # they did share a statement
+    for index, user in enumerate(users):
+        expected = 100 if index == 5 else 97
+        assert await ledger_of(system, user) == (expected, expected, 1 if index == 5 else 4)

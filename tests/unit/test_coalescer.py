@@ -52,11 +52,59 @@ async def test_an_item_error_goes_to_its_caller_only() -> None:
     assert str(results[1]) == "bad -2"
 
 
-async def test_a_failed_batch_fails_every_caller_of_that_batch() -> None:
-    coalescer = Coalescer("test", Recorder(fail_with=ConnectionError("down")))
+async def test_a_shared_failure_fails_every_caller_of_the_batch_without_a_retry() -> None:
+    run = Recorder(fail_with=ConnectionError("down"))
+    coalescer = Coalescer("test", run, shared=(ConnectionError,))
     results = await asyncio.gather(*(coalescer.submit(i) for i in range(3)),
                                    return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
+    assert run.batches == [[0, 1, 2]]  # the database is down: retrying would only add load
+
+
+class Poisoned:
+    """A ``run`` that fails as a whole (as one SQL statement does) when any item is negative."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.applied: list[int] = []
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(0)
+        if any(i < 0 for i in items):
+            raise ValueError(f"statement refused a value of {items}")
+        self.applied.extend(items)
+        return [i * 10 for i in items]
+
+
+async def test_an_item_that_fails_the_whole_statement_fails_only_its_own_caller() -> None:
+    run = Poisoned()
+    coalescer = Coalescer("test", run, shared=(ConnectionError,))
+    items = [1, 2, 3, 4, -5, 6, 7, 8, 9, 10, 11, 12, 13]
+    results = await asyncio.gather(*(coalescer.submit(i) for i in items),
+                                   return_exceptions=True)
+    for item, result in zip(items, results, strict=True):
+        if item < 0:
+            assert isinstance(result, ValueError)
+        else:
+            assert result == item * 10
+    assert sorted(run.applied) == sorted(i for i in items if i > 0)  # each applied once
+    assert len(run.batches) <= 1 + 2 * 4  # halving: about 2·log2(n) extra statements
+
+
+async def test_several_poisoned_items_and_same_key_order_survive_the_halving() -> None:
+    run = Poisoned()
+    coalescer = Coalescer("test", run, key=lambda i: abs(i) % 4)
+    items = [-1, 2, 3, 4, 5, -6, 7, 8, 9, 10]
+    results = await asyncio.gather(*(coalescer.submit(i) for i in items),
+                                   return_exceptions=True)
+    assert [isinstance(r, ValueError) for r in results] == [i < 0 for i in items]
+    assert [r for r in results if not isinstance(r, BaseException)] == [
+        i * 10 for i in items if i > 0]
+    # items of one key were applied in the order they were submitted
+    for key in range(4):
+        same = [i for i in run.applied if abs(i) % 4 == key]
+        assert same == [i for i in items if i > 0 and i % 4 == key]
 
 
 async def test_a_run_that_answers_the_wrong_number_of_times_is_an_error_not_a_hang() -> None:

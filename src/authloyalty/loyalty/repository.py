@@ -27,7 +27,12 @@ from authloyalty.loyalty.tables import (
     revoked_sessions,
 )
 from authloyalty.platform.batching import Coalescer
-from authloyalty.platform.database import Database, IntegrityViolation, Session
+from authloyalty.platform.database import (
+    Database,
+    DatabaseUnavailable,
+    IntegrityViolation,
+    Session,
+)
 from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
@@ -241,7 +246,7 @@ class CoalescedAccounts:
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._db = database
         self._reads: Coalescer[UUID, Account | None] = Coalescer(
-            "account_read", self._read, max_batch=max_batch)
+            "account_read", self._read, max_batch=max_batch, shared=(DatabaseUnavailable,))
 
     async def get(self, user_id: UUID) -> Account | None:
         """The account of ``user_id`` as committed when its batch ran."""
@@ -272,13 +277,15 @@ class _Movement:
 class CoalescedMovements:
     """:class:`~authloyalty.loyalty.domain.Movements` on PostgreSQL: the movements that
     arrive in the same event-loop turn commit together, as one statement (group commit).
-    Each still gets its own answer; a database failure fails the whole batch and applies
-    none of it."""
+    Each still gets its own answer. The database being unavailable fails the whole batch and
+    applies none of it; any other failure of the statement (a value PostgreSQL refuses, ...)
+    reaches only the requests that cause it (see :mod:`authloyalty.platform.batching`)."""
 
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._db = database
         self._batches: Coalescer[_Movement, LedgerEntry] = Coalescer(
-            "movement", self._apply, key=lambda m: m.account_id, max_batch=max_batch)
+            "movement", self._apply, key=lambda m: m.account_id, max_batch=max_batch,
+            shared=(DatabaseUnavailable,))
 
     async def apply(self, account_id: UUID, kind: Kind, amount: int, comment: str,
                     now: datetime) -> LedgerEntry:

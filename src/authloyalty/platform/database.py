@@ -30,7 +30,13 @@ from typing import Any, TypeVar, cast
 import asyncpg
 from sqlalchemy import make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -44,6 +50,16 @@ T = TypeVar("T")
 
 class IntegrityViolation(Exception):
     """A constraint (unique key, check) refused the write."""
+
+
+class InvalidValue(DomainError):
+    """The database refused a value of the request itself (SQLSTATE class 22: a character it
+    cannot store, a number out of range): the caller's mistake, not the server's. Input
+    validation is meant to catch these first; this keeps a gap in it a 4xx, not a 500."""
+
+    kind = ErrorKind.INVALID
+    code = "invalid_value"
+    default_message = "a value of the request cannot be stored"
 
 
 class DatabaseUnavailable(DomainError):
@@ -162,6 +178,8 @@ _PG_UNAVAILABLE = (
 def _translate_pg(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return IntegrityViolation(str(exc))
+    if isinstance(exc, asyncpg.DataError):
+        return InvalidValue()
     if isinstance(exc, _PG_UNAVAILABLE):
         return DatabaseUnavailable()
     return exc
@@ -170,7 +188,8 @@ def _translate_pg(exc: BaseException) -> BaseException:
 async def _pg_call(call: Awaitable[T]) -> T:
     try:
         return await call
-    except (asyncpg.IntegrityConstraintViolationError, *_PG_UNAVAILABLE) as exc:
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+            *_PG_UNAVAILABLE) as exc:
         raise _translate_pg(exc) from exc
 
 
@@ -465,6 +484,8 @@ class _PgSession(Session):
 def _translate_sa(exc: Exception) -> Exception:
     if isinstance(exc, IntegrityError):
         return IntegrityViolation(str(exc.orig))
+    if isinstance(exc, DataError):
+        return InvalidValue()
     if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated):
         return DatabaseUnavailable()

@@ -55,3 +55,9 @@ COALESCED_BATCH_SIZE = Histogram(
     ["operation"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+COALESCED_SPLITS = Counter(
+    "authloyalty_coalesced_splits_total",
+    "Coalesced statements that failed and were run again as two halves, so that one request's "
+    "failure reaches only that request (see platform.batching), by operation",
+    ["operation"],
+)
