@@ -24,8 +24,12 @@ import pytest
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from authloyalty.platform import telemetry
 from authloyalty.platform.events import USER_REGISTERED
 from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.settings import SsoSettings
@@ -441,3 +445,64 @@ async def test_reflection_lists_auth_and_describes_the_new_method(
     [serialized] = replies[1].file_descriptor_response.file_descriptor_proto
     assert b"GetUser" in serialized
 
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+@pytest.mark.parametrize("method", ["Login", "Register", "GetUser"])
+@pytest.mark.parametrize("payload", [
+    b"\x0a\x02\xff\xfe",  # field 1 (a string) holding invalid UTF-8
+    b"\xff\xff\xff",  # not protobuf wire format at all
+])
+async def test_malformed_protobuf_bytes_are_invalid_argument_without_a_traceback(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture, method: str, payload: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    before = requests_counted(method, "INVALID_ARGUMENT")
+    call = channel.unary_unary(f"/auth.Auth/{method}", request_serializer=_identity,
+                               response_deserializer=_identity)
+    code, message = await status_of(call(payload))
+    assert code == Code.INVALID_ARGUMENT
+    assert message == f"request is not a valid auth.{method}Request protobuf"
+    for leak in ("DecodeError", "class", "Unexpected"):
+        assert leak not in message
+    for leak in ("DecodeError", "Traceback"):
+        assert leak not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+    assert f"/auth.Auth/{method} INVALID_ARGUMENT" in caplog.text
+    assert requests_counted(method, "INVALID_ARGUMENT") == before + 1
+    # The server keeps serving well-formed calls.
+    health = health_pb2_grpc.HealthStub(channel)
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == (
+        health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_with_tracing_on_calls_and_malformed_requests_are_spans_with_their_codes(
+    service: AuthService,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_provider(provider)
+    try:
+        built, port = build_grpc_server(service, "127.0.0.1", 0)
+    finally:
+        telemetry.use_provider(None)
+    await built.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = sso_pb2_grpc.AuthStub(channel)
+            await stub.Register(sso_pb2.RegisterRequest(email="span@example.com",
+                                                        password=PASSWORD))
+            raw = channel.unary_unary("/auth.Auth/Login", request_serializer=_identity,
+                                      response_deserializer=_identity)
+            code, _ = await status_of(raw(b"\xff\xff\xff"))
+            assert code == Code.INVALID_ARGUMENT
+    finally:
+        await stop_server(built, grace=0)
+        provider.shutdown()
+    codes = {span.name: (span.attributes or {}).get("rpc.grpc.status_code")
+             for span in exporter.get_finished_spans()}
+    assert codes == {"/auth.Auth/Register": Code.OK.value[0],
+                     "/auth.Auth/Login": Code.INVALID_ARGUMENT.value[0]}

@@ -2,6 +2,10 @@
 
 Interceptors wrap unary-unary methods only (every method of our services is unary); the health
 ``Watch`` and reflection streams pass through untouched.
+
+Requests of unary methods are decoded by the innermost interceptor, not by grpc.aio: grpc.aio
+answers bytes that do not parse with ``UNKNOWN``, the exception's class and a logged traceback,
+where a client's malformed message deserves ``INVALID_ARGUMENT`` and a plain sentence.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from authloyalty.platform.errors import DomainError, ErrorKind
+from authloyalty.platform.errors import DomainError, ErrorKind, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +59,46 @@ GRPC_LATENCY = Histogram(
 def _wrap_unary(
     handler: grpc.RpcMethodHandler[Request, Response] | None,
     wrap: Callable[[UnaryBehaviour], UnaryBehaviour],
+    *,
+    decode_inside: bool = False,
 ) -> grpc.RpcMethodHandler[Request, Response] | None:
+    """``handler`` with its unary behaviour wrapped; with ``decode_inside``, the wrapped
+    behaviour receives the raw request bytes and decodes them itself."""
     if handler is None or handler.request_streaming or handler.response_streaming:
         return handler
     behaviour: Any = handler.unary_unary
+    deserializer: Any = handler.request_deserializer
+    if decode_inside and deserializer is not None:
+        behaviour, deserializer = _decoding(behaviour, deserializer), None
     return grpc.unary_unary_rpc_method_handler(
-        wrap(behaviour), request_deserializer=handler.request_deserializer,
+        wrap(behaviour), request_deserializer=deserializer,
         response_serializer=handler.response_serializer)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into their status codes and anything unexpected into INTERNAL.
+def _decoding(behaviour: UnaryBehaviour, deserializer: Callable[[bytes], Any]) -> UnaryBehaviour:
+    """``behaviour`` fed with ``deserializer``'s message; undecodable bytes are refused."""
+    # Generated deserializers are the message class's bound FromString: name the message.
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", None)
+    refusal = f"request is not a valid {name} protobuf" if name else (
+        "request is not a valid protobuf message")
 
-    The innermost interceptor, so the others see the final status code.
+    async def decoded(raw: bytes, context: Context) -> Any:
+        try:
+            request = deserializer(raw)
+        except DecodeError:
+            # Corrupt wire format or a string field that is not UTF-8: the client's mistake.
+            raise ValidationFailed(refusal) from None
+        return await behaviour(request, context)
+    return decoded
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Decodes requests, turns domain errors into their status codes and anything unexpected
+    into INTERNAL; a request that does not decode is INVALID_ARGUMENT.
+
+    The innermost interceptor, so the others see the final status code; they receive the raw
+    request bytes (none of them reads the request).
     """
 
     async def intercept_service(
@@ -89,7 +121,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
             return mapped
 
-        return _wrap_unary(await continuation(handler_call_details), wrap)
+        return _wrap_unary(await continuation(handler_call_details), wrap, decode_inside=True)
 
 
 async def abort_with(context: Context, exc: DomainError) -> None:
