@@ -54,6 +54,7 @@ class Server:
     data_dir: Path
     admin: tuple[str, str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more options of `authloyalty up`
     sso_port: int = 0
     loyalty_port: int = 0
     grpc_port: int = 0
@@ -86,7 +87,7 @@ class Server:
         self.sso_port, self.loyalty_port, self.grpc_port = free_port(), free_port(), free_port()
         command = [AUTHLOYALTY, "up", "--data-dir", str(self.data_dir),
                    "--sso-port", str(self.sso_port), "--loyalty-port", str(self.loyalty_port),
-                   "--grpc-port", str(self.grpc_port)]
+                   "--grpc-port", str(self.grpc_port), *self.args]
         if self.admin is not None:
             command += ["--admin-email", self.admin[0], "--admin-password", self.admin[1]]
         self._log_file = self.log_path.open("ab")

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+# Text fields are checked once here, for HTTP and gRPC alike (gRPC builds these models too),
+# before anything reaches a database: PostgreSQL cannot store NUL in text, a lone surrogate
+# (JSON's "\ud800") cannot be encoded to UTF-8 at all, and control characters in a name or
+# a comment only ever hide something from the person who reads it later.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
+_CONTROL_BUT_BREAKS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def unicode_text(value: str) -> str:
+    """Any text that is valid Unicode (no lone surrogates); NUL allowed (for passwords,
+    which are hashed as UTF-8 and never stored as text)."""
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode text (no lone surrogate code points)")
+    return value
+
+
+def single_line_text(value: str) -> str:
+    """Valid Unicode without control characters (NUL, line breaks, tabs, ...)."""
+    unicode_text(value)
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters such as NUL or line breaks")
+    return value
+
+
+def multiline_text(value: str) -> str:
+    """Valid Unicode without control characters other than tab, line feed, carriage return."""
+    unicode_text(value)
+    if _CONTROL_BUT_BREAKS.search(value):
+        raise ValueError("must not contain control characters such as NUL "
+                         "(tab and line breaks are allowed)")
+    return value
+
 
 StrictText = Annotated[str, Field(strict=True)]
 Comment = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True,
-                                                               min_length=1, max_length=255)]
+                                                               min_length=1, max_length=255),
+                    AfterValidator(multiline_text)]
 Amount = Annotated[int, Field(strict=True, ge=1, le=1_000_000_000)]
 Token = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True,
                                                              min_length=1, max_length=8192)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol, Self
@@ -25,9 +26,16 @@ def email_problem(email: str) -> str | None:
     return None
 
 
+def canonical_email(email: str) -> str:
+    """The email as stored: trimmed, in Unicode NFC, so that ``josé`` typed with a precomposed
+    ``é`` and with ``e`` + a combining accent are one address (as email-validator has it)."""
+    return unicodedata.normalize("NFC", email.strip())
+
+
 def normalise_email(email: str) -> str:
-    """Emails compare case-insensitively; this is the form they are unique in."""
-    return email.strip().lower()
+    """Emails compare case-insensitively and in Unicode NFC; this is the form they are unique
+    in (NFC again after case folding, which can decompose)."""
+    return unicodedata.normalize("NFC", canonical_email(email).lower())
 
 
 @dataclass

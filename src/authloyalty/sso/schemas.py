@@ -6,15 +6,25 @@ import re
 from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from authloyalty.platform.db import utcnow
-from authloyalty.platform.schemas import Body, StrictText, Token
-from authloyalty.sso.domain import email_problem
+from authloyalty.platform.schemas import (
+    Body,
+    StrictText,
+    Token,
+    single_line_text,
+    unicode_text,
+)
+from authloyalty.sso.domain import canonical_email, email_problem
 
 Email = Annotated[str, Field(strict=True, max_length=254, examples=["ann@example.com"])]
 Password = Annotated[str, Field(strict=True, min_length=1, max_length=128,
-                                examples=["correct horse battery"])]
+                                examples=["correct horse battery"]),
+                     AfterValidator(unicode_text)]
+Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True,
+                                                            max_length=100),
+                 AfterValidator(single_line_text)]
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -24,7 +34,7 @@ def _check_email(value: str) -> str:
     problem = email_problem(value)
     if problem:
         raise ValueError(problem)
-    return value.strip()
+    return canonical_email(value)
 
 
 class RegisterIn(Body):
@@ -32,8 +42,7 @@ class RegisterIn(Body):
 
     email: Email
     password: Password
-    name: Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True,
-                                                               max_length=100)] | None = None
+    name: Name | None = None
     birthday: Annotated[StrictText | None, Field(examples=["1990-05-17"],
                                                  description="YYYY-MM-DD, in the past")] = None
 

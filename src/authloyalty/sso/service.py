@@ -23,6 +23,7 @@ from authloyalty.sso.domain import (
     TooManyAttempts,
     User,
     UserNotFound,
+    canonical_email,
     email_problem,
 )
 from authloyalty.sso.passwords import PasswordHasher
@@ -85,7 +86,7 @@ class AuthService:
         self._check_registration(reg)
         password_hash = await self._hasher.hash(reg.password)
         now = self._now()
-        user = User(id=uuid4(), email=reg.email.strip(), password_hash=password_hash,
+        user = User(id=uuid4(), email=canonical_email(reg.email), password_hash=password_hash,
                     created_at=now, name=reg.name, birthday=reg.birthday, is_admin=is_admin)
         async with self._uow() as uow:
             await uow.users.add(user)
