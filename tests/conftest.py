@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from authloyalty.devinfra.kafka import KafkaBroker
+from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
 from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.platform.settings import Argon2Settings, Settings, load_settings
 
@@ -68,4 +68,18 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Three Kafka brokers, one cluster for every test that needs several (fault tests kill and
+    restart single nodes, and leave all three running)."""
+    base = scratch_dir("authloyalty-test-kafka3-")
+    cluster = KafkaCluster(base, 3, heap="256m")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
         shutil.rmtree(base, ignore_errors=True)

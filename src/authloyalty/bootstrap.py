@@ -22,7 +22,11 @@ from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import OwnerDirectory
 from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
 from authloyalty.loyalty.repository import CoalescedAccounts, CoalescedMovements
-from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
+from authloyalty.loyalty.revocations import (
+    Authenticator,
+    RevocationsCatchingUp,
+    RevokedSessions,
+)
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform import telemetry
@@ -43,6 +47,7 @@ from authloyalty.platform.kafka import (
     schema_registry,
 )
 from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.kafka_reader import KafkaTopicReader
 from authloyalty.platform.migrations import ensure_current, upgrade
 from authloyalty.platform.outbox import OutboxRelay
 from authloyalty.platform.settings import ConfigError, LoyaltySettings, Settings, SsoSettings
@@ -127,6 +132,10 @@ class LoyaltyContainer:
     handlers: LoyaltyEventHandlers
     read_database: Database | None = None
     coalescers: list[CoalescedAccounts | CoalescedMovements] = field(default_factory=list)
+
+    def not_ready(self) -> RevocationsCatchingUp | None:
+        """Why this replica must not serve yet (``/loyalty/ready``), or None."""
+        return None if self.revoked.complete else RevocationsCatchingUp()
 
     async def dispose(self) -> None:
         """Let batches under way finish, then close the database pools."""
@@ -351,7 +360,7 @@ class LoyaltyProcess:
     settings: Settings
     loyalty: LoyaltyContainer
     jwks: JwksKeyProvider
-    consumers: list[KafkaEventConsumer]
+    consumers: list[KafkaEventConsumer | KafkaTopicReader]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -397,14 +406,30 @@ def build_loyalty_process(settings: Settings) -> LoyaltyProcess:
     cfg = settings.events.kafka
     codec = EventCodec(cfg, None)
     handlers = loyalty.handlers
-    consumers = [
+    # Nobody is authenticated until the revocation reader has read every revocation that
+    # was published before this replica started (platform/kafka_reader.py says why it reads
+    # without a consumer group).
+    loyalty.revoked.set_complete(False)
+    consumers: list[KafkaEventConsumer | KafkaTopicReader] = [
         KafkaEventConsumer(cfg, codec, {USER_REGISTERED: handlers.user_registered},
                            [cfg.registration_topic], cfg.consumer_group),
-        KafkaEventConsumer(cfg, codec, {SESSION_REVOKED: handlers.session_revoked},
-                           [cfg.sessions_topic],
-                           f"{cfg.consumer_group}-revocations-{instance_id(settings)}"),
+        KafkaTopicReader(cfg, codec, cfg.sessions_topic, handlers.remember_revocation,
+                         since_seconds=revocation_replay_seconds(settings),
+                         name=f"{cfg.consumer_group}-revocations-{instance_id(settings)}",
+                         on_caught_up=loyalty.revoked.set_complete),
     ]
     return LoyaltyProcess(settings, loyalty, jwks, consumers)
+
+
+# Clocks of sso's hosts and the brokers may differ by this much.
+CLOCK_SKEW_SECONDS = 60
+
+
+def revocation_replay_seconds(settings: Settings) -> float:
+    """How far back a starting loyalty replica reads revocations: an access token issued
+    longer ago than its lifetime has expired anyway (``sso.access_token_ttl_seconds`` must
+    therefore be the same in loyalty's configuration as in sso's)."""
+    return float(settings.sso.access_token_ttl_seconds + CLOCK_SKEW_SECONDS)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from authloyalty.devinfra.kafka import KafkaBroker
+from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
 from authloyalty.devinfra.postgres import PostgresCluster
 from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port, server_env
 
@@ -28,17 +28,25 @@ class Service:
     health_url: str | None
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    # Settings of this process only (a second replica's port), as AUTHLOYALTY_* variables.
+    env: dict[str, str] = field(default_factory=dict)
+    name: str = ""
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log_path = self.config.parent / f"{self.command}.log"
+        self.log_path = self.config.parent / f"{self.name or self.command}.log"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start and wait for its health check (or for its banner line)."""
+    def launch(self) -> None:
+        """Start without waiting for it to answer."""
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [AUTHLOYALTY, self.command, "--config", str(self.config), *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, env=server_env())
+                stdout=log, stderr=subprocess.STDOUT, env=server_env(**self.env))
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start and wait for its health check (or for its banner line)."""
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -83,10 +91,11 @@ class Stack:
 
     root: Path
     pg: PostgresCluster
-    broker: KafkaBroker
+    broker: KafkaBroker | KafkaCluster
     database: str = field(default_factory=lambda: f"stack_{uuid4().hex[:10]}")
     sso_port: int = field(default_factory=free_port)
     loyalty_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)  # never the default 44044
     services: dict[str, Service] = field(default_factory=dict)
 
     @property
@@ -107,7 +116,8 @@ class Stack:
         config = {
             "mode": "production",
             "log_format": "console",
-            "sso": {"http_port": self.sso_port, "signing_keys_dir": str(keys),
+            "sso": {"http_port": self.sso_port, "grpc_port": self.grpc_port,
+                    "signing_keys_dir": str(keys),
                     "database": {"url": url, "schema": "sso"},
                     # Hashing cost is not what these tests measure.
                     "argon2": {"time_cost": 1, "memory_kib": 1024},
@@ -135,6 +145,21 @@ class Stack:
         self.services[name] = service
         service.start()
         return service
+
+    def start_loyalty_replica(self, replica: int) -> tuple[Service, str]:
+        """Start loyalty replica number ``replica`` (2, 3, …) on a port of its own; the service
+        and its base URL."""
+        name = f"loyalty-{replica}"
+        service = self.services.get(name)
+        if service is None:
+            port = free_port()
+            service = Service("loyalty", self.root / "config.yaml",
+                              f"http://127.0.0.1:{port}/loyalty/healthz",
+                              env={"AUTHLOYALTY_LOYALTY__HTTP_PORT": str(port)}, name=name)
+            self.services[name] = service
+        service.start()
+        assert service.health_url is not None
+        return service, service.health_url.removesuffix("/loyalty/healthz")
 
     def stop_all(self) -> None:
         """Stop every process still running."""

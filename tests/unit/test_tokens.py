@@ -13,7 +13,11 @@ from uuid import uuid4
 import jwt
 import pytest
 
-from authloyalty.loyalty.revocations import Authenticator, RevokedSessions
+from authloyalty.loyalty.revocations import (
+    Authenticator,
+    RevocationsCatchingUp,
+    RevokedSessions,
+)
 from authloyalty.platform.errors import InvalidToken
 from authloyalty.platform.tokens import (
     KeyStore,
@@ -140,6 +144,24 @@ async def test_authenticator_remembers_successes_only_and_honours_expiry_type_an
     assert auth.known_principal(pair.access_token) is None  # expired: not a hit
     with pytest.raises(InvalidToken, match="expired"):
         await auth.principal(pair.access_token)
+
+
+async def test_nobody_is_authenticated_while_revocations_may_be_missing() -> None:
+    keys = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
+    pair = TokenIssuer(keys, "iss", 60, 3600).issue_pair(uuid4(), uuid4(), False,
+                                                        datetime.now(UTC))
+    revoked = RevokedSessions(complete=False)
+    auth = Authenticator(TokenVerifier(keys, "iss"), revoked)
+    with pytest.raises(RevocationsCatchingUp):
+        await auth.principal(pair.access_token)
+    revoked.set_complete(True)
+    principal = await auth.principal(pair.access_token)
+    revoked.set_complete(False)  # a failed revocation reader is being replaced
+    with pytest.raises(RevocationsCatchingUp) as caught:
+        auth.known_principal(pair.access_token)  # remembered, yet not served
+    assert (caught.value.code, caught.value.retry_after) == ("revocations_catching_up", 1)
+    revoked.set_complete(True)
+    assert auth.known_principal(pair.access_token) is principal
 
 
 @pytest.mark.parametrize("token", ["", "no-dots", "!!!.e30.sig", "W10.e30.sig", "bnVsbA.e30.sig",

@@ -23,6 +23,15 @@ def _uuid(event: Event, field: str) -> UUID:
         raise PermanentEventError(f"{event.type}: missing or invalid {field}") from exc
 
 
+def _revocation(event: Event) -> tuple[UUID, datetime]:
+    session_id = _uuid(event, "session_id")
+    try:
+        until = as_utc(datetime.fromisoformat(str(event.data["until"])))
+    except (KeyError, ValueError) as exc:
+        raise PermanentEventError("session_revoked: missing or invalid until") from exc
+    return session_id, until
+
+
 class LoyaltyEventHandlers:
     """Consumes sso's events; each handler is idempotent, so redeliveries change nothing."""
 
@@ -52,11 +61,7 @@ class LoyaltyEventHandlers:
 
     async def session_revoked(self, event: Event) -> None:
         """Refuse the session's access tokens from now on, in this process and after restarts."""
-        session_id = _uuid(event, "session_id")
-        try:
-            until = as_utc(datetime.fromisoformat(str(event.data["until"])))
-        except (KeyError, ValueError) as exc:
-            raise PermanentEventError("session_revoked: missing or invalid until") from exc
+        session_id, until = _revocation(event)
         # Refuse at once, persist after: a failed commit leaves memory stricter, never looser,
         # and the redelivered event persists it later.
         self._revoked.add(session_id, until)
@@ -64,6 +69,14 @@ class LoyaltyEventHandlers:
             await uow.revocations.add(session_id, until)
             await uow.commit()
         metrics.EVENTS_CONSUMED.labels(event.type, "processed").inc()
+
+    async def remember_revocation(self, event: Event) -> None:
+        """Refuse the session in this process only (a replica reading the revocation stream).
+
+        The stream itself is that replica's memory: it is read again from (now - the longest
+        access-token lifetime) at every start, so nothing needs the table, and a stalled
+        database can neither delay the next revocation nor slow catching up at start."""
+        self._revoked.add(*_revocation(event))
 
     async def load_revocations(self) -> int:
         """Rebuild the in-memory set from the database (at start)."""

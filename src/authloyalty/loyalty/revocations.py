@@ -11,15 +11,38 @@ from uuid import UUID
 from authloyalty.loyalty.domain import Principal
 from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
-from authloyalty.platform.errors import InvalidToken
+from authloyalty.platform.errors import DomainError, ErrorKind, InvalidToken
 from authloyalty.platform.tokens import TokenVerifier, UnknownSigningKey
 
 
-class RevokedSessions:
-    """session id → the time after which none of its access tokens can still be valid."""
+class RevocationsCatchingUp(DomainError):
+    """This replica may not know every revocation yet: it refuses to authenticate anyone."""
 
-    def __init__(self) -> None:
+    kind = ErrorKind.UNAVAILABLE
+    code = "revocations_catching_up"
+    default_message = "this replica is still reading session revocations; retry shortly"
+    retry_after = 1
+
+
+class RevokedSessions:
+    """session id → the time after which none of its access tokens can still be valid.
+
+    ``complete`` is False while revocations may be missing (a replica reading the revocation
+    stream has not reached the end it saw at start): nobody is authenticated meanwhile.
+    """
+
+    def __init__(self, *, complete: bool = True) -> None:
         self._until: dict[UUID, datetime] = {}
+        self._complete = complete
+
+    @property
+    def complete(self) -> bool:
+        """Whether every revocation published before this replica started is known."""
+        return self._complete
+
+    def set_complete(self, complete: bool) -> None:
+        """Open (True) or close (False) the gate in front of authentication."""
+        self._complete = complete
 
     def add(self, session_id: UUID, until: datetime) -> None:
         """Refuse ``session_id`` until ``until``."""
@@ -73,7 +96,9 @@ class Authenticator:
     def known_principal(self, token: str) -> Principal | None:
         """The caller without waiting, when the token verified before (the common case);
         :class:`InvalidToken` if its session has ended; None when :meth:`principal` must
-        decide."""
+        decide; :class:`RevocationsCatchingUp` while revocations may be missing."""
+        if not self._revoked.complete:
+            raise RevocationsCatchingUp()
         hit = self._known.get(token)
         if hit is None or hit[1] <= time.time():
             return None
@@ -82,7 +107,8 @@ class Authenticator:
         return hit[0]
 
     async def principal(self, token: str) -> Principal:
-        """The caller, or :class:`InvalidToken`."""
+        """The caller, or :class:`InvalidToken` (:class:`RevocationsCatchingUp` while
+        revocations may be missing)."""
         known = self.known_principal(token)
         if known is not None:
             return known

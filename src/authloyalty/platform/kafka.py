@@ -38,7 +38,8 @@ def schema_registry(settings: KafkaSettings) -> SchemaRegistryClient:
 _CLIENT_LOG = logging.getLogger("authloyalty.kafka.client")
 
 
-def _client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+def client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings of every client: ours, the configured extras, then ``extra``."""
     # librdkafka's own messages go through our structured logs, not raw stderr.
     return {"bootstrap.servers": settings.bootstrap_servers, "logger": _CLIENT_LOG,
             **settings.client, **extra}
@@ -46,7 +47,7 @@ def _client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
 
 def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
     """Create our topics if they do not exist (idempotent)."""
-    admin = AdminClient(_client_conf(settings))
+    admin = AdminClient(client_conf(settings))
     retention = str(settings.sessions_retention_hours * 3600 * 1000)
     wanted = [
         NewTopic(settings.registration_topic, settings.topic_partitions,
@@ -75,7 +76,7 @@ class KafkaPublisher:
         self._codec = codec
         self._tracer = telemetry.tracer()
         self._timeout = settings.delivery_timeout_seconds
-        self._producer = Producer(_client_conf(
+        self._producer = Producer(client_conf(
             settings, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                          "message.timeout.ms": int(self._timeout * 1000)}))
 
@@ -126,7 +127,8 @@ class KafkaPublisher:
         self._producer.flush(2.0)
 
 
-def _header_list(headers: Any) -> Headers:
+def header_list(headers: Any) -> Headers:
+    """A record's headers as a list of pairs."""
     if headers is None:
         return []
     if isinstance(headers, dict):
@@ -153,11 +155,11 @@ class KafkaEventConsumer:
         self._max_backoff = max_backoff_seconds
         self._stopping = asyncio.Event()
         self._consumer = self._new_consumer()
-        self._dead_letters = Producer(_client_conf(settings, **{"acks": "all"}))
+        self._dead_letters = Producer(client_conf(settings, **{"acks": "all"}))
 
     def _new_consumer(self) -> Consumer:
         settings, group_id = self._settings, self._group_id
-        return Consumer(_client_conf(settings, **{
+        return Consumer(client_conf(settings, **{
             "group.id": group_id,
             "client.id": f"{group_id}-{socket.gethostname()}",
             "auto.offset.reset": "earliest",
@@ -214,7 +216,7 @@ class KafkaEventConsumer:
     async def _process(self, message: Message) -> None:
         record = Record(topic=message.topic() or "", partition=message.partition() or 0,
                         offset=message.offset() or 0, key=message.key(), value=message.value(),
-                        headers=_header_list(message.headers()))
+                        headers=header_list(message.headers()))
         attempts = 0
         while True:
             attempts += 1
