@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -83,3 +86,32 @@ def kafka_cluster() -> Iterator[KafkaCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# The ports `make run` listens on. A user's own server may hold them while the suite runs, so no
+# test may need them: the suite holds them itself for its whole run (where they are free), and a
+# test that binds one fails here as it would on that user's machine.
+DEFAULT_PORTS = (8000, 8001, 44044)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_ports_held() -> Iterator[list[int]]:
+    """Listen on the default ports (those still free) until the suite ends."""
+    held: list[socket.socket] = []
+    for port in DEFAULT_PORTS:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue  # someone else holds it: just as good
+        held.append(sock)
+    try:
+        yield [s.getsockname()[1] for s in held]
+    finally:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
