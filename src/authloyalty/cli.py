@@ -196,7 +196,8 @@ async def _serve(servers: list[_Server], banner: str) -> bool:
 @contextlib.asynccontextmanager
 async def _grpc(service: AuthService, settings: Settings) -> AsyncIterator[int]:
     """sso's gRPC server for the duration of the block; yields its port."""
-    server, port = build_grpc_server(service, settings.sso.http_host, settings.sso.grpc_port)
+    server, port = build_grpc_server(service, settings.sso.http_host, settings.sso.grpc_port,
+                                     settings.sso.grpc_clients)
     await server.start()
     try:
         yield port

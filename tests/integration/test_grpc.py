@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import importlib
 import json
 import logging
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import grpc
 import pytest
@@ -29,10 +30,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from authloyalty.loyalty.domain import OwnerUnavailable
+from authloyalty.loyalty.owners import GrpcOwnerDirectory
 from authloyalty.platform import telemetry
 from authloyalty.platform.events import USER_REGISTERED
 from authloyalty.platform.grpc import stop_server
-from authloyalty.platform.settings import SsoSettings
+from authloyalty.platform.settings import GrpcClientSettings, SsoSettings
 from authloyalty.platform.tokens import (
     KeyStore,
     SigningKey,
@@ -80,6 +83,9 @@ message ValidateResponse { bool success = 1; }
 
 PASSWORD = "long enough"
 Code = grpc.StatusCode
+SERVICE_ID, SERVICE_SECRET = "reports", "s3cr3t-of-the-reports-service-0123456789"
+SERVICE_CLIENTS = [GrpcClientSettings(
+    id=SERVICE_ID, secret_sha256=hashlib.sha256(SERVICE_SECRET.encode()).hexdigest())]
 
 
 @contextmanager
@@ -138,7 +144,7 @@ def service(store: FakeSsoStore) -> AuthService:
 
 @pytest.fixture
 async def server(service: AuthService) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
-    built, port = build_grpc_server(service, "127.0.0.1", 0)
+    built, port = build_grpc_server(service, "127.0.0.1", 0, SERVICE_CLIENTS)
     await built.start()
     try:
         yield built, port
@@ -187,6 +193,18 @@ async def login(old: Any, original: SimpleNamespace, email: str) -> Any:
     return await old.Login(original.pb.LoginRequest(email=email, password=PASSWORD))
 
 
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def basic(client_id: str, secret: str) -> tuple[tuple[str, str]]:
+    credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return (("authorization", f"Basic {credentials}"),)
+
+
+AS_SERVICE = basic(SERVICE_ID, SERVICE_SECRET)
+
+
 async def test_is_admin_true_for_a_seeded_admin_and_false_for_a_user(
     old: Any, original: SimpleNamespace, service: AuthService
 ) -> None:
@@ -230,7 +248,8 @@ async def test_register_answers_tokens_name_and_birthday_in_new_fields(
         email="Ann@Example.com", password=PASSWORD, name="Ann", birthday="1990-05-17"))
     assert claims(reply.access_token)["uid"] == reply.user_id
     assert claims(reply.refresh_token)["token_type"] == "refresh"
-    user = await new.GetUser(sso_pb2.GetUserRequest(user_id=reply.user_id))
+    user = await new.GetUser(sso_pb2.GetUserRequest(user_id=reply.user_id),
+                             metadata=bearer(reply.access_token))
     assert (user.user_id, user.email, user.name, user.birthday, user.is_admin) == (
         reply.user_id, "Ann@Example.com", "Ann", "1990-05-17", False)
     login = await new.Login(sso_pb2.LoginRequest(email="ann@example.com", password=PASSWORD))
@@ -327,9 +346,11 @@ async def test_validate_refuses_bad_tokens_with_unauthenticated_never_unknown(
 
 
 async def test_get_user_of_an_unknown_or_malformed_id(new: sso_pb2_grpc.AuthStub) -> None:
-    code, _ = await status_of(new.GetUser(sso_pb2.GetUserRequest(user_id=str(uuid4()))))
+    code, _ = await status_of(new.GetUser(sso_pb2.GetUserRequest(user_id=str(uuid4())),
+                                          metadata=AS_SERVICE))
     assert code == Code.NOT_FOUND
-    code, _ = await status_of(new.GetUser(sso_pb2.GetUserRequest(user_id="nope")))
+    code, _ = await status_of(new.GetUser(sso_pb2.GetUserRequest(user_id="nope"),
+                                          metadata=AS_SERVICE))
     assert code == Code.INVALID_ARGUMENT
 
 
@@ -337,7 +358,7 @@ async def test_get_user_with_no_name_or_birthday_answers_empty_strings(
     old: Any, original: SimpleNamespace, new: sso_pb2_grpc.AuthStub
 ) -> None:
     user_id = await register(old, original, "plain@example.com")
-    user = await new.GetUser(sso_pb2.GetUserRequest(user_id=user_id))
+    user = await new.GetUser(sso_pb2.GetUserRequest(user_id=user_id), metadata=AS_SERVICE)
     assert (user.email, user.name, user.birthday) == ("plain@example.com", "", "")
 
 
@@ -506,3 +527,89 @@ async def test_with_tracing_on_calls_and_malformed_requests_are_spans_with_their
              for span in exporter.get_finished_spans()}
     assert codes == {"/auth.Auth/Register": Code.OK.value[0],
                      "/auth.Auth/Login": Code.INVALID_ARGUMENT.value[0]}
+
+
+async def test_get_user_answers_only_the_user_an_admin_or_a_configured_service(
+    old: Any, original: SimpleNamespace, new: sso_pb2_grpc.AuthStub, service: AuthService
+) -> None:
+    ann = await register(old, original, "ann-getuser@example.com")
+    bob = await register(old, original, "bob-getuser@example.com")
+    await service.ensure_admin("admin-getuser@example.com", PASSWORD)
+    ann_token = (await login(old, original, "ann-getuser@example.com")).access_token
+    bob_token = (await login(old, original, "bob-getuser@example.com")).access_token
+    admin_token = (await login(old, original, "admin-getuser@example.com")).access_token
+    request = sso_pb2.GetUserRequest(user_id=ann)
+
+    async def refused(metadata: Any = None, req: Any = request) -> grpc.StatusCode:
+        code, message = await status_of(new.GetUser(req, metadata=metadata))
+        assert "ann-getuser" not in message
+        return code
+
+    # Nobody proven: no metadata at all, or a malformed id asked for anonymously.
+    assert await refused() == Code.UNAUTHENTICATED
+    assert await refused(req=sso_pb2.GetUserRequest(user_id="nope")) == Code.UNAUTHENTICATED
+    # Another user: proven, but not allowed (also for ids that do not exist).
+    assert await refused(bearer(bob_token)) == Code.PERMISSION_DENIED
+    ghost = sso_pb2.GetUserRequest(user_id=str(uuid4()))
+    assert await refused(bearer(bob_token), ghost) == Code.PERMISSION_DENIED
+    # The user themself, an admin and a configured service are answered.
+    for metadata in (bearer(ann_token), bearer(admin_token), AS_SERVICE):
+        reply = await new.GetUser(request, metadata=metadata)
+        assert (reply.user_id, reply.email) == (ann, "ann-getuser@example.com")
+    assert (await new.GetUser(sso_pb2.GetUserRequest(user_id=bob),
+                              metadata=bearer(admin_token))).email == "bob-getuser@example.com"
+
+
+@pytest.mark.parametrize("authorization", [
+    "Basic " + base64.b64encode(f"{SERVICE_ID}:wrong secret".encode()).decode(),
+    "Basic " + base64.b64encode(f"someone-else:{SERVICE_SECRET}".encode()).decode(),
+    "Basic " + base64.b64encode(SERVICE_ID.encode()).decode(),  # no secret at all
+    "Basic !!not-base64!!",
+    "Basic ",
+    "Bearer ",
+    "Bearer not.a.token",
+    "Token abc",
+    SERVICE_SECRET,
+])
+async def test_get_user_refuses_wrong_credentials_as_unauthenticated(
+    old: Any, original: SimpleNamespace, new: sso_pb2_grpc.AuthStub, authorization: str
+) -> None:
+    user_id = await register(old, original, "wrong-creds@example.com")
+    code, message = await status_of(new.GetUser(
+        sso_pb2.GetUserRequest(user_id=user_id), metadata=(("authorization", authorization),)))
+    assert code == Code.UNAUTHENTICATED
+    assert SERVICE_SECRET not in message
+
+
+async def test_get_user_refuses_refresh_tokens_and_tokens_of_ended_sessions(
+    old: Any, original: SimpleNamespace, new: sso_pb2_grpc.AuthStub
+) -> None:
+    user_id = await register(old, original, "ended@example.com")
+    tokens = await login(old, original, "ended@example.com")
+    request = sso_pb2.GetUserRequest(user_id=user_id)
+    code, _ = await status_of(new.GetUser(request, metadata=bearer(tokens.refresh_token)))
+    assert code == Code.UNAUTHENTICATED
+    assert (await new.GetUser(request, metadata=bearer(tokens.access_token))).user_id == user_id
+    await old.Logout(original.pb.LogoutRequest(token=tokens.refresh_token))
+    code, _ = await status_of(new.GetUser(request, metadata=bearer(tokens.access_token)))
+    assert code == Code.UNAUTHENTICATED
+
+
+async def test_loyaltys_owner_directory_asks_with_the_admins_token(
+    old: Any, original: SimpleNamespace, service: AuthService,
+    server: tuple[grpc.aio.Server, int]
+) -> None:
+    user_id = await register(old, original, "owned-grpc@example.com")
+    user_token = (await login(old, original, "owned-grpc@example.com")).access_token
+    await service.ensure_admin("admin-owners@example.com", PASSWORD)
+    admin_token = (await login(old, original, "admin-owners@example.com")).access_token
+    directory = GrpcOwnerDirectory(f"127.0.0.1:{server[1]}", deadline_seconds=5)
+    try:
+        owner = await directory.owner(UUID(user_id), admin_token)
+        assert owner is not None
+        assert (str(owner.user_id), owner.email) == (user_id, "owned-grpc@example.com")
+        assert await directory.owner(uuid4(), admin_token) is None
+        with pytest.raises(OwnerUnavailable, match="PERMISSION_DENIED"):
+            await directory.owner(uuid4(), user_token)
+    finally:
+        await directory.close()

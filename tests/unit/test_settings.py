@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,22 @@ def test_admin_from_short_environment_names(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AUTHLOYALTY_ADMIN_PASSWORD", "long enough")
     admin = load_settings().admin
     assert (admin.email, admin.password) == ("root@example.com", "long enough")
+
+
+def _client(secret: str) -> dict[str, str]:
+    return {"id": "reports", "secret_sha256": hashlib.sha256(secret.encode()).hexdigest()}
+
+
+def test_grpc_client_secrets_are_digests_and_placeholders_are_refused_in_production() -> None:
+    strong = _client("q2V0N1b9yHc7rX4LwS8pZt6mK3aE5dJfU0iGoBnCvRs")
+    settings = load_settings(None, mode="production", sso={"grpc_clients": [strong]})
+    assert settings.sso.grpc_clients[0].id == "reports"
+    for placeholder in ("change-me", ""):
+        with pytest.raises(ConfigError, match="placeholder"):
+            load_settings(None, mode="production", sso={"grpc_clients": [_client(placeholder)]})
+        # The embedded mode is for trying things out on one machine.
+        load_settings(None, sso={"grpc_clients": [_client(placeholder)]})
+    for bad in ({"id": "reports", "secret_sha256": "the secret itself"},
+                {"id": "no:colons", "secret_sha256": strong["secret_sha256"]}):
+        with pytest.raises(ConfigError):
+            load_settings(None, sso={"grpc_clients": [bad]})

@@ -81,8 +81,10 @@ class OwnerUnavailable(Exception):
 class OwnerDirectory(Protocol):
     """Looks up account owners in sso."""
 
-    async def owner(self, user_id: UUID) -> Owner | None:
-        """The owner, None if sso has no such user; :class:`OwnerUnavailable` if sso is down."""
+    async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
+        """The owner, asked for with the caller's ``access_token`` (sso answers only a caller
+        who may see that user); None if sso has no such user; :class:`OwnerUnavailable` if sso
+        is down or refuses."""
 
 
 class LoyaltyError(DomainError):

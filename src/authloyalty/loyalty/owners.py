@@ -18,7 +18,11 @@ _stub_for: Callable[[grpc.aio.Channel], Any] = sso_pb2_grpc.AuthStub
 
 
 class GrpcOwnerDirectory:
-    """Asks sso's ``auth.Auth/GetUser`` with a deadline; never waits longer than that."""
+    """Asks sso's ``auth.Auth/GetUser`` with a deadline; never waits longer than that.
+
+    The caller's access token travels as ``authorization: Bearer <token>`` metadata: sso checks
+    it (signature, session not ended, admin or the user themself) before it answers.
+    """
 
     def __init__(self, target: str, deadline_seconds: float = 0.5) -> None:
         self._target = target
@@ -33,11 +37,12 @@ class GrpcOwnerDirectory:
             self._stub = _stub_for(self._channel)
         return self._stub
 
-    async def owner(self, user_id: UUID) -> Owner | None:
-        """The owner of ``user_id`` according to sso."""
+    async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
+        """The owner of ``user_id`` according to sso, asked with ``access_token``."""
         try:
             reply = await self._client().GetUser(
-                sso_pb2.GetUserRequest(user_id=str(user_id)), timeout=self._deadline)
+                sso_pb2.GetUserRequest(user_id=str(user_id)), timeout=self._deadline,
+                metadata=(("authorization", f"Bearer {access_token}"),))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -57,8 +62,8 @@ class LocalOwnerDirectory:
     def __init__(self, service: AuthService) -> None:
         self._service = service
 
-    async def owner(self, user_id: UUID) -> Owner | None:
-        """The owner of ``user_id``."""
+    async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
+        """The owner of ``user_id``; in process, the caller was checked by loyalty already."""
         try:
             user = await self._service.get_user(user_id)
         except UserNotFound:

@@ -120,13 +120,15 @@ class LedgerService:
             raise AccountNotFound()
         return account
 
-    async def account_view(self, actor: Principal, account_id: UUID) -> AccountView:
-        """The balance (always) and the owner's details (when sso answers in time)."""
+    async def account_view(self, actor: Principal, account_id: UUID,
+                           access_token: str) -> AccountView:
+        """The balance (always) and the owner's details (when sso answers in time); sso is
+        asked with the actor's ``access_token``."""
         account = await self.balance(actor, account_id)
         if self._owners is None:
             return AccountView(account, None, "unavailable")
         try:
-            owner = await self._owners.owner(account_id)
+            owner = await self._owners.owner(account_id, access_token)
         except OwnerUnavailable as exc:
             log.warning("owner of %s unavailable: %s", account_id, exc)
             return AccountView(account, None, "unavailable")

@@ -6,11 +6,12 @@ Precedence, highest first: command-line overrides, ``AUTHLOYALTY_*`` environment
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +59,25 @@ class ThrottleSettings(_Section):
     max_failures_per_client: int = Field(default=100, ge=1)
 
 
+# Digests of secrets that appear in examples and templates: a deployment that configured one
+# of them (outside the embedded mode) refuses to start.
+PLACEHOLDER_SECRETS = ("", "change-me", "changeme", "change_me", "secret", "password",
+                       "placeholder", "CHANGE_ME")
+PLACEHOLDER_SECRET_SHA256 = frozenset(
+    hashlib.sha256(secret.encode()).hexdigest() for secret in PLACEHOLDER_SECRETS)
+
+
+class GrpcClientSettings(_Section):
+    """A service allowed to call sso's ``GetUser`` for any user, with its id and secret.
+
+    sso keeps only the SHA-256 of the secret: the secret is random (32 bytes or more), so a
+    fast hash is enough, and the configuration file holds nothing that lets anyone call.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class SsoSettings(_Section):
     """Settings of the sso service."""
 
@@ -81,6 +101,8 @@ class SsoSettings(_Section):
     login_throttle: ThrottleSettings = ThrottleSettings()
     # Client addresses allowed to set X-Forwarded-For (the gateway).
     trusted_proxies: list[str] = []
+    # Services that may read any user over gRPC (GetUser) with HTTP Basic client credentials.
+    grpc_clients: list[GrpcClientSettings] = []
 
 
 class LoyaltySettings(_Section):
@@ -193,6 +215,16 @@ class Settings(BaseSettings):
     def token_issuer(self) -> str:
         """The `iss` loyalty expects."""
         return self.loyalty.token_issuer or self.sso.issuer
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_grpc_client_secrets(self) -> Settings:
+        if self.mode == "embedded":
+            return self
+        for client in self.sso.grpc_clients:
+            if client.secret_sha256 in PLACEHOLDER_SECRET_SHA256:
+                raise ValueError(f"sso.grpc_clients: the secret of {client.id!r} is a "
+                                 "placeholder; generate a random one")
+        return self
 
 
 def _bootstrap_admin_from_env(overrides: dict[str, Any]) -> None:

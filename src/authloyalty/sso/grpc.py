@@ -2,11 +2,14 @@
 
 Domain errors become status codes in :mod:`authloyalty.platform.grpc`; messages of the original's
 own checks ("email is required", ...) are kept so its clients see what they always saw.
+
+The original's methods need no credentials (their requests carry what they check); ``GetUser``
+answers only a caller of :mod:`authloyalty.sso.callers` allowed to read that user.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +19,9 @@ from pydantic import ValidationError
 from authloyalty.platform import telemetry
 from authloyalty.platform.errors import ValidationFailed
 from authloyalty.platform.grpc import create_server
+from authloyalty.platform.settings import GrpcClientSettings
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
+from authloyalty.sso.callers import CallerResolver, ServiceClients
 from authloyalty.sso.schemas import RegisterIn
 from authloyalty.sso.service import AuthService, Registration
 
@@ -68,8 +73,9 @@ def peer_address(peer: str) -> str:
 class AuthServicer(sso_pb2_grpc.AuthServicer):
     """``auth.Auth`` over :class:`AuthService`."""
 
-    def __init__(self, service: AuthService) -> None:
+    def __init__(self, service: AuthService, callers: CallerResolver) -> None:
         self._service = service
+        self._callers = callers
 
     async def Register(self, request: sso_pb2.RegisterRequest,
                        context: Context) -> sso_pb2.RegisterResponse:
@@ -113,11 +119,24 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
 
     async def GetUser(self, request: sso_pb2.GetUserRequest,
                       context: Context) -> sso_pb2.GetUserResponse:
-        user = await self._service.get_user(_user_id(request.user_id))
+        caller = await self._callers.caller(_authorization(context))
+        user_id = _user_id(request.user_id)
+        caller.check_may_read(user_id)
+        user = await self._service.get_user(user_id)
         return sso_pb2.GetUserResponse(
             user_id=str(user.id), email=user.email, name=user.name or "",
             birthday=user.birthday.isoformat() if user.birthday else "",
             is_admin=user.is_admin)
+
+
+def _authorization(context: Context) -> str | None:
+    """The ``authorization`` metadata value; None when absent, "" (refused) when repeated."""
+    values = [value for key, value in context.invocation_metadata() or ()
+              if key == "authorization"]
+    if len(values) > 1:
+        return ""
+    value = values[0] if values else None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 # The generated module has no annotations; this gives its registration function a type.
@@ -125,9 +144,12 @@ _add_servicer: Callable[[AuthServicer, grpc.aio.Server], None] = (
     sso_pb2_grpc.add_AuthServicer_to_server)
 
 
-def build_grpc_server(service: AuthService, host: str, port: int
+def build_grpc_server(service: AuthService, host: str, port: int,
+                      clients: Sequence[GrpcClientSettings] = ()
                       ) -> tuple[grpc.aio.Server, int]:
-    """sso's gRPC server, not yet started, and the port it will listen on (0 picks one)."""
+    """sso's gRPC server, not yet started, and the port it will listen on (0 picks one);
+    ``clients`` are the services that may read any user."""
+    servicer = AuthServicer(service, CallerResolver(service, ServiceClients(clients)))
     return create_server(
-        lambda server: _add_servicer(AuthServicer(service), server),
+        lambda server: _add_servicer(servicer, server),
         [SERVICE_NAME], host, port, interceptors=telemetry.grpc_server_interceptors())

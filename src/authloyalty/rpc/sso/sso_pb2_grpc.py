@@ -28,6 +28,19 @@ if _version_not_supported:
 class AuthStub:
     """The original's contract. Fields added since carry new numbers only, so clients generated from
     the original .proto keep working unchanged.
+
+    Authentication: the original's methods need no credentials, as before (their requests carry
+    the email and password or the token they check). GetUser needs the caller to prove that it
+    may see that user, in the `authorization` metadata entry, either
+    - "Bearer <access token>": the user themself or an admin. The token is checked as
+    GET /auth/info checks it: signature, expiry, type "access", session not ended by logout or by
+    refresh-token reuse; or
+    - "Basic <base64 of client_id:client_secret>": a service listed in sso's `sso.grpc_clients`
+    (sso keeps only the SHA-256 of each secret).
+    No credential, or one that does not verify: UNAUTHENTICATED. A valid user token asking for
+    another user, not an admin: PERMISSION_DENIED.
+    Request bytes that are not a valid message (corrupt wire format, a string field that is not
+    UTF-8) are INVALID_ARGUMENT on every method.
     """
 
     def __init__(self, channel):
@@ -76,6 +89,19 @@ class AuthStub:
 class AuthServicer:
     """The original's contract. Fields added since carry new numbers only, so clients generated from
     the original .proto keep working unchanged.
+
+    Authentication: the original's methods need no credentials, as before (their requests carry
+    the email and password or the token they check). GetUser needs the caller to prove that it
+    may see that user, in the `authorization` metadata entry, either
+    - "Bearer <access token>": the user themself or an admin. The token is checked as
+    GET /auth/info checks it: signature, expiry, type "access", session not ended by logout or by
+    refresh-token reuse; or
+    - "Basic <base64 of client_id:client_secret>": a service listed in sso's `sso.grpc_clients`
+    (sso keeps only the SHA-256 of each secret).
+    No credential, or one that does not verify: UNAUTHENTICATED. A valid user token asking for
+    another user, not an admin: PERMISSION_DENIED.
+    Request bytes that are not a valid message (corrupt wire format, a string field that is not
+    UTF-8) are INVALID_ARGUMENT on every method.
     """
 
     def Register(self, request, context):
@@ -115,7 +141,8 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Added: a user's profile, for other services.
+        """Added: a user's profile, for the user themself, an admin (e.g. loyalty forwarding its
+        admin's token) or a configured service; see "Authentication" above.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +197,19 @@ def add_AuthServicer_to_server(servicer, server):
 class Auth:
     """The original's contract. Fields added since carry new numbers only, so clients generated from
     the original .proto keep working unchanged.
+
+    Authentication: the original's methods need no credentials, as before (their requests carry
+    the email and password or the token they check). GetUser needs the caller to prove that it
+    may see that user, in the `authorization` metadata entry, either
+    - "Bearer <access token>": the user themself or an admin. The token is checked as
+    GET /auth/info checks it: signature, expiry, type "access", session not ended by logout or by
+    refresh-token reuse; or
+    - "Basic <base64 of client_id:client_secret>": a service listed in sso's `sso.grpc_clients`
+    (sso keeps only the SHA-256 of each secret).
+    No credential, or one that does not verify: UNAUTHENTICATED. A valid user token asking for
+    another user, not an admin: PERMISSION_DENIED.
+    Request bytes that are not a valid message (corrupt wire format, a string field that is not
+    UTF-8) are INVALID_ARGUMENT on every method.
     """
 
     @staticmethod
