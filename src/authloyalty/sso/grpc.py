@@ -10,11 +10,11 @@ answers only a caller of :mod:`authloyalty.sso.callers` allowed to read that use
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from authloyalty.platform import telemetry
 from authloyalty.platform.errors import ValidationFailed
@@ -22,7 +22,7 @@ from authloyalty.platform.grpc import create_server
 from authloyalty.platform.settings import GrpcClientSettings
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from authloyalty.sso.callers import CallerResolver, ServiceClients
-from authloyalty.sso.schemas import RegisterIn
+from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn
 from authloyalty.sso.service import AuthService, Registration
 
 SERVICE_NAME = sso_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
@@ -45,18 +45,33 @@ def _user_id(value: str) -> UUID:
         raise ValidationFailed("userid must be a uuid") from None
 
 
-def _registration(request: sso_pb2.RegisterRequest) -> Registration:
-    # The HTTP schema's rules for name and birthday apply here too; proto3 sends "" for unset.
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validated(model: type[Model], fields: dict[str, Any]) -> Model:
+    """``fields`` through the HTTP schema ``model``: one set of rules and limits for both
+    transports (lengths, NUL and other control characters, email syntax, NFC)."""
     try:
-        body = RegisterIn.model_validate({
-            "email": request.email, "password": request.password,
-            "name": request.name or None, "birthday": request.birthday or None})
+        return model.model_validate(fields)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: "
                     f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()]
         raise ValidationFailed("; ".join(problems)) from None
+
+
+def _registration(request: sso_pb2.RegisterRequest) -> Registration:
+    # proto3 sends "" for unset.
+    body = _validated(RegisterIn, {
+        "email": request.email, "password": request.password,
+        "name": request.name or None, "birthday": request.birthday or None})
     return Registration(email=body.email, password=body.password, name=body.name,
                         birthday=body.birthday_date())
+
+
+def _token(token: str) -> str:
+    """A token within the HTTP limit (8 KiB); the original's clients send "" for none, which
+    verification refuses as before."""
+    return _validated(TokenIn, {"token": token}).token if token else token
 
 
 def peer_address(peer: str) -> str:
@@ -88,7 +103,8 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
     async def Login(self, request: sso_pb2.LoginRequest,
                     context: Context) -> sso_pb2.LoginResponse:
         _require_credentials(request.email, request.password)
-        issued = await self._service.login(request.email, request.password,
+        body = _validated(LoginIn, {"email": request.email, "password": request.password})
+        issued = await self._service.login(body.email, body.password,
                                            peer_address(context.peer()))
         return sso_pb2.LoginResponse(access_token=issued.tokens.access_token,
                                      refresh_token=issued.tokens.refresh_token,
@@ -96,7 +112,7 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
 
     async def Refresh(self, request: sso_pb2.RefreshRequest,
                       context: Context) -> sso_pb2.RefreshResponse:
-        issued = await self._service.refresh(request.refresh_token)
+        issued = await self._service.refresh(_token(request.refresh_token))
         return sso_pb2.RefreshResponse(access_token=issued.tokens.access_token,
                                        refresh_token=issued.tokens.refresh_token)
 
@@ -107,12 +123,12 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
 
     async def Logout(self, request: sso_pb2.LogoutRequest,
                      context: Context) -> sso_pb2.LogoutResponse:
-        await self._service.logout(request.token)
+        await self._service.logout(_token(request.token))
         return sso_pb2.LogoutResponse(success=True)
 
     async def Validate(self, request: sso_pb2.ValidateRequest,
                        context: Context) -> sso_pb2.ValidateResponse:
-        claims = await self._service.authenticate(request.token)
+        claims = await self._service.authenticate(_token(request.token))
         return sso_pb2.ValidateResponse(success=True, user_id=str(claims.user_id),
                                         is_admin=claims.admin, token_type=claims.token_type,
                                         session_id=str(claims.session_id))
