@@ -115,3 +115,27 @@ def default_ports_held() -> Iterator[list[int]]:
         for sock in held:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+# Markers per infrastructure, from the fixtures a test uses (directly or through others), so
+# `pytest -m "not kafka and not stack"` is the fast loop without anyone marking tests by hand.
+_INFRASTRUCTURE = {
+    "postgres": {"pg_cluster"},
+    "kafka": {"kafka_broker", "kafka_cluster", "broker"},
+}
+_STACK_MODULES = {"test_production_stack"}  # the whole local topology (`stack up`)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the infrastructure it starts."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in _INFRASTRUCTURE.items():
+            if used & fixtures:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)  # backends chosen by parameter
+        if callspec is not None and "postgres" in [
+                v for v in callspec.params.values() if isinstance(v, str)]:
+            item.add_marker("postgres")
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in _STACK_MODULES:
+            item.add_marker("stack")
