@@ -32,9 +32,15 @@ from authloyalty.platform import telemetry
 from authloyalty.platform.db import create_engine
 from authloyalty.platform.events import InProcessBus
 from authloyalty.platform.grpc import stop_server
+from authloyalty.platform.httpserver import HeadLimits, limited_protocol
 from authloyalty.platform.logging import configure_logging
 from authloyalty.platform.migrations import SchemaOutOfDate, ensure_current, upgrade
-from authloyalty.platform.settings import ConfigError, Settings, load_settings
+from authloyalty.platform.settings import (
+    ConfigError,
+    RequestHeaderLimits,
+    Settings,
+    load_settings,
+)
 from authloyalty.platform.tokens import write_new_key
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import AuthService
@@ -132,9 +138,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: FastAPI, host: str, port: int) -> _Server:
+def _server(app: FastAPI, host: str, port: int, headers: RequestHeaderLimits) -> _Server:
+    # The protocol refuses request heads over the limits before buffering them (httpserver).
+    protocol = limited_protocol(HeadLimits(headers.max_bytes, headers.max_fields))
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            lifespan="off", server_header=False)
+                            lifespan="off", server_header=False, http=protocol,
+                            h11_max_incomplete_event_size=headers.max_bytes)
     return _Server(config)
 
 
@@ -210,9 +219,10 @@ async def _up(settings: Settings) -> int:
     system = build_embedded(settings)
     await system.start()
     servers = [
-        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port),
+        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port,
+                settings.sso.request_headers),
         _server(loyalty_app(system.loyalty), settings.loyalty.http_host,
-                settings.loyalty.http_port),
+                settings.loyalty.http_port, settings.loyalty.request_headers),
     ]
     try:
         async with _grpc(system.sso.service, settings):
@@ -230,7 +240,8 @@ async def _run_sso(settings: Settings, relay: bool) -> int:
         cfg = settings.sso
         async with _grpc(process.sso.service, settings) as grpc_port:
             started = await _serve(
-                [_server(sso_app(process.sso), cfg.http_host, cfg.http_port)],
+                [_server(sso_app(process.sso), cfg.http_host, cfg.http_port,
+                         cfg.request_headers)],
                 f"sso listening on http://{cfg.http_host}:{cfg.http_port}, "
                 f"gRPC on {cfg.http_host}:{grpc_port}")
     finally:
@@ -245,7 +256,8 @@ async def _run_loyalty(settings: Settings) -> int:
         await process.start()
         cfg = settings.loyalty
         started = await _serve(
-            [_server(loyalty_app(process.loyalty), cfg.http_host, cfg.http_port)],
+            [_server(loyalty_app(process.loyalty), cfg.http_host, cfg.http_port,
+                     cfg.request_headers)],
             f"loyalty listening on http://{cfg.http_host}:{cfg.http_port}")
     finally:
         await process.stop()

@@ -78,6 +78,14 @@ class GrpcClientSettings(_Section):
     secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class RequestHeaderLimits(_Section):
+    """The most an HTTP request head (request line and header fields) may hold; a larger one
+    is answered 431 and its connection closed, before the server buffers it."""
+
+    max_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    max_fields: int = Field(default=100, ge=8, le=10_000)
+
+
 class SsoSettings(_Section):
     """Settings of the sso service."""
 
@@ -101,6 +109,7 @@ class SsoSettings(_Section):
     login_throttle: ThrottleSettings = ThrottleSettings()
     # Client addresses allowed to set X-Forwarded-For (the gateway).
     trusted_proxies: list[str] = []
+    request_headers: RequestHeaderLimits = RequestHeaderLimits()
     # Services that may read any user over gRPC (GetUser) with HTTP Basic client credentials.
     grpc_clients: list[GrpcClientSettings] = []
 
@@ -110,6 +119,7 @@ class LoyaltySettings(_Section):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8001, ge=0, le=65535)
+    request_headers: RequestHeaderLimits = RequestHeaderLimits()
     database: DatabaseSettings = DatabaseSettings()
     welcome_bonus: int = Field(default=100, ge=0, le=1_000_000_000)
     idempotency_ttl_hours: int = Field(default=24, ge=24)
