@@ -25,13 +25,14 @@ from authloyalty.loyalty.schemas import (
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 from authloyalty.platform.http import (
+    NO_STORE,
     BearerToken,
     bearer_token,
     dump_json,
     health_router,
     json_body,
+    private_success,
     resolved_by,
-    success,
     validate,
 )
 from authloyalty.platform.schemas import ERRORS
@@ -87,7 +88,9 @@ def _seed_reply(entry: LedgerEntry) -> StoredReply:
 
 
 def _send(reply: StoredReply) -> Response:
-    return Response(reply.body, status_code=reply.status, media_type="application/json")
+    # Stored replies are replayed through here too: they are as private as the first answer.
+    return Response(reply.body, status_code=reply.status, media_type="application/json",
+                    headers=NO_STORE)
 
 
 async def _move(service: LedgerService, actor: Principal, account_id: UUID, kind: Kind,
@@ -99,11 +102,12 @@ async def _move(service: LedgerService, actor: Principal, account_id: UUID, kind
 
 
 def _balance(account_id: UUID, balance: int) -> Response:
-    return success(200, uuid=str(account_id), balance=balance)
+    return private_success(200, uuid=str(account_id), balance=balance)
 
 
 def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> Response:
-    return success(200, items=[_transaction(e) for e in page_items], next_cursor=next_cursor)
+    return private_success(200, items=[_transaction(e) for e in page_items],
+                           next_cursor=next_cursor)
 
 
 router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS)
@@ -172,8 +176,8 @@ async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
         owner = {"user_id": str(view.owner.user_id), "email": view.owner.email,
                  "name": view.owner.name, "birthday": view.owner.birthday,
                  "is_admin": view.owner.is_admin}
-    return success(200, uuid=str(view.account.user_id), balance=view.account.balance,
-                   owner=owner, owner_status=view.owner_status)
+    return private_success(200, uuid=str(view.account.user_id), balance=view.account.balance,
+                           owner=owner, owner_status=view.owner_status)
 
 
 @router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut)

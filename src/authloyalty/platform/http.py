@@ -55,6 +55,16 @@ def success(status: int = 200, **fields: Any) -> Response:
     return json_response(status, {"status": "Success", **fields})
 
 
+# Answers carrying tokens or personal data: no cache, shared or private, may keep them
+# (RFC 9111 §5.2.2.5), and HTTP/1.0 caches are told too, as RFC 6749 §5.1 asks of token answers.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def private_success(status: int = 200, **fields: Any) -> Response:
+    """:func:`success` for an answer with tokens or personal data: never cached."""
+    return json_response(status, {"status": "Success", **fields}, NO_STORE)
+
+
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None, **extra: Any) -> Response:
     """``{"status":"Error","error":message,"code":code}``."""

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from authloyalty.platform.http import BearerToken, health_router, json_response, success
+from authloyalty.platform.http import (
+    BearerToken,
+    health_router,
+    json_response,
+    private_success,
+    success,
+)
 from authloyalty.platform.schemas import ERRORS, StatusOut
 from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn, TokensOut, UserInfoOut
 from authloyalty.sso.service import AuthService, IssuedTokens, Registration
@@ -17,9 +23,9 @@ AccessToken = Annotated[str, Depends(BearerToken())]
 
 
 def _tokens(status: int, issued: IssuedTokens) -> Response:
-    return success(status, user_id=str(issued.user_id),
-                   access_token=issued.tokens.access_token,
-                   refresh_token=issued.tokens.refresh_token)
+    return private_success(status, user_id=str(issued.user_id),
+                           access_token=issued.tokens.access_token,
+                           refresh_token=issued.tokens.refresh_token)
 
 
 async def _service(request: Request) -> AuthService:
@@ -83,9 +89,9 @@ async def logout(body: TokenIn, service: Service) -> Response:
 async def info(token: AccessToken, service: Service) -> Response:
     """The authenticated user's profile."""
     user = await service.user_info(token)
-    return success(200, user_id=str(user.id), email=user.email, name=user.name,
-                   birthday=user.birthday.isoformat() if user.birthday else None,
-                   is_admin=user.is_admin)
+    return private_success(200, user_id=str(user.id), email=user.email, name=user.name,
+                           birthday=user.birthday.isoformat() if user.birthday else None,
+                           is_admin=user.is_admin)
 
 
 def install(app: FastAPI) -> None:
