@@ -38,6 +38,7 @@ from authloyalty.platform.events import (
     EventPublisher,
     InProcessBus,
 )
+from authloyalty.platform.files import private_dir
 from authloyalty.platform.http import create_app
 from authloyalty.platform.jwks import JwksKeyProvider
 from authloyalty.platform.kafka import (
@@ -96,8 +97,8 @@ def load_keys(settings: Settings) -> KeyStore:
         raise ConfigError(
             "production mode needs sso.signing_keys_dir (create a key with "
             "`authloyalty keys generate --dir DIR`); no key is ever built in")
-    return KeyStore.load_or_create(Path(settings.data_dir) / "keys",
-                                   settings.sso.signing_algorithm)
+    data_dir = private_dir(Path(settings.data_dir))  # before the keys dir creates it 0755
+    return KeyStore.load_or_create(data_dir / "keys", settings.sso.signing_algorithm)
 
 
 @dataclass

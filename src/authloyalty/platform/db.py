@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from authloyalty.platform.files import private_dir, private_file, warn_if_exposed
+
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -66,7 +68,7 @@ def resolve_target(
         url = normalise_url(shared_url)
         schema = schema or service
     else:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         url = f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
     if url.startswith("sqlite"):
         schema = None
@@ -92,7 +94,20 @@ def create_engine(target: DatabaseTarget) -> AsyncEngine:
     )
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create the database file (0600) before SQLite does, so that it and its -wal/-shm
+    files are private; warn about existing ones others may read."""
+    database = make_url(url).database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():
+        private_file(path)
+        warn_if_exposed([path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")])
+
+
 def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:
+    _private_sqlite_file(target.url)
     engine = create_async_engine(
         target.url, echo=target.echo, poolclass=NullPool if ":memory:" in target.url else None
     )

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authloyalty.platform.errors import InvalidToken
+from authloyalty.platform.files import private_dir, warn_if_exposed
 
 TokenType = Literal["access", "refresh"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -155,7 +156,7 @@ class KeyStore:
     @classmethod
     def load_or_create(cls, directory: Path, algorithm: str) -> KeyStore:
         """Load keys from ``directory``, generating the first one if there is none."""
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         if not any(directory.glob("*.pem")):
             write_new_key(directory, algorithm)
         return cls.load_dir(directory)
@@ -165,6 +166,7 @@ def _read_dir(directory: Path) -> list[SigningKey]:
     files = sorted(directory.glob("*.pem"))
     if not files:
         raise FileNotFoundError(f"no *.pem signing keys in {directory}")
+    warn_if_exposed([directory, *files])
     keys = []
     for path in files:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -177,7 +179,7 @@ def _read_dir(directory: Path) -> list[SigningKey]:
 
 def write_new_key(directory: Path, algorithm: str) -> Path:
     """Generate a key into ``directory`` (mode 0600); being newest, it becomes the signer."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     key = generate_private_key(algorithm)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     path = directory / f"{stamp}-{algorithm.lower()}.pem"
