@@ -168,7 +168,8 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
                         max_backoff=settings.events.relay_max_backoff_seconds)
     issuer = TokenIssuer(keys, cfg.issuer, cfg.access_token_ttl_seconds,
                          cfg.refresh_token_ttl_seconds)
-    verifier = TokenVerifier(keys, cfg.issuer)
+    verifier = TokenVerifier(keys, cfg.issuer, max_lifetimes={
+        "access": cfg.access_token_ttl_seconds, "refresh": cfg.refresh_token_ttl_seconds})
     service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
                           PasswordHasher(cfg.argon2), issuer, verifier, cfg,
                           read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True))
@@ -192,7 +193,9 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
         return SqlLoyaltyUnitOfWork(read_database or database, read_only=True)
 
     revoked = RevokedSessions()
-    authenticator = Authenticator(TokenVerifier(keys, settings.token_issuer), revoked, knows_key)
+    verifier = TokenVerifier(keys, settings.token_issuer,
+                             max_lifetimes=settings.loyalty_token_lifetimes)
+    authenticator = Authenticator(verifier, revoked, knows_key)
     accounts: CoalescedAccounts | None = None
     movements: CoalescedMovements | None = None
     if cfg.coalesce and database.dialect == "postgresql":
@@ -265,8 +268,10 @@ class EmbeddedSystem:
         await self.loyalty.handlers.load_revocations()
         admin = self.settings.admin
         if admin.email and admin.password:
-            _user_id, created = await self.sso.service.ensure_admin(admin.email, admin.password)
-            log.info("admin %s %s", admin.email, "created" if created else "promoted")
+            user_id, created = await self.sso.service.ensure_admin(admin.email, admin.password)
+            # The user id, not the email: logs keep no personal data.
+            log.info("bootstrap admin %s (user_id %s)", "created" if created else "promoted",
+                     user_id)
         self.tasks = [
             asyncio.create_task(self.sso.relay.run_forever(), name="outbox-relay"),
             asyncio.create_task(_every(MAINTENANCE_INTERVAL_SECONDS,

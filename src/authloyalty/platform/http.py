@@ -130,7 +130,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413, declared or streamed."""
+    """Refuse request bodies over ``limit`` bytes with 413, declared or streamed; a request
+    whose client disconnected ends quietly."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -171,7 +172,12 @@ class BodyLimitMiddleware:
                 started = True
             await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            # The client went away (or we answered 413 and told the app so): its mistake, not
+            # ours, and nobody is left to answer. No traceback in the log.
+            return
 
 
 async def _send_413(send: Send) -> None:

@@ -128,6 +128,9 @@ class LoyaltySettings(_Section):
     coalesce: bool = True
     # Expected `iss` of access tokens; defaults to sso.issuer.
     token_issuer: str | None = None
+    # Longest access-token lifetime (exp - iat) accepted; defaults to
+    # sso.access_token_ttl_seconds (set it when loyalty's config has no sso section).
+    max_access_token_ttl_seconds: int | None = Field(default=None, ge=1)
     # Where a separate loyalty process fetches sso's public keys.
     jwks_url: str | None = None
     # A key id not in the cached JWKS triggers a refetch at most this often.
@@ -225,6 +228,13 @@ class Settings(BaseSettings):
     def token_issuer(self) -> str:
         """The `iss` loyalty expects."""
         return self.loyalty.token_issuer or self.sso.issuer
+
+    @property
+    def loyalty_token_lifetimes(self) -> dict[str, int]:
+        """The longest lifetime (exp - iat) loyalty accepts per token type."""
+        return {"access": (self.loyalty.max_access_token_ttl_seconds
+                           or self.sso.access_token_ttl_seconds),
+                "refresh": self.sso.refresh_token_ttl_seconds}
 
     @model_validator(mode="after")
     def _refuse_placeholder_grpc_client_secrets(self) -> Settings:

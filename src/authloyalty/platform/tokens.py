@@ -256,13 +256,24 @@ class TokenIssuer:
         )
 
 
-class TokenVerifier:
-    """Checks signature (algorithm pinned by the key), issuer, expiry, claims and type."""
+# A token may live this much longer than its type's configured TTL (exp - iat is exact when
+# we sign, so this only tolerates a TTL lowered by less than a minute since the token was made).
+LIFETIME_LEEWAY_SECONDS = 60
 
-    def __init__(self, keys: KeyProvider, issuer: str, leeway_seconds: int = 0) -> None:
+
+class TokenVerifier:
+    """Checks signature (algorithm pinned by the key), issuer, expiry, claims, type and, given
+    ``max_lifetimes`` (seconds per token type), that ``exp - iat`` is not longer than we issue:
+    a token made with our key but an ``exp`` years ahead is refused."""
+
+    def __init__(self, keys: KeyProvider, issuer: str, leeway_seconds: int = 0,
+                 max_lifetimes: Mapping[str, int] | None = None) -> None:
         self._keys = keys
         self._issuer = issuer
         self._leeway = leeway_seconds
+        self._max_lifetimes = None if max_lifetimes is None else {
+            kind: seconds + leeway_seconds + LIFETIME_LEEWAY_SECONDS
+            for kind, seconds in max_lifetimes.items()}
 
     def verify(self, token: str, expected_type: TokenType | None = None) -> TokenClaims:
         """Return the claims of a valid token or raise :class:`InvalidToken`."""
@@ -285,6 +296,10 @@ class TokenVerifier:
         claims = _claims(payload)
         if expected_type is not None and claims.token_type != expected_type:
             raise InvalidToken(f"{expected_type} token required, got {claims.token_type}")
+        if self._max_lifetimes is not None:
+            longest = self._max_lifetimes.get(claims.token_type, 0)
+            if (claims.expires_at - claims.issued_at).total_seconds() > longest:
+                raise InvalidToken("token lifetime exceeds the maximum")
         return claims
 
 
