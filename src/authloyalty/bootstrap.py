@@ -165,7 +165,10 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     relay = OutboxRelay(database, sso_tables.outbox, publisher,
                         batch_size=settings.events.relay_batch_size,
                         poll_interval=settings.events.relay_poll_interval_seconds,
-                        max_backoff=settings.events.relay_max_backoff_seconds)
+                        max_backoff=settings.events.relay_max_backoff_seconds,
+                        # Longer than any delivery takes to succeed or fail (the producer's
+                        # message timeout): only a dead relay's rows are ever claimed again.
+                        lease_seconds=settings.events.kafka.delivery_timeout_seconds + 5.0)
     issuer = TokenIssuer(keys, cfg.issuer, cfg.access_token_ttl_seconds,
                          cfg.refresh_token_ttl_seconds)
     verifier = TokenVerifier(keys, cfg.issuer, max_lifetimes={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import pytest
@@ -114,3 +114,89 @@ async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class PerEventPublisher:
+    """Acknowledges each event on its own: at once, or (key ``stuck``) when released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[str] = []
+        self._waiting: set[asyncio.Task[None]] = set()
+
+    async def publish(self, events: Sequence[Event]) -> list[str | None]:
+        return list(await asyncio.gather(*await self.send(events)))
+
+    async def send(self, events: Sequence[Event]) -> list[asyncio.Future[str | None]]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str | None]] = []
+        for event in events:
+            self.sent.append(event.key)
+            future: asyncio.Future[str | None] = loop.create_future()
+            if event.key == "stuck":
+                task = asyncio.create_task(self._ack_when_released(future))
+                self._waiting.add(task)
+            else:
+                future.set_result(None)
+            futures.append(future)
+        return futures
+
+    async def _ack_when_released(self, future: asyncio.Future[str | None]) -> None:
+        await self.release.wait()
+        future.set_result(None)
+
+
+async def statuses(system: EmbeddedSystem) -> list[str]:
+    return [status for status, _, _ in await rows(system)]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
+    """Whether ``check`` comes true within 5 s."""
+    for _ in range(100):
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return await check()
+
+
+async def test_an_unacknowledged_event_holds_back_no_other_row(system: EmbeddedSystem) -> None:
+    # A Kafka partition without a leader acknowledges nothing until a new one is elected; the
+    # events of the other partitions are published and marked meanwhile.
+    publisher = PerEventPublisher()
+    relay = OutboxRelay(system.sso.database, outbox, publisher, poll_interval=0.05)
+    await add_event(system, "stuck")
+    await add_event(system, "a")
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        async def marked(expected: list[str]) -> bool:
+            return await statuses(system) == expected
+        assert await eventually(lambda: marked(["in_progress", SUCCESSFUL]))
+        await add_event(system, "b")
+        relay.notify()
+        assert await eventually(lambda: marked(["in_progress", SUCCESSFUL, SUCCESSFUL]))
+        publisher.release.set()
+        assert await eventually(lambda: marked([SUCCESSFUL] * 3))
+        assert publisher.sent == ["stuck", "a", "b"]  # claimed rows are not handed out twice
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_rows_of_a_relay_that_died_mid_delivery_are_published_after_its_lease(
+        system: EmbeddedSystem) -> None:
+    dying, heir = PerEventPublisher(), PerEventPublisher()
+    first = OutboxRelay(system.sso.database, outbox, dying, poll_interval=0.05)
+    second = OutboxRelay(system.sso.database, outbox, heir, lease_seconds=30.0)
+    await add_event(system, "stuck")
+    task = asyncio.create_task(first.run_forever())
+    assert await eventually(lambda: asyncio.sleep(0, len(dying.sent) == 1))
+    task.cancel()  # dies before the acknowledgement
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await second.run_once() == 0  # leased to the dead relay
+    async with system.sso.engine.begin() as conn:  # let the lease run out
+        await conn.execute(update(outbox).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    heir.release.set()
+    assert await second.run_once() == 1
+    assert await statuses(system) == [SUCCESSFUL]

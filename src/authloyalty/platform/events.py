@@ -7,11 +7,12 @@ the services never see which one runs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID, uuid4
 
 from opentelemetry.trace import SpanKind
@@ -48,6 +49,14 @@ class EventPublisher(Protocol):
     """Delivers events; returns one entry per event: None on success, else the error text."""
 
     async def publish(self, events: Sequence[Event]) -> list[str | None]: ...
+
+
+@runtime_checkable
+class StreamingPublisher(EventPublisher, Protocol):
+    """A publisher that reports each event as soon as it is delivered: the relay hands out the
+    next rows, and records delivered ones, without waiting for the slowest event."""
+
+    async def send(self, events: Sequence[Event]) -> list[asyncio.Future[str | None]]: ...
 
 
 class InProcessBus:

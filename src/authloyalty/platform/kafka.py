@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -19,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.database import DatabaseUnavailable
@@ -45,17 +47,31 @@ def client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
             **settings.client, **extra}
 
 
+def sessions_replication_factor(configured: int, brokers: int) -> int:
+    """The sessions topic's replication factor: as configured, but below the number of
+    brokers, so that whichever broker dies some partition does not have it among its replicas
+    and takes a revocation at once (:class:`KafkaPublisher` writes each one to every partition).
+    With ``acks=all`` a partition waits for every in-sync replica, a dead one included, until
+    the controller fences that broker. Each revocation still lives on every broker that holds
+    any partition of the topic."""
+    if brokers <= 1:
+        return configured
+    return max(1, min(configured, brokers - 1))
+
+
 def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
     """Create our topics if they do not exist (idempotent)."""
     admin = AdminClient(client_conf(settings))
     retention = str(settings.sessions_retention_hours * 3600 * 1000)
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
     wanted = [
         NewTopic(settings.registration_topic, settings.topic_partitions,
                  settings.replication_factor),
         NewTopic(settings.registration_topic + settings.dead_letter_suffix, 1,
                  settings.replication_factor),
         NewTopic(settings.sessions_topic, settings.topic_partitions,
-                 settings.replication_factor, config={"retention.ms": retention}),
+                 sessions_replication_factor(settings.replication_factor, brokers),
+                 config={"retention.ms": retention}),
         NewTopic(settings.sessions_topic + settings.dead_letter_suffix, 1,
                  settings.replication_factor),
     ]
@@ -69,62 +85,200 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
             log.info("created topic %s", topic)
 
 
+# Producer settings chosen so that a broker that dies delays only the records whose partition
+# needs it, for about as long as Kafka needs to move its partitions (deploy/README.md, "Broker
+# failure": with 3 brokers and the devinfra broker session of 3 s,
+# every acks=all write to a partition with the dead broker in its ISR waited 5.1-6.3 s).
+_PRODUCER_TUNING: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    # Leaders that move without an error on our side (a restarted broker taking back its
+    # preferred partitions) are learnt within 10 s; after an error librdkafka refreshes at once
+    # and then every topic.metadata.refresh.fast.interval.ms (100 ms) until leaders are known.
+    "topic.metadata.refresh.interval.ms": 10_000,
+    "metadata.max.age.ms": 30_000,
+    # Retries of a partition whose leader is moving: quick, and never more than 0.25 s apart.
+    "retry.backoff.ms": 50,
+    "retry.backoff.max.ms": 250,
+    # A restarted broker is reconnected within a second, not the default 10 s.
+    "reconnect.backoff.ms": 50,
+    "reconnect.backoff.max.ms": 1_000,
+    # A broker host that vanishes without closing its sockets is given up on in seconds. The
+    # request timeout also bounds how long the broker may hold an acks=all write: retried
+    # after that (idempotence makes the retry harmless).
+    "socket.connection.setup.timeout.ms": 3_000,
+    "request.timeout.ms": 5_000,
+    "socket.keepalive.enable": True,
+}
+_PARTITIONS_TTL_SECONDS = 60.0
+
+
+class _Delivery:
+    """One event's outcome: the first acknowledged copy succeeds it; it fails only when every
+    copy failed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[str | None],
+                 span: Span, copies: int) -> None:
+        self._loop = loop
+        self._future = future
+        self._span = span
+        self._left = copies
+        self._settled = False
+        self._lock = threading.Lock()
+
+    def settle(self, result: str | None) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        if result is not None:
+            self._span.set_status(Status(StatusCode.ERROR, result))
+        self._span.end()
+        self._loop.call_soon_threadsafe(_resolve, self._future, result)
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message | None) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if err is None:
+            self.settle(None)
+        elif last:
+            self.settle(f"kafka: {err.str()}")
+
+
+def _resolve(future: asyncio.Future[str | None], result: str | None) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
 class KafkaPublisher:
-    """The outbox relay's :class:`~authloyalty.platform.events.EventPublisher` on Kafka."""
+    """The outbox relay's :class:`~authloyalty.platform.events.StreamingPublisher` on Kafka.
+
+    Each event's future resolves when the broker acknowledges it (``acks=all``), independently
+    of the others: an event for a partition whose leader answers is not held back by one whose
+    leader died. Every topic has its own producer, because Kafka answers a produce request
+    only when every partition in it is acknowledged, so batches of two topics sharing a
+    connection would share their delays too.
+
+    Revocations (``sessions_topic``) are written to every partition of their topic, and count
+    as published when the first copy is acknowledged: the topic is created with a replication
+    factor one below the number of brokers (:func:`ensure_topics`), so whichever broker dies,
+    some partition does not have it among its replicas and acknowledges at once. Loyalty reads
+    every partition (:mod:`authloyalty.platform.kafka_reader`) and a repeated revocation
+    changes nothing.
+    """
 
     def __init__(self, settings: KafkaSettings, codec: EventCodec) -> None:
+        self._settings = settings
         self._codec = codec
         self._tracer = telemetry.tracer()
         self._timeout = settings.delivery_timeout_seconds
-        self._producer = Producer(client_conf(
-            settings, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                         "message.timeout.ms": int(self._timeout * 1000)}))
+        self._fan_out = {settings.sessions_topic}
+        self._producers: dict[str, Producer] = {}
+        self._partitions: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll_forever, name="kafka-deliveries",
+                                        daemon=True)
+        self._poller.start()
 
     async def publish(self, events: Sequence[Event]) -> list[str | None]:
-        """Produce every event and wait for the broker's acknowledgements."""
-        return await asyncio.to_thread(self._publish, events)
+        """Produce every event and wait for all the broker's acknowledgements."""
+        return list(await asyncio.gather(*await self.send(events)))
 
-    def _publish(self, events: Sequence[Event]) -> list[str | None]:
-        results: list[str | None] = ["delivery not confirmed"] * len(events)
+    async def send(self, events: Sequence[Event]) -> list[asyncio.Future[str | None]]:
+        """Produce every event; each future resolves with its own outcome (None: delivered)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str | None]] = [loop.create_future() for _ in events]
+        await asyncio.to_thread(self._produce_all, events, futures, loop)
+        return futures
 
-        def report(index: int) -> Any:
-            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-                results[index] = None if err is None else f"kafka: {err.str()}"
-            return on_delivery
+    def _producer(self, topic: str) -> Producer:
+        with self._lock:
+            producer = self._producers.get(topic)
+            if producer is None:
+                producer = Producer(client_conf(self._settings, **{
+                    **_PRODUCER_TUNING, "message.timeout.ms": int(self._timeout * 1000)}))
+                self._producers[topic] = producer
+            return producer
 
-        spans = []
-        for index, event in enumerate(events):
+    def _poll_forever(self) -> None:
+        # Delivery callbacks run here as acknowledgements arrive, not when a batch is flushed.
+        while not self._closed.is_set():
+            producers = list(self._producers.values())
+            if not producers:
+                self._closed.wait(0.05)
+            for producer in producers:
+                producer.poll(0.01)
+
+    def _partitions_of(self, topic: str, producer: Producer) -> list[int | None]:
+        """Every partition for fan-out topics (looked up at most once a minute); otherwise
+        [None]: the key chooses."""
+        if topic not in self._fan_out:
+            return [None]
+        known = self._partitions.get(topic)
+        if known is None or time.monotonic() - known[0] > _PARTITIONS_TTL_SECONDS:
+            try:
+                count = len(producer.list_topics(topic, timeout=2.0).topics[topic].partitions)
+            except (KafkaException, KeyError) as exc:
+                if known is None:
+                    log.warning("partitions of %s unknown (%s); publishing by key", topic, exc)
+                    return [None]
+                count = known[1]
+            known = (time.monotonic(), count) if count else known
+            if known is None:
+                return [None]
+            self._partitions[topic] = known
+        return list(range(known[1]))
+
+    def _produce_all(self, events: Sequence[Event], futures: list[asyncio.Future[str | None]],
+                     loop: asyncio.AbstractEventLoop) -> None:
+        for event, future in zip(events, futures, strict=True):
             span = self._tracer.start_span(
                 f"{self._codec.topic_for(event.type)} publish", kind=SpanKind.PRODUCER,
                 context=propagate.extract(dict(event.headers)),
                 attributes={"messaging.system": "kafka", "messaging.message.id": str(event.id)})
-            spans.append(span)
             if telemetry.enabled():
                 event = replace(event, headers={**event.headers, **telemetry.headers_of(span)})
             try:
                 topic, key, value, headers = self._codec.encode(event)
             except Exception as exc:
-                results[index] = f"encode: {exc}"
+                _Delivery(loop, future, span, 1).settle(f"encode: {exc}")
                 continue
+            producer = self._producer(topic)
+            partitions = self._partitions_of(topic, producer)
+            delivery = _Delivery(loop, future, span, len(partitions))
+            for partition in partitions:
+                self._produce(producer, delivery, topic, key, value, headers, partition)
+
+    def _produce(self, producer: Producer, delivery: _Delivery, topic: str, key: Any,
+                 value: Any, headers: Any, partition: int | None) -> None:
+        deadline = time.monotonic() + self._timeout
+        while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=report(index))
-            except BufferError:
-                self._producer.flush(self._timeout)
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=report(index))
+                if partition is None:
+                    producer.produce(topic, value=value, key=key, headers=headers,
+                                     on_delivery=delivery.on_delivery)
+                else:
+                    producer.produce(topic, value=value, key=key, headers=headers,
+                                     partition=partition, on_delivery=delivery.on_delivery)
+                return
+            except BufferError:  # the local queue is full: wait for acknowledgements
+                if time.monotonic() >= deadline:
+                    delivery.on_delivery(KafkaError(KafkaError._QUEUE_FULL), None)
+                    return
+                time.sleep(0.01)
             except KafkaException as exc:
-                results[index] = f"kafka: {exc}"
-        self._producer.flush(self._timeout + 1.0)
-        for span, result in zip(spans, results, strict=True):
-            if result is not None:
-                span.set_status(Status(StatusCode.ERROR, result))
-            span.end()
-        return results
+                delivery.on_delivery(exc.args[0], None)
+                return
 
     def close(self) -> None:
-        """Deliver what is queued (briefly) and release the client."""
-        self._producer.flush(2.0)
+        """Deliver what is queued (briefly) and release the clients."""
+        for producer in list(self._producers.values()):
+            producer.flush(2.0)
+        self._closed.set()
+        self._poller.join(2.0)
 
 
 def header_list(headers: Any) -> Headers:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -38,7 +39,7 @@ from sqlalchemy import (
 from authloyalty.platform import metrics
 from authloyalty.platform.database import Database, Session
 from authloyalty.platform.db import as_utc, utcnow
-from authloyalty.platform.events import Event, EventPublisher
+from authloyalty.platform.events import Event, EventPublisher, StreamingPublisher
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class _Statements:
     due_locked: Any  # FOR UPDATE SKIP LOCKED (PostgreSQL)
     delivered: Any
     failed: Any
+    claimed: Any  # leased to one relay while its publication is under way
     backlog: Any
 
 
@@ -126,6 +128,7 @@ def _statements(table: Table) -> _Statements:
             failed=by_id.values(status=FAILED, attempts=bindparam("b_attempts"),
                                 last_error=bindparam("b_error"),
                                 next_attempt_at=bindparam("b_next")),
+            claimed=by_id.values(next_attempt_at=bindparam("b_next")),
             backlog=select(func.count().label("n"), func.min(t.c.created_at).label("oldest"))
             .where(t.c.status != SUCCESSFUL),
         )
@@ -141,10 +144,18 @@ def backoff(attempts: int, cap_seconds: float) -> float:
 class OutboxRelay:
     """Publishes due outbox rows and records each delivery's outcome.
 
-    The batch is selected ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) and stays locked while it is
-    published, so two relays never publish the same row at once; SQLite transactions are
-    serialised by their write lock. Rows are chosen by state, not by a high-water mark, so a row
-    whose transaction committed late is still picked up by the next pass.
+    Rows are chosen by state, not by a high-water mark, so a row whose transaction committed
+    late is still picked up by the next pass. Two ways to publish:
+
+    * a plain :class:`EventPublisher` (the in-process bus): the batch is selected ``FOR UPDATE
+      SKIP LOCKED`` (PostgreSQL) and stays locked while it is published, so two relays never
+      publish the same row at once (SQLite transactions are serialised by their write lock);
+    * a :class:`StreamingPublisher` (Kafka): :meth:`run_forever` claims due rows in a short
+      transaction by moving their ``next_attempt_at`` past the publisher's delivery timeout
+      (a lease: other relays skip them, and they become due again if this relay dies), hands
+      them to the publisher and goes on claiming, while each row is marked delivered (or
+      failed) as soon as its own acknowledgement arrives. One event whose partition has no
+      leader holds back nothing but itself.
     """
 
     def __init__(
@@ -157,6 +168,8 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         max_backoff: float = 60.0,
         service: str = "sso",
+        lease_seconds: float = 30.0,
+        max_in_flight: int | None = None,
     ) -> None:
         self._database = database
         self._sql = _statements(table)
@@ -166,14 +179,28 @@ class OutboxRelay:
         self._max_backoff = max_backoff
         self._service = service
         self._wakeup = asyncio.Event()
+        self._streaming = publisher if isinstance(publisher, StreamingPublisher) else None
+        self._lease = timedelta(seconds=lease_seconds)
+        self._max_in_flight = max_in_flight or 10 * batch_size
+        self._in_flight: set[int] = set()
+        self._outcomes: asyncio.Queue[tuple[OutboxRow, str | None]] = asyncio.Queue()
 
     def notify(self) -> None:
         """Ask for a pass now (called after a transaction that wrote events commits)."""
         self._wakeup.set()
 
     async def run_once(self) -> int:
-        """Publish one batch of due rows; return how many were attempted."""
-        query = self._sql.due_locked if self._database.dialect == "postgresql" else self._sql.due
+        """Publish one batch of due rows and record the outcomes; return how many were
+        attempted."""
+        if self._streaming is not None:
+            rows = await self._claim(self._batch_size)
+            if rows:
+                futures = await self._streaming.send([r.event for r in rows])
+                results = list(await asyncio.gather(*futures))
+                async with self._database.transaction() as session:
+                    await self._record(session, rows, results)
+            return len(rows)
+        query = self._due_query()
         async with self._database.transaction() as session:
             found = await session.all(query, {"b_now": utcnow(), "b_limit": self._batch_size})
             rows = [_row(r) for r in found]
@@ -182,6 +209,64 @@ class OutboxRelay:
             results = await self._publisher.publish([r.event for r in rows])
             await self._record(session, rows, results)
         return len(rows)
+
+    def _due_query(self) -> Any:
+        return self._sql.due_locked if self._database.dialect == "postgresql" else self._sql.due
+
+    async def _claim(self, limit: int) -> list[OutboxRow]:
+        """Lease up to ``limit`` due rows to this relay (see the class docstring)."""
+        now = utcnow()
+        async with self._database.transaction() as session:
+            found = await session.all(self._due_query(), {"b_now": now, "b_limit": limit})
+            rows = [row for row in map(_row, found) if row.id not in self._in_flight]
+            for row in rows:
+                await session.execute(self._sql.claimed, {"b_id": row.id,
+                                                          "b_next": now + self._lease})
+        return rows
+
+    async def _stream(self) -> None:
+        """Claim and hand out due rows until none is due or too many are in flight."""
+        assert self._streaming is not None
+        while len(self._in_flight) < self._max_in_flight:
+            room = self._max_in_flight - len(self._in_flight)
+            rows = await self._claim(min(self._batch_size, room))
+            if not rows:
+                return
+            self._in_flight.update(r.id for r in rows)
+            try:
+                futures = await self._streaming.send([r.event for r in rows])
+            except Exception:
+                self._in_flight.difference_update(r.id for r in rows)  # due again at lease end
+                raise
+            for row, future in zip(rows, futures, strict=True):
+                future.add_done_callback(partial(self._outcome, row))
+            if len(rows) < self._batch_size:
+                return
+
+    def _outcome(self, row: OutboxRow, future: asyncio.Future[str | None]) -> None:
+        result = "publication cancelled" if future.cancelled() else future.result()
+        self._outcomes.put_nowait((row, result))
+
+    async def _record_outcomes(self) -> None:
+        """Mark rows as their acknowledgements arrive (those that arrive together, together)."""
+        while True:
+            outcomes = [await self._outcomes.get()]
+            while not self._outcomes.empty():
+                outcomes.append(self._outcomes.get_nowait())
+            rows = [row for row, _ in outcomes]
+            try:
+                async with self._database.transaction() as session:
+                    await self._record(session, rows, [result for _, result in outcomes])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording %d deliveries failed; retrying", len(rows))
+                for outcome in outcomes:
+                    self._outcomes.put_nowait(outcome)
+                await asyncio.sleep(0.5)
+                continue
+            self._in_flight.difference_update(r.id for r in rows)
+            self._wakeup.set()  # room for more, and failed rows may be due again soon
 
     async def _record(
         self, session: Session, rows: Sequence[OutboxRow], results: Sequence[str | None]
@@ -214,13 +299,27 @@ class OutboxRelay:
 
     async def run_forever(self) -> None:
         """Relay until cancelled; a failing pass is logged and retried, never fatal."""
+        recorder = (asyncio.create_task(self._record_outcomes())
+                    if self._streaming is not None else None)
+        try:
+            await self._relay_forever()
+        finally:
+            if recorder is not None:
+                recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recorder
+
+    async def _relay_forever(self) -> None:
         measured = float("-inf")
         while True:
             # Cleared before the pass: a commit during the pass wakes the next wait at once.
             self._wakeup.clear()
             try:
-                while await self.run_once() >= self._batch_size:
-                    pass
+                if self._streaming is not None:
+                    await self._stream()
+                else:
+                    while await self.run_once() >= self._batch_size:
+                        pass
                 if time.monotonic() - measured >= 1.0:
                     count, age = await self.backlog()
                     metrics.OUTBOX_PENDING.labels(self._service).set(count)
