@@ -12,9 +12,11 @@ import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from authloyalty.bootstrap import (
     EmbeddedSystem,
@@ -42,6 +44,7 @@ from authloyalty.platform.settings import (
     load_settings,
 )
 from authloyalty.platform.tokens import write_new_key
+from authloyalty.sso.email_twins import find_twins
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import AuthService
 
@@ -288,10 +291,20 @@ async def _migrate(settings: Settings, service: str) -> int:
         engine = create_engine(target)
         try:
             await upgrade(name, engine, target)
+            twins = await _email_twins(engine) if name == "sso" else []
         finally:
             await engine.dispose()
         print(f"migrations applied: {name} ({target.describe()})")
+        for group in twins:
+            print(f"warning: users {', '.join(str(u) for u in group)} have emails that are one "
+                  "address under Unicode NFC; they were left unchanged and only the one stored "
+                  "in NFC can log in: merge or delete by hand", file=sys.stderr)
     return 0
+
+
+async def _email_twins(engine: AsyncEngine) -> list[list[UUID]]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(find_twins)
 
 
 async def _admin_create(settings: Settings, email: str, password: str) -> int:
