@@ -339,6 +339,10 @@ class SsoProcess:
         if self.settings.events.kafka.create_topics:
             await asyncio.to_thread(ensure_topics, self.settings.events.kafka)
         if self.run_relay:
+            try:
+                await asyncio.to_thread(self.publisher.prepare)
+            except Exception as exc:  # Kafka may come later; the first events will wait
+                log.warning("Kafka producers not prepared: %s", exc)
             self.tasks.append(asyncio.create_task(self.sso.relay.run_forever()))
         self.tasks.append(asyncio.create_task(_every(
             MAINTENANCE_INTERVAL_SECONDS, self.sso.service.purge_login_failures, "purge")))

@@ -111,3 +111,89 @@ def test_restarted_loyalty_refuses_a_session_ended_while_it_was_down(stack: Stac
     # Caught up about a second after it first answered, not after a consumer-group timeout.
     assert at - watcher.answers[0][0] <= 2.0, watcher.answers
     assert httpx.get(f"{stack.loyalty}/loyalty/ready").status_code == 200
+
+
+def _refused_after(urls: list[str], auth: dict[str, str], since: float) -> list[float]:
+    """Seconds from ``since`` until each of ``urls`` first refuses ``auth`` with 401 (polled
+    every 10 ms, in parallel; 503 while a replica catches up counts as not yet refused)."""
+    found: list[float] = [float("inf")] * len(urls)
+
+    def poll(index: int) -> None:
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() - since < 10.0:
+                try:
+                    if client.get(f"{urls[index]}/loyalty/me", headers=auth).status_code == 401:
+                        found[index] = time.monotonic() - since
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(len(urls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    return found
+
+
+def test_every_logout_is_refused_by_every_replica_within_a_second_through_kills(
+        stack: Stack, kafka_cluster: KafkaCluster) -> None:
+    stack.write_config(replication_factor=3)
+    sso = stack.start("sso")
+    first = stack.start("loyalty")
+    second, second_url = stack.start_loyalty_replica(2)
+    replicas = [stack.loyalty, second_url]
+    figures: dict[str, list[float]] = {}
+
+    with httpx.Client(timeout=10) as client:
+        sessions = []
+        for i in range(9):
+            r = client.post(f"{stack.sso}/auth/registration",
+                            json={"email": f"faults-{i}@example.com", "password": "long enough"})
+            assert r.status_code == 201, r.text
+            sessions.append((r.json()["access_token"],
+                             {"Authorization": f"Bearer {r.json()['access_token']}"}))
+
+        def log_out(what: str, urls: list[str]) -> None:
+            token, auth = sessions.pop()
+            assert client.post(f"{stack.sso}/auth/logout",
+                               json={"token": token}).status_code == 200
+            figures.setdefault(what, []).extend(_refused_after(urls, auth, time.monotonic()))
+
+        log_out("no fault", replicas)
+
+        # A broker dies: revocations go on through a partition it does not replicate.
+        kafka_cluster.kill_node(1)
+        try:
+            for _ in range(3):
+                log_out("broker killed", replicas)
+                time.sleep(0.3)
+        finally:
+            kafka_cluster.start_node(1)
+        log_out("broker back", replicas)
+
+        # sso dies (its relay with it) and comes back.
+        sso.kill()
+        sso.start()
+        log_out("sso restarted", replicas)
+
+        # A loyalty replica dies; a logout made meanwhile is refused by the survivor at once,
+        # and by the restarted replica from its first answer on.
+        second.kill()
+        token, auth = sessions.pop()
+        assert client.post(f"{stack.sso}/auth/logout", json={"token": token}).status_code == 200
+        figures["loyalty killed (survivor)"] = _refused_after(replicas[:1], auth,
+                                                              time.monotonic())
+        watcher = _restart_watched(second, second_url, auth)
+        *waiting, (at, status, _code) = watcher.answers
+        assert status == 401, watcher.answers
+        assert {s for _, s, _ in waiting} <= {503}, watcher.answers
+        figures["loyalty killed (restarted, from its first answer)"] = [
+            at - watcher.answers[0][0]]
+        log_out("after loyalty restart", replicas)
+
+    print(f"logout -> 401 per replica (s): {figures}", file=sys.stderr)
+    late = {what: v for what, v in figures.items() if max(v) > LOGOUT_DEADLINE}
+    assert not late, (late, first.output()[-2000:], second.output()[-2000:],
+                      sso.output()[-2000:])

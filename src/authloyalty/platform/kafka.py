@@ -183,6 +183,12 @@ class KafkaPublisher:
                                         daemon=True)
         self._poller.start()
 
+    def prepare(self) -> None:
+        """Connect the producers and learn the fan-out topics' partitions now (blocking), so
+        that the first events after a start do not wait for it (~0.5 s measured)."""
+        for topic in (self._settings.registration_topic, self._settings.sessions_topic):
+            self._partitions_of(topic, self._producer(topic))
+
     async def publish(self, events: Sequence[Event]) -> list[str | None]:
         """Produce every event and wait for all the broker's acknowledgements."""
         return list(await asyncio.gather(*await self.send(events)))
