@@ -439,10 +439,10 @@ CLOCK_SKEW_SECONDS = 60
 
 
 def revocation_replay_seconds(settings: Settings) -> float:
-    """How far back a starting loyalty replica reads revocations: an access token issued
-    longer ago than its lifetime has expired anyway (``sso.access_token_ttl_seconds`` must
-    therefore be the same in loyalty's configuration as in sso's)."""
-    return float(settings.sso.access_token_ttl_seconds + CLOCK_SKEW_SECONDS)
+    """How far back a starting loyalty replica reads revocations: loyalty refuses access
+    tokens living longer than ``loyalty_token_lifetimes()["access"]``, so a revocation older
+    than that (plus clock skew) concerns no token it would still accept."""
+    return float(settings.loyalty_token_lifetimes()["access"] + CLOCK_SKEW_SECONDS)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
