@@ -440,9 +440,9 @@ CLOCK_SKEW_SECONDS = 60
 
 def revocation_replay_seconds(settings: Settings) -> float:
     """How far back a starting loyalty replica reads revocations: loyalty refuses access
-    tokens living longer than ``loyalty_token_lifetimes()["access"]``, so a revocation older
+    tokens living longer than ``loyalty_token_lifetimes["access"]``, so a revocation older
     than that (plus clock skew) concerns no token it would still accept."""
-    return float(settings.loyalty_token_lifetimes()["access"] + CLOCK_SKEW_SECONDS)
+    return float(settings.loyalty_token_lifetimes["access"] + CLOCK_SKEW_SECONDS)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
