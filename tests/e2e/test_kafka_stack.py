@@ -1,4 +1,4 @@
-"""sso and loyalty as separate processes talking through a real Kafka broker (SPEC §6)."""
+"""sso and loyalty as separate processes talking through a real Kafka broker (docs/contract.md, events)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from tests.e2e.e2e_helpers import Account, Api, bearer, error_code, no_5xx, poll
 
 pytestmark = pytest.mark.e2e
 
-PROPAGATION = 1.0  # SPEC: "refused by sso and loyalty within 1 s"
+PROPAGATION = 1.0  # docs/contract.md: "refused by sso and loyalty within 1 s"
 
 
 def _refused_everywhere(api: Api, access: str) -> None:

@@ -5,8 +5,8 @@ revocation that exists: until then it may be accepting a session that has ended.
 group cannot give that quickly after a crash. A replica killed with SIGKILL never leaves its
 group, so its successor (same group, since the group names the replica) gets no partitions
 until the broker has waited out the dead member's ``session.timeout.ms`` (10 s here, 45 s by
-Kafka's default): the fault campaign of issue 18 saw restarted replicas honour new logouts
-only ~9.8 s after the kill. Static membership (``group.instance.id``) would let the successor
+Kafka's default): in a fault campaign (replicas SIGKILLed under load) restarted replicas
+honoured new logouts only ~9.8 s after the kill. Static membership (``group.instance.id``) would let the successor
 take the old member's place at once, but only when the name is stable across restarts and
 unique among live replicas (two replicas configured with one name fence each other), and it
 still relies on committed offsets that lag the effects by the commit interval.
