@@ -11,10 +11,12 @@ from uuid import UUID
 
 from authloyalty.loyalty.domain import (
     Account,
+    AccountNotFound,
     IdempotencyRecord,
+    InsufficientPoints,
     KeyTaken,
-    Kind,
     LedgerEntry,
+    Movement,
 )
 from authloyalty.platform.events import Event
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
@@ -192,28 +194,28 @@ class FakeAccounts:
     async def get(self, user_id: UUID) -> Account | None:
         return self._s.accounts.get(user_id)
 
-    async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
+    async def open(self, user_id: UUID, now: datetime) -> bool:
         if user_id in self._s.accounts:
             return False
-        self._s.accounts[user_id] = Account(user_id, balance, now)
+        self._s.accounts[user_id] = Account(user_id, 0, now)
         return True
-
-    async def change_balance(self, user_id: UUID, delta: int, now: datetime) -> int | None:
-        account = self._s.accounts.get(user_id)
-        if account is None or account.balance + delta < 0:
-            return None
-        self._s.accounts[user_id] = replace(account, balance=account.balance + delta)
-        return account.balance + delta
 
 
 class FakeLedger:
     def __init__(self, state: LoyaltyState) -> None:
         self._s = state
 
-    async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                     balance_after: int, now: datetime) -> LedgerEntry:
-        entry = LedgerEntry(len(self._s.ledger) + 1, account_id, kind, amount, comment,
-                            balance_after, now)
+    async def apply(self, movement: Movement) -> LedgerEntry:
+        # The ledger rule (domain.Movement), as the fake database's single writer enforces it.
+        account = self._s.accounts.get(movement.account_id)
+        if account is None:
+            raise AccountNotFound()
+        balance = account.balance + movement.delta
+        if balance < 0:
+            raise InsufficientPoints()
+        self._s.accounts[movement.account_id] = replace(account, balance=balance)
+        entry = LedgerEntry(len(self._s.ledger) + 1, movement.account_id, movement.kind,
+                            movement.amount, movement.comment, balance, movement.at)
         self._s.ledger.append(entry)
         return entry
 

@@ -19,9 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from authloyalty import __version__
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
-from authloyalty.loyalty.domain import OwnerDirectory
+from authloyalty.loyalty.domain import AccountReads, Movements, OwnerDirectory
+from authloyalty.loyalty.movements import (
+    CoalescedAccountReads,
+    CoalescedMovements,
+    UnitOfWorkAccountReads,
+    UnitOfWorkMovements,
+)
 from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
-from authloyalty.loyalty.repository import CoalescedAccounts, CoalescedMovements
 from authloyalty.loyalty.revocations import (
     Authenticator,
     RevocationsCatchingUp,
@@ -132,7 +137,7 @@ class LoyaltyContainer:
     service: LedgerService
     handlers: LoyaltyEventHandlers
     read_database: Database | None = None
-    coalescers: list[CoalescedAccounts | CoalescedMovements] = field(default_factory=list)
+    coalescers: list[CoalescedAccountReads | CoalescedMovements] = field(default_factory=list)
 
     def not_ready(self) -> RevocationsCatchingUp | None:
         """Why this replica must not serve yet (``/loyalty/ready``), or None."""
@@ -179,6 +184,21 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     return SsoContainer(cfg, target, engine, database, keys, service, relay)
 
 
+def ledger_adapters(coalesce: bool, database: Database, read_database: Database | None,
+                    uow: Callable[[], SqlLoyaltyUnitOfWork],
+                    read_uow: Callable[[], SqlLoyaltyUnitOfWork]
+                    ) -> tuple[AccountReads, Movements]:
+    """The adapters of the ledger's two ports: coalesced where the database is PostgreSQL and
+    ``loyalty.coalesce`` is on (docs/performance.md), a unit of work per request otherwise."""
+    plain_reads, plain_movements = UnitOfWorkAccountReads(read_uow), UnitOfWorkMovements(uow)
+    if not coalesce or database.dialect != "postgresql":
+        return plain_reads, plain_movements
+    reads_from = read_database or database
+    reads: AccountReads = CoalescedAccountReads(reads_from) \
+        if reads_from.dialect == "postgresql" else plain_reads
+    return reads, CoalescedMovements(database, keyed=plain_movements)
+
+
 def build_loyalty(settings: Settings, keys: KeyProvider,
                   knows_key: Callable[[str], Awaitable[bool]] | None = None,
                   owners: OwnerDirectory | None = None) -> LoyaltyContainer:
@@ -199,18 +219,13 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
     verifier = TokenVerifier(keys, settings.token_issuer,
                              max_lifetimes=settings.loyalty_token_lifetimes)
     authenticator = Authenticator(verifier, revoked, knows_key)
-    accounts: CoalescedAccounts | None = None
-    movements: CoalescedMovements | None = None
-    if cfg.coalesce and database.dialect == "postgresql":
-        reads_from = read_database or database
-        accounts = CoalescedAccounts(reads_from) if reads_from.dialect == "postgresql" \
-            else None
-        movements = CoalescedMovements(database)
+    accounts, movements = ledger_adapters(cfg.coalesce, database, read_database, uow, read_uow)
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
                             owners=owners, read_uow=read_uow, accounts=accounts,
                             movements=movements)
     handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
-    coalescers = [c for c in (accounts, movements) if c is not None]
+    coalescers = [c for c in (accounts, movements)
+                  if isinstance(c, CoalescedAccountReads | CoalescedMovements)]
     return LoyaltyContainer(cfg, target, engine, database, revoked, authenticator, service,
                             handlers, read_database, coalescers)
 

@@ -9,7 +9,14 @@ from uuid import uuid4
 
 import pytest
 
-from authloyalty.loyalty.domain import IdempotencyRecord, KeyTaken, StoredReply
+from authloyalty.loyalty.domain import (
+    AccountNotFound,
+    IdempotencyRecord,
+    InsufficientPoints,
+    KeyTaken,
+    LedgerEntry,
+    Movement,
+)
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -17,27 +24,37 @@ NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 async def test_accounts_open_once_and_never_go_negative(loyalty_uow: Callable[[], Any]) -> None:
     owner = uuid4()
     async with loyalty_uow() as uow:
-        assert await uow.accounts.open(owner, 100, NOW)
-        assert not await uow.accounts.open(owner, 500, NOW)
-        assert await uow.accounts.change_balance(owner, -60, NOW) == 40
-        assert await uow.accounts.change_balance(owner, -41, NOW) is None
-        assert await uow.accounts.change_balance(uuid4(), 5, NOW) is None
+        assert await uow.accounts.open(owner, NOW)
+        assert not await uow.accounts.open(owner, NOW)
+        await uow.ledger.apply(Movement(owner, "deposit", 100, "registration", NOW))
+        entry = await uow.ledger.apply(Movement(owner, "withdrawal", 60, "tea", NOW))
+        assert (entry.balance_after, entry.account_id, entry.created_at) == (40, owner, NOW)
+        with pytest.raises(InsufficientPoints):
+            await uow.ledger.apply(Movement(owner, "withdrawal", 41, "cake", NOW))
+        with pytest.raises(AccountNotFound):
+            await uow.ledger.apply(Movement(uuid4(), "deposit", 5, "gift", NOW))
         await uow.commit()
     async with loyalty_uow() as uow:
         account = await uow.accounts.get(owner)
         assert await uow.accounts.get(uuid4()) is None
+        total = await uow.ledger.total(owner)
+        entries = await uow.ledger.page(owner, 10, None)
     assert account is not None
     assert (account.balance, account.created_at) == (40, NOW)
+    # every change is one entry, and nothing was written for the refusals
+    assert total == 40
+    assert [(e.kind, e.amount, e.balance_after) for e in entries] == [
+        ("withdrawal", 60, 40), ("deposit", 100, 100)]
 
 
 async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]) -> None:
     owner, other = uuid4(), uuid4()
     async with loyalty_uow() as uow:
-        await uow.accounts.open(owner, 0, NOW)
-        await uow.accounts.open(other, 0, NOW)
-        first = await uow.ledger.append(owner, "deposit", 100, "registration", 100, NOW)
-        await uow.ledger.append(other, "deposit", 5, "x", 5, NOW)
-        second = await uow.ledger.append(owner, "withdrawal", 30, "tea", 70, NOW)
+        await uow.accounts.open(owner, NOW)
+        await uow.accounts.open(other, NOW)
+        first = await uow.ledger.apply(Movement(owner, "deposit", 100, "registration", NOW))
+        await uow.ledger.apply(Movement(other, "deposit", 5, "x", NOW))
+        second = await uow.ledger.apply(Movement(owner, "withdrawal", 30, "tea", NOW))
         await uow.commit()
     assert second.id > first.id
     async with loyalty_uow() as uow:
@@ -53,7 +70,9 @@ async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]
 
 async def test_idempotency_keys(loyalty_uow: Callable[[], Any]) -> None:
     caller = uuid4()
-    record = IdempotencyRecord(caller, "key-1", "f" * 64, StoredReply(201, b'{"a":1}'), NOW)
+    entry = LedgerEntry(7, uuid4(), "withdrawal", 30, "tea ☕", 70,
+                        datetime(2030, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
+    record = IdempotencyRecord(caller, "key-1", "f" * 64, entry, NOW)
     async with loyalty_uow() as uow:
         await uow.idempotency.add(record)
         with pytest.raises(KeyTaken):

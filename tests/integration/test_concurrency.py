@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from uuid import UUID
 
 import pytest
 
 from authloyalty.bootstrap import EmbeddedSystem
-from authloyalty.loyalty.domain import InsufficientPoints, LedgerEntry, Principal, StoredReply
+from authloyalty.loyalty.domain import InsufficientPoints, Principal
 from authloyalty.loyalty.service import Idempotency, Operation
 from authloyalty.platform.errors import InvalidToken
 from authloyalty.platform.events import USER_REGISTERED, Event
 from authloyalty.sso.domain import TokenReused
 from authloyalty.sso.service import Registration
-
-
-def render(entry: LedgerEntry) -> StoredReply:
-    return StoredReply(201, json.dumps({"id": entry.id, "balance": entry.balance_after}).encode())
 
 
 async def registered_user(system: EmbeddedSystem, email: str) -> tuple[Principal, str]:
@@ -42,7 +37,7 @@ async def test_fifty_parallel_withdrawals_on_one_account(system: EmbeddedSystem)
     async def withdraw() -> bool:
         try:
             await system.loyalty.service.operate(
-                Operation(owner, owner.user_id, "withdrawal", 3, "race"), render)
+                Operation(owner, owner.user_id, "withdrawal", 3, "race"))
             return True
         except InsufficientPoints:
             return False
@@ -58,7 +53,7 @@ async def test_parallel_replays_of_one_idempotency_key_apply_once(
     op = Operation(owner, owner.user_id, "withdrawal", 10, "once")
     key = Idempotency.of("retry-1", "w", owner.user_id, {"amount": 10})
     replies = await asyncio.gather(
-        *(system.loyalty.service.operate(op, render, key) for _ in range(20)))
+        *(system.loyalty.service.operate(op, key) for _ in range(20)))
     assert len(set(replies)) == 1
     await assert_ledger_consistent(system, owner.user_id, 90)
 
@@ -92,8 +87,10 @@ async def test_parallel_refreshes_yield_one_successor_then_the_session_ends(
 
 
 async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:
-    from authloyalty.platform.migrations import current_revision
+    from authloyalty.platform.migrations import current_revision, head_revision
 
     await system.migrate()
-    assert await current_revision("sso", system.sso.engine) == "sso_0001"
-    assert await current_revision("loyalty", system.loyalty.engine) == "loyalty_0001"
+    assert await current_revision("sso", system.sso.engine) == head_revision("sso") \
+        == "sso_0002"
+    assert await current_revision("loyalty", system.loyalty.engine) \
+        == head_revision("loyalty") == "loyalty_0002"

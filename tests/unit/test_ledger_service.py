@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,17 +14,12 @@ from authloyalty.loyalty.domain import (
     InsufficientPoints,
     LedgerEntry,
     Principal,
-    StoredReply,
 )
 from authloyalty.loyalty.revocations import RevokedSessions
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 from authloyalty.platform.events import USER_REGISTERED, Event, PermanentEventError
 from tests.fakes import FakeLoyaltyStore
-
-
-def render(entry: LedgerEntry) -> StoredReply:
-    return StoredReply(201, json.dumps({"balance": entry.balance_after, "id": entry.id}).encode())
 
 
 @pytest.fixture
@@ -77,9 +71,9 @@ async def test_withdrawal_and_insufficient_points_change_nothing(
 ) -> None:
     owner = user()
     await handlers.user_registered(registered(owner.user_id))
-    await service.operate(Operation(owner, owner.user_id, "withdrawal", 60, "tea"), render)
+    await service.operate(Operation(owner, owner.user_id, "withdrawal", 60, "tea"))
     with pytest.raises(InsufficientPoints):
-        await service.operate(Operation(owner, owner.user_id, "withdrawal", 41, "cake"), render)
+        await service.operate(Operation(owner, owner.user_id, "withdrawal", 41, "cake"))
     assert (await service.balance(owner, owner.user_id)).balance == 40
     assert len(store.state.ledger) == 2
 
@@ -88,15 +82,15 @@ async def test_rights(handlers: LoyaltyEventHandlers, service: LedgerService) ->
     owner, other, admin = user(), user(), user(admin=True)
     await handlers.user_registered(registered(owner.user_id))
     with pytest.raises(Forbidden):
-        await service.operate(Operation(owner, owner.user_id, "deposit", 5, "gift"), render)
+        await service.operate(Operation(owner, owner.user_id, "deposit", 5, "gift"))
     with pytest.raises(Forbidden):
-        await service.operate(Operation(other, owner.user_id, "withdrawal", 5, "x"), render)
+        await service.operate(Operation(other, owner.user_id, "withdrawal", 5, "x"))
     with pytest.raises(Forbidden):
         await service.balance(other, owner.user_id)
-    await service.operate(Operation(admin, owner.user_id, "deposit", 5, "gift"), render)
+    await service.operate(Operation(admin, owner.user_id, "deposit", 5, "gift"))
     assert (await service.balance(admin, owner.user_id)).balance == 105
     with pytest.raises(AccountNotFound):
-        await service.operate(Operation(admin, uuid4(), "deposit", 5, "gift"), render)
+        await service.operate(Operation(admin, uuid4(), "deposit", 5, "gift"))
 
 
 async def test_idempotent_replay_and_key_reuse(
@@ -106,13 +100,16 @@ async def test_idempotent_replay_and_key_reuse(
     await handlers.user_registered(registered(owner.user_id))
     op = Operation(owner, owner.user_id, "withdrawal", 10, "tea")
     key = Idempotency.of("k-1", "w", owner.user_id, {"amount": 10, "comment": "tea"})
-    first = await service.operate(op, render, key)
-    again = await service.operate(op, render, key)
+    first = await service.operate(op, key)
+    again = await service.operate(op, key)
+    assert isinstance(first, LedgerEntry)
+    assert (first.kind, first.amount, first.comment, first.balance_after) == (
+        "withdrawal", 10, "tea", 90)
     assert again == first
     assert (await service.balance(owner, owner.user_id)).balance == 90
     other_body = Idempotency.of("k-1", "w", owner.user_id, {"amount": 11, "comment": "tea"})
     with pytest.raises(IdempotencyKeyReused):
-        await service.operate(op, render, other_body)
+        await service.operate(op, other_body)
 
 
 async def test_parallel_replays_apply_once(
@@ -122,7 +119,7 @@ async def test_parallel_replays_apply_once(
     await handlers.user_registered(registered(owner.user_id))
     op = Operation(owner, owner.user_id, "withdrawal", 7, "tea")
     key = Idempotency.of("k-2", "w", owner.user_id, {"amount": 7})
-    replies = await asyncio.gather(*(service.operate(op, render, key) for _ in range(10)))
+    replies = await asyncio.gather(*(service.operate(op, key) for _ in range(10)))
     assert len(set(replies)) == 1
     assert (await service.balance(owner, owner.user_id)).balance == 93
 
@@ -133,7 +130,7 @@ async def test_history_pages_newest_first(
     owner = user()
     await handlers.user_registered(registered(owner.user_id))
     for amount in (1, 2, 3):
-        await service.operate(Operation(owner, owner.user_id, "withdrawal", amount, "x"), render)
+        await service.operate(Operation(owner, owner.user_id, "withdrawal", amount, "x"))
     first = await service.history(owner, owner.user_id, 2, None)
     assert [e.amount for e in first.items] == [3, 2]
     assert first.next_cursor is not None

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
-from authloyalty.loyalty.domain import REGISTRATION_COMMENT, LoyaltyUnitOfWork
+from authloyalty.loyalty.domain import REGISTRATION_COMMENT, LoyaltyUnitOfWork, Movement
 from authloyalty.loyalty.revocations import RevokedSessions
 from authloyalty.platform import metrics
 from authloyalty.platform.db import as_utc, utcnow
@@ -52,9 +52,9 @@ class LoyaltyEventHandlers:
                 return
             # The account's primary key makes a second bonus impossible even if the same
             # registration arrives again under another event id.
-            if await uow.accounts.open(user_id, self._bonus, now) and self._bonus > 0:
-                await uow.ledger.append(user_id, "deposit", self._bonus, REGISTRATION_COMMENT,
-                                        self._bonus, now)
+            if await uow.accounts.open(user_id, now) and self._bonus > 0:
+                await uow.ledger.apply(Movement(user_id, "deposit", self._bonus,
+                                                REGISTRATION_COMMENT, now))
                 metrics.BONUSES.inc()
             await uow.commit()
         metrics.EVENTS_CONSUMED.labels(event.type, "processed").inc()

@@ -45,21 +45,58 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
-class StoredReply:
-    """A rendered answer, kept under an idempotency key and replayed byte for byte."""
+class Movement:
+    """A deposit or withdrawal of ``amount`` points on ``account_id`` at ``at``.
+
+    **The ledger rule**, stated here once: a movement applies only if the balance stays at or
+    above zero (otherwise nothing changes: :class:`InsufficientPoints`), and every applied
+    movement is exactly one ledger entry carrying the balance after it, so that a balance
+    always equals the signed sum of its entries. Concurrent movements are arbitrated by the
+    database, so that is where the rule is enforced (:meth:`Ledger.apply`, one statement).
+    """
+
+    account_id: UUID
+    kind: Kind
+    amount: int
+    comment: str
+    at: datetime
+
+    @property
+    def delta(self) -> int:
+        """What the movement adds to the balance."""
+        return self.amount if self.kind == "deposit" else -self.amount
+
+
+@dataclass(frozen=True)
+class LegacyReply:
+    """An answer stored as HTTP status and body by a version that stored answers instead of
+    results; such keys replay those bytes until they expire (``idempotency_ttl_hours``)."""
 
     status: int
     body: bytes
 
 
+# What a movement request comes to, first time or replayed: the entry it wrote.
+MovementResult = LedgerEntry | LegacyReply
+
+
 @dataclass(frozen=True)
-class IdempotencyRecord:
-    """What was answered to ``caller`` under ``key`` for the request ``fingerprint``."""
+class IdempotencyClaim:
+    """A caller's ``Idempotency-Key`` and the fingerprint of the request it came with."""
 
     caller_id: UUID
     key: str
     fingerprint: str
-    reply: StoredReply
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The result of the request ``fingerprint`` sent by ``caller`` under ``key``."""
+
+    caller_id: UUID
+    key: str
+    fingerprint: str
+    result: MovementResult
     created_at: datetime
 
 
@@ -120,40 +157,38 @@ class KeyTaken(Exception):
 
 
 class Accounts(Protocol):
-    """Persistence of accounts; balance changes are single conditional updates."""
+    """Persistence of accounts; balances change only through :meth:`Ledger.apply`."""
 
     async def get(self, user_id: UUID) -> Account | None: ...
 
-    async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
-        """Create the account unless it exists; True if created."""
-
-    async def change_balance(self, user_id: UUID, delta: int, now: datetime) -> int | None:
-        """Add ``delta`` unless the balance would go negative; new balance or None."""
+    async def open(self, user_id: UUID, now: datetime) -> bool:
+        """Create the account with a zero balance unless it exists; True if created."""
 
 
 class AccountReads(Protocol):
-    """Reads of single accounts outside a unit of work (an implementation may serve
-    concurrent reads with one query)."""
+    """The port of balance reads: single accounts, each read on its own (an adapter may
+    serve concurrent reads with one query)."""
 
     async def get(self, user_id: UUID) -> Account | None: ...
 
 
 class Movements(Protocol):
-    """Balance changes that each are a transaction of their own: the conditional balance
-    update and its ledger entry, atomically (an implementation may commit concurrent
-    movements of different accounts together)."""
+    """The port of deposits and withdrawals: each movement a transaction of its own (an
+    adapter may commit concurrent movements of different accounts together)."""
 
-    async def apply(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                    now: datetime) -> LedgerEntry:
-        """The new entry; :class:`AccountNotFound` or :class:`InsufficientPoints` (nothing
-        changed) otherwise."""
+    async def apply(self, movement: Movement, once: IdempotencyClaim | None = None
+                    ) -> LedgerEntry | IdempotencyRecord:
+        """The new entry; with ``once``, stored under that key in the same transaction, or,
+        when the key holds a record already, that record and nothing applied.
+        :class:`AccountNotFound` or :class:`InsufficientPoints` (nothing changed) otherwise."""
 
 
 class Ledger(Protocol):
     """The append-only history of movements."""
 
-    async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                     balance_after: int, now: datetime) -> LedgerEntry: ...
+    async def apply(self, movement: Movement) -> LedgerEntry:
+        """Apply the movement under the ledger rule (see :class:`Movement`) and return its
+        entry; :class:`AccountNotFound` or :class:`InsufficientPoints` and nothing changed."""
 
     async def page(self, account_id: UUID, limit: int, before_id: int | None
                    ) -> list[LedgerEntry]:
@@ -164,7 +199,7 @@ class Ledger(Protocol):
 
 
 class IdempotencyKeys(Protocol):
-    """Stored answers of idempotent requests."""
+    """Stored results of idempotent requests."""
 
     async def get(self, caller_id: UUID, key: str) -> IdempotencyRecord | None: ...
 

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 from starlette.requests import HTTPConnection
 
-from authloyalty.loyalty.domain import Kind, LedgerEntry, Principal, StoredReply
+from authloyalty.loyalty.domain import Kind, LedgerEntry, LegacyReply, MovementResult, Principal
 from authloyalty.loyalty.revocations import Authenticator
 from authloyalty.loyalty.schemas import (
     AdminAccountOut,
@@ -20,18 +20,19 @@ from authloyalty.loyalty.schemas import (
     HistoryOut,
     MovementIn,
     MovementOut,
+    OwnerOut,
     SeedOperationIn,
+    TransactionOut,
 )
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 from authloyalty.platform.http import (
     NO_STORE,
     BearerToken,
+    PrivateJSONResponse,
     bearer_token,
-    dump_json,
     health_router,
     json_body,
-    private_success,
     resolved_by,
     validate,
 )
@@ -70,47 +71,46 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=32)]
 
 
-def _transaction(entry: LedgerEntry) -> dict[str, Any]:
-    return {"id": entry.id, "kind": entry.kind, "amount": entry.amount,
-            "comment": entry.comment, "balance_after": entry.balance_after,
-            "created_at": entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+def _transaction(entry: LedgerEntry) -> TransactionOut:
+    return TransactionOut(
+        id=entry.id, kind=entry.kind, amount=entry.amount, comment=entry.comment,
+        balance_after=entry.balance_after,
+        created_at=entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"))
 
 
-def _movement_reply(entry: LedgerEntry) -> StoredReply:
-    body = {"status": "Success", "balance": entry.balance_after,
-            "transaction": _transaction(entry)}
-    return StoredReply(201, dump_json(body))
-
-
-def _seed_reply(entry: LedgerEntry) -> StoredReply:
-    body = {"status": "Success", "uuid": str(entry.account_id), "balance": entry.balance_after}
-    return StoredReply(200, dump_json(body))
-
-
-def _send(reply: StoredReply) -> Response:
-    # Stored replies are replayed through here too: they are as private as the first answer.
+def _legacy(reply: LegacyReply) -> Response:
+    # Replayed as stored; as private as the first answer was.
     return Response(reply.body, status_code=reply.status, media_type="application/json",
                     headers=NO_STORE)
 
 
+def _movement_out(result: MovementResult) -> MovementOut | Response:
+    if isinstance(result, LegacyReply):
+        return _legacy(result)
+    return MovementOut(balance=result.balance_after, transaction=_transaction(result))
+
+
+def _seed_out(result: MovementResult) -> BalanceOut | Response:
+    if isinstance(result, LegacyReply):
+        return _legacy(result)
+    return BalanceOut(uuid=str(result.account_id), balance=result.balance_after)
+
+
 async def _move(service: LedgerService, actor: Principal, account_id: UUID, kind: Kind,
-                body: MovementIn, key: str | None, route: str) -> Response:
+                body: MovementIn, key: str | None, route: str) -> MovementOut | Response:
     op = Operation(actor=actor, account_id=account_id, kind=kind, amount=body.amount,
                    comment=body.comment)
     idem = Idempotency.of(key, route, account_id, body.model_dump()) if key else None
-    return _send(await service.operate(op, _movement_reply, idem))
+    return _movement_out(await service.operate(op, idem))
 
 
-def _balance(account_id: UUID, balance: int) -> Response:
-    return private_success(200, uuid=str(account_id), balance=balance)
+def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> HistoryOut:
+    return HistoryOut(items=[_transaction(e) for e in page_items], next_cursor=next_cursor)
 
 
-def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> Response:
-    return private_success(200, items=[_transaction(e) for e in page_items],
-                           next_cursor=next_cursor)
-
-
-router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS)
+# Every answer of these routes is personal: PrivateJSONResponse says no-store.
+router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS,
+                   default_response_class=PrivateJSONResponse)
 
 
 # The two hottest routes are served by hand-written resolvers of the same parameters
@@ -137,14 +137,14 @@ async def _withdrawal_args(request: Request) -> dict[str, Any]:
     return args
 
 
-async def my_balance(user: CurrentUser, service: Service) -> Response:
+async def my_balance(user: CurrentUser, service: Service) -> BalanceOut:
     """Your balance (404 until the welcome event has been processed)."""
     account = await service.balance(user, user.user_id)
-    return _balance(account.user_id, account.balance)
+    return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
 async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
-                        key: IdempotencyKey = None) -> Response:
+                        key: IdempotencyKey = None) -> MovementOut | Response:
     """Spend your points."""
     return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
 
@@ -158,7 +158,7 @@ router.add_api_route("/me/withdrawals", my_withdrawal, methods=["POST"], status_
 
 @router.get("/me/transactions", response_model=HistoryOut)
 async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
-                     cursor: Cursor = None) -> Response:
+                     cursor: Cursor = None) -> HistoryOut:
     """Your history, newest first; pass ``next_cursor`` back for the next page."""
     page = await service.history(user, user.user_id, limit, cursor)
     return _history(page.items, page.next_cursor)
@@ -166,37 +166,37 @@ async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
 
 @router.get("/admin/accounts/{uuid}", response_model=AdminAccountOut)
 async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
-                        request: Request) -> Response:
+                        request: Request) -> AdminAccountOut:
     """Any account's balance and its owner (``owner_status`` says whether sso answered)."""
     # sso's GetUser answers only a caller who may see that user: the admin's own token is the
     # proof, forwarded as it came.
     view = await service.account_view(admin, uuid, bearer_token(request.scope))
     owner = None
     if view.owner is not None:
-        owner = {"user_id": str(view.owner.user_id), "email": view.owner.email,
-                 "name": view.owner.name, "birthday": view.owner.birthday,
-                 "is_admin": view.owner.is_admin}
-    return private_success(200, uuid=str(view.account.user_id), balance=view.account.balance,
+        owner = OwnerOut(user_id=str(view.owner.user_id), email=view.owner.email,
+                         name=view.owner.name, birthday=view.owner.birthday,
+                         is_admin=view.owner.is_admin)
+    return AdminAccountOut(uuid=str(view.account.user_id), balance=view.account.balance,
                            owner=owner, owner_status=view.owner_status)
 
 
 @router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut)
 async def admin_deposit(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
-                        key: IdempotencyKey = None) -> Response:
+                        key: IdempotencyKey = None) -> MovementOut | Response:
     """Credit points to an account."""
     return await _move(service, admin, uuid, "deposit", body, key, "admin/deposit")
 
 
 @router.post("/admin/accounts/{uuid}/withdrawals", status_code=201, response_model=MovementOut)
 async def admin_withdrawal(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
-                           key: IdempotencyKey = None) -> Response:
+                           key: IdempotencyKey = None) -> MovementOut | Response:
     """Debit points from an account."""
     return await _move(service, admin, uuid, "withdrawal", body, key, "admin/withdrawal")
 
 
 @router.get("/admin/accounts/{uuid}/transactions", response_model=HistoryOut)
 async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: Limit = 20,
-                        cursor: Cursor = None) -> Response:
+                        cursor: Cursor = None) -> HistoryOut:
     """Any account's history, newest first."""
     page = await service.history(admin, uuid, limit, cursor)
     return _history(page.items, page.next_cursor)
@@ -207,7 +207,7 @@ _SEED_KINDS: dict[Literal["w", "d"], Kind] = {"w": "withdrawal", "d": "deposit"}
 
 @router.post("", response_model=BalanceOut)
 async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Service,
-                         key: IdempotencyKey = None) -> Response:
+                         key: IdempotencyKey = None) -> BalanceOut | Response:
     """The original API: admins act on ``uuid``; users withdraw from their own account."""
     if user.is_admin and body.uuid is None:
         raise ValidationFailed("uuid: required for admin operations")
@@ -216,14 +216,14 @@ async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Serv
                    amount=body.balance, comment=body.comment)
     idem = (Idempotency.of(key, "seed", account_id, body.model_dump(mode="json"))
             if key else None)
-    return _send(await service.operate(op, _seed_reply, idem))
+    return _seed_out(await service.operate(op, idem))
 
 
 @router.get("/{uuid}", response_model=BalanceOut)
-async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> Response:
+async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> BalanceOut:
     """The original API: an account's balance, for its owner or an admin."""
     account = await service.balance(user, uuid)
-    return _balance(account.user_id, account.balance)
+    return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
 def install(app: FastAPI) -> None:

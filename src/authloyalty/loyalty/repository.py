@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from sqlalchemy import bindparam, case, delete, func, insert, select, text, update
 
 from authloyalty.loyalty.domain import (
@@ -15,9 +16,10 @@ from authloyalty.loyalty.domain import (
     IdempotencyRecord,
     InsufficientPoints,
     KeyTaken,
-    Kind,
     LedgerEntry,
-    StoredReply,
+    LegacyReply,
+    Movement,
+    MovementResult,
 )
 from authloyalty.loyalty.tables import (
     accounts,
@@ -26,13 +28,7 @@ from authloyalty.loyalty.tables import (
     ledger_entries,
     revoked_sessions,
 )
-from authloyalty.platform.batching import Coalescer
-from authloyalty.platform.database import (
-    Database,
-    DatabaseUnavailable,
-    IntegrityViolation,
-    Session,
-)
+from authloyalty.platform.database import IntegrityViolation, Session
 from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
@@ -47,6 +43,7 @@ _CHANGE_BALANCE = (
     .values(balance=accounts.c.balance + bindparam("b_delta"), updated_at=bindparam("b_now"))
     .returning(accounts.c.balance))
 _APPEND = insert(ledger_entries).returning(ledger_entries.c.id)
+_EXISTS = select(accounts.c.user_id).where(accounts.c.user_id == bindparam("b_user_id"))
 _IDEMPOTENCY_KEY = select(idempotency_keys).where(
     idempotency_keys.c.caller_id == bindparam("b_caller"),
     idempotency_keys.c.key == bindparam("b_key"))
@@ -64,15 +61,16 @@ _ACTIVE_REVOCATIONS = select(revoked_sessions).where(
 _PURGE_KEYS = delete(idempotency_keys).where(idempotency_keys.c.created_at < bindparam("b_before"))
 _PURGE_REVOCATIONS = delete(revoked_sessions).where(
     revoked_sessions.c.revoked_until < bindparam("b_before"))
-# PostgreSQL only (see CoalescedAccounts / CoalescedMovements).
-_ACCOUNTS_BY_IDS = text(
+# PostgreSQL only (see loyalty.movements.CoalescedAccountReads).
+ACCOUNTS_BY_IDS = text(
     "SELECT user_id, balance, created_at FROM accounts"
     " WHERE user_id = ANY(CAST(:b_ids AS uuid[]))")
-# Many movements of distinct accounts as one statement, i.e. one transaction in autocommit:
-# lock the accounts in id order (two concurrent batches never wait on each other in a
-# cycle), apply each conditional update, append an entry for every update that happened, and
-# answer per request: the entry, or whether the account exists (no entry: not found, or the
-# balance would have gone negative). An account appears at most once per batch.
+# The ledger rule (domain.Movement) as PostgreSQL enforces it, for one movement (in a unit of
+# work) or many of distinct accounts (coalesced, one transaction in autocommit): lock the
+# accounts in id order (two concurrent batches never wait on each other in a cycle), apply
+# each conditional update, append an entry for every update that happened, and answer per
+# movement: the entry, or whether the account exists (no entry: not found, or the balance
+# would have gone negative). An account appears at most once per statement.
 _APPLY_MOVEMENTS = text("""\
 WITH req AS (
     SELECT * FROM unnest(CAST(:b_ord AS integer[]), CAST(:b_ids AS uuid[]),
@@ -109,7 +107,36 @@ ORDER BY req.ord""")
 _NO_CURSOR = 2**63 - 1
 
 
-def _account(row: Mapping[str, Any]) -> Account:
+def apply_movements(movements: Sequence[Movement]) -> tuple[Any, dict[str, Any]]:
+    """The PostgreSQL statement applying ``movements`` (distinct accounts) and its values."""
+    return _APPLY_MOVEMENTS, {
+        "b_ord": list(range(len(movements))),
+        "b_ids": [m.account_id for m in movements],
+        "b_kinds": [m.kind for m in movements],
+        "b_amounts": [m.amount for m in movements],
+        "b_comments": [m.comment for m in movements],
+        "b_ats": [m.at for m in movements]}
+
+
+def movement_answers(movements: Sequence[Movement], rows: Sequence[Mapping[str, Any]]
+                     ) -> list[LedgerEntry | Exception]:
+    """Per movement, in order: its entry, or why nothing changed."""
+    answers: list[LedgerEntry | Exception] = []
+    for movement, row in zip(movements, rows, strict=True):
+        if row["id"] is not None:
+            answers.append(LedgerEntry(
+                id=int(row["id"]), account_id=movement.account_id, kind=movement.kind,
+                amount=movement.amount, comment=movement.comment,
+                balance_after=int(row["balance"]), created_at=movement.at))
+        elif row["found"]:
+            answers.append(InsufficientPoints())
+        else:
+            answers.append(AccountNotFound())
+    return answers
+
+
+def account_from(row: Mapping[str, Any]) -> Account:
+    """An account from its row."""
     return Account(user_id=row["user_id"], balance=int(row["balance"]),
                    created_at=as_utc(row["created_at"]))
 
@@ -130,19 +157,12 @@ class SqlAccounts:
     async def get(self, user_id: UUID) -> Account | None:
         """The account of ``user_id``."""
         row = await self._db.first(_ACCOUNT, {"b_user_id": user_id})
-        return None if row is None else _account(row)
+        return None if row is None else account_from(row)
 
-    async def open(self, user_id: UUID, balance: int, now: datetime) -> bool:
-        """Create the account unless it exists."""
-        return await insert_ignore(self._db, accounts, user_id=user_id, balance=balance,
+    async def open(self, user_id: UUID, now: datetime) -> bool:
+        """Create the account, balance zero, unless it exists."""
+        return await insert_ignore(self._db, accounts, user_id=user_id, balance=0,
                                    created_at=now, updated_at=now)
-
-    async def change_balance(self, user_id: UUID, delta: int, now: datetime) -> int | None:
-        """One conditional UPDATE: the row lock (PostgreSQL) or the write lock (SQLite)
-        serialises concurrent changes, and the WHERE clause keeps the balance non-negative."""
-        balance = await self._db.scalar(
-            _CHANGE_BALANCE, {"b_user_id": user_id, "b_delta": delta, "b_now": now})
-        return int(balance) if balance is not None else None
 
 
 class SqlLedger:
@@ -151,15 +171,30 @@ class SqlLedger:
     def __init__(self, session: Session) -> None:
         self._db = session
 
-    async def append(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                     balance_after: int, now: datetime) -> LedgerEntry:
-        """Append one movement and return it with its id."""
+    async def apply(self, movement: Movement) -> LedgerEntry:
+        """The ledger rule, enforced by the database: on PostgreSQL the very statement that
+        coalesced movements share; on SQLite (no data-modifying CTEs, one writer at a time
+        under its write lock) the same conditional update and insert, as two statements."""
+        if self._db.dialect == "postgresql":
+            rows = await self._db.all(*apply_movements([movement]))
+            (answer,) = movement_answers([movement], rows)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        balance = await self._db.scalar(_CHANGE_BALANCE, {
+            "b_user_id": movement.account_id, "b_delta": movement.delta, "b_now": movement.at})
+        if balance is None:
+            if await self._db.first(_EXISTS, {"b_user_id": movement.account_id}) is None:
+                raise AccountNotFound()
+            raise InsufficientPoints()
         entry_id = await self._db.scalar(_APPEND, {
-            "account_id": account_id, "kind": kind, "amount": amount, "comment": comment,
-            "balance_after": balance_after, "created_at": now})
-        return LedgerEntry(id=int(entry_id), account_id=account_id, kind=kind,
-                           amount=amount, comment=comment, balance_after=balance_after,
-                           created_at=now)
+            "account_id": movement.account_id, "kind": movement.kind,
+            "amount": movement.amount, "comment": movement.comment,
+            "balance_after": int(balance), "created_at": movement.at})
+        return LedgerEntry(id=int(entry_id), account_id=movement.account_id,
+                           kind=movement.kind, amount=movement.amount,
+                           comment=movement.comment, balance_after=int(balance),
+                           created_at=movement.at)
 
     async def page(self, account_id: UUID, limit: int, before_id: int | None
                    ) -> list[LedgerEntry]:
@@ -174,8 +209,28 @@ class SqlLedger:
         return int(await self._db.scalar(_TOTAL, {"b_account": account_id}))
 
 
+def _dump_result(entry: LedgerEntry) -> str:
+    return orjson.dumps({
+        "id": entry.id, "account_id": str(entry.account_id), "kind": entry.kind,
+        "amount": entry.amount, "comment": entry.comment,
+        "balance_after": entry.balance_after,
+        "created_at": entry.created_at.isoformat()}).decode()
+
+
+def _load_result(row: Mapping[str, Any]) -> MovementResult:
+    if row["result"] is None:  # stored before results were (see LegacyReply)
+        return LegacyReply(status=int(row["status_code"]), body=bytes(row["response_body"]))
+    data = orjson.loads(row["result"])
+    return LedgerEntry(id=int(data["id"]), account_id=UUID(data["account_id"]),
+                       kind=data["kind"], amount=int(data["amount"]), comment=data["comment"],
+                       balance_after=int(data["balance_after"]),
+                       created_at=as_utc(datetime.fromisoformat(data["created_at"])))
+
+
 class SqlIdempotencyKeys:
-    """Stored answers in ``idempotency_keys``."""
+    """Stored results in ``idempotency_keys`` (the entry a keyed movement wrote, as JSON in
+    ``result``; rows from before hold the rendered answer in ``status_code`` and
+    ``response_body`` instead)."""
 
     def __init__(self, session: Session) -> None:
         self._db = session
@@ -187,17 +242,18 @@ class SqlIdempotencyKeys:
             return None
         return IdempotencyRecord(
             caller_id=row["caller_id"], key=row["key"], fingerprint=row["fingerprint"],
-            reply=StoredReply(status=row["status_code"], body=bytes(row["response_body"])),
-            created_at=as_utc(row["created_at"]))
+            result=_load_result(row), created_at=as_utc(row["created_at"]))
 
     async def add(self, record: IdempotencyRecord) -> None:
         """Store the record; a concurrent twin raises :class:`KeyTaken`."""
+        if not isinstance(record.result, LedgerEntry):
+            raise TypeError("only results are stored; legacy replies are only ever read")
         try:
             async with self._db.savepoint():
                 await self._db.execute(_ADD_IDEMPOTENCY_KEY, {
                     "caller_id": record.caller_id, "key": record.key,
-                    "fingerprint": record.fingerprint, "status_code": record.reply.status,
-                    "response_body": record.reply.body, "created_at": record.created_at})
+                    "fingerprint": record.fingerprint, "result": _dump_result(record.result),
+                    "created_at": record.created_at})
         except IntegrityViolation as exc:
             raise KeyTaken from exc
 
@@ -237,82 +293,3 @@ class SqlRevocations:
     async def purge(self, before: datetime) -> int:
         """Drop revocations whose tokens have all expired."""
         return await self._db.execute(_PURGE_REVOCATIONS, {"b_before": before})
-
-
-class CoalescedAccounts:
-    """:class:`~authloyalty.loyalty.domain.AccountReads` on PostgreSQL: the reads that arrive
-    in the same event-loop turn are one ``SELECT ... WHERE user_id = ANY(...)``."""
-
-    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
-        self._db = database
-        self._reads: Coalescer[UUID, Account | None] = Coalescer(
-            "account_read", self._read, max_batch=max_batch, shared=(DatabaseUnavailable,))
-
-    async def get(self, user_id: UUID) -> Account | None:
-        """The account of ``user_id`` as committed when its batch ran."""
-        return await self._reads.submit(user_id)
-
-    async def _read(self, ids: list[UUID]) -> list[Account | None]:
-        rows = await self._db.fetch(_ACCOUNTS_BY_IDS, {"b_ids": list(set(ids))})
-        found = {row["user_id"]: _account(row) for row in rows}
-        return [found.get(user_id) for user_id in ids]
-
-    async def aclose(self) -> None:
-        """Wait for the reads under way."""
-        await self._reads.aclose()
-
-
-class _Movement:
-    __slots__ = ("account_id", "amount", "at", "comment", "kind")
-
-    def __init__(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                 at: datetime) -> None:
-        self.account_id = account_id
-        self.kind = kind
-        self.amount = amount
-        self.comment = comment
-        self.at = at
-
-
-class CoalescedMovements:
-    """:class:`~authloyalty.loyalty.domain.Movements` on PostgreSQL: the movements that
-    arrive in the same event-loop turn commit together, as one statement (group commit).
-    Each still gets its own answer. The database being unavailable fails the whole batch and
-    applies none of it; any other failure of the statement (a value PostgreSQL refuses, ...)
-    reaches only the requests that cause it (see :mod:`authloyalty.platform.batching`)."""
-
-    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
-        self._db = database
-        self._batches: Coalescer[_Movement, LedgerEntry] = Coalescer(
-            "movement", self._apply, key=lambda m: m.account_id, max_batch=max_batch,
-            shared=(DatabaseUnavailable,))
-
-    async def apply(self, account_id: UUID, kind: Kind, amount: int, comment: str,
-                    now: datetime) -> LedgerEntry:
-        """The new entry, or :class:`AccountNotFound` / :class:`InsufficientPoints`."""
-        return await self._batches.submit(_Movement(account_id, kind, amount, comment, now))
-
-    async def _apply(self, batch: list[_Movement]) -> list[LedgerEntry | Exception]:
-        rows = await self._db.fetch(_APPLY_MOVEMENTS, {
-            "b_ord": list(range(len(batch))),
-            "b_ids": [m.account_id for m in batch],
-            "b_kinds": [m.kind for m in batch],
-            "b_amounts": [m.amount for m in batch],
-            "b_comments": [m.comment for m in batch],
-            "b_ats": [m.at for m in batch]})
-        answers: list[LedgerEntry | Exception] = []
-        for movement, row in zip(batch, rows, strict=True):
-            if row["id"] is not None:
-                answers.append(LedgerEntry(
-                    id=int(row["id"]), account_id=movement.account_id, kind=movement.kind,
-                    amount=movement.amount, comment=movement.comment,
-                    balance_after=int(row["balance"]), created_at=movement.at))
-            elif row["found"]:
-                answers.append(InsufficientPoints())
-            else:
-                answers.append(AccountNotFound())
-        return answers
-
-    async def aclose(self) -> None:
-        """Wait for the batches under way."""
-        await self._batches.aclose()

@@ -16,26 +16,27 @@ from authloyalty.loyalty.domain import (
     Account,
     AccountNotFound,
     AccountReads,
+    IdempotencyClaim,
     IdempotencyKeyReused,
     IdempotencyRecord,
     InsufficientPoints,
-    KeyTaken,
     Kind,
     LedgerEntry,
     LoyaltyUnitOfWork,
+    Movement,
+    MovementResult,
     Movements,
     Owner,
     OwnerDirectory,
     OwnerUnavailable,
     Principal,
-    StoredReply,
 )
+from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
 from authloyalty.platform import metrics
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 
 log = logging.getLogger(__name__)
-Render = Callable[[LedgerEntry], StoredReply]
 _CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits only, always within a 64-bit id
 
 
@@ -95,10 +96,10 @@ class LedgerService:
         # Balance and history reads may come from a replica (a few ms behind); writes and the
         # idempotency check never do.
         self._read_uow = read_uow or uow
-        # Optional faster paths for the two hottest requests (on PostgreSQL: concurrent
-        # requests share one statement); without them, units of work do the same.
-        self._accounts = accounts
-        self._movements = movements
+        # The ports of the two hottest requests; bootstrap picks their adapters (plain, or
+        # coalesced on PostgreSQL), the plain ones by default.
+        self._accounts = accounts or UnitOfWorkAccountReads(self._read_uow)
+        self._movements = movements or UnitOfWorkMovements(uow)
         self._owners = owners
         self._ttl = timedelta(hours=idempotency_ttl_hours)
         self._now = clock
@@ -111,11 +112,7 @@ class LedgerService:
     async def balance(self, actor: Principal, account_id: UUID) -> Account:
         """The account, for its owner or an admin."""
         self._authorize_read(actor, account_id)
-        if self._accounts is not None:
-            account = await self._accounts.get(account_id)
-        else:
-            async with self._read_uow() as uow:
-                account = await uow.accounts.get(account_id)
+        account = await self._accounts.get(account_id)
         if account is None:
             raise AccountNotFound()
         return account
@@ -147,44 +144,27 @@ class LedgerService:
         items = items[:limit]
         return Page(items, str(items[-1].id) if more and items else None)
 
-    async def operate(self, op: Operation, render: Render,
-                      idempotency: Idempotency | None = None) -> StoredReply:
-        """Apply ``op`` and return ``render``'s answer; with a key, at most once per key."""
+    async def operate(self, op: Operation, idempotency: Idempotency | None = None
+                      ) -> MovementResult:
+        """Apply ``op`` and return the entry it wrote; with a key, at most once per key (a
+        repeat returns the first result)."""
         self._authorize_operation(op)
-        if idempotency is None and self._movements is not None:
-            try:
-                entry = await self._movements.apply(op.account_id, op.kind, op.amount,
-                                                    op.comment, self._now())
-            except InsufficientPoints:
-                metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
-                raise
-            return self._done(op, render(entry))
-        while True:
-            async with self._uow() as uow:
-                if idempotency is not None:
-                    stored = await uow.idempotency.get(op.actor.user_id, idempotency.key)
-                    if stored is not None:
-                        return _replay(stored, idempotency)
-                entry = await self._apply(uow, op)
-                reply = render(entry)
-                if idempotency is not None:
-                    try:
-                        await uow.idempotency.add(IdempotencyRecord(
-                            caller_id=op.actor.user_id, key=idempotency.key,
-                            fingerprint=idempotency.fingerprint, reply=reply,
-                            created_at=self._now()))
-                    except KeyTaken:
-                        # A concurrent twin committed first: undo ours, replay theirs.
-                        continue
-                await uow.commit()
-            return self._done(op, reply)
-
-    @staticmethod
-    def _done(op: Operation, reply: StoredReply) -> StoredReply:
+        movement = Movement(op.account_id, op.kind, op.amount, op.comment, self._now())
+        once = None if idempotency is None else IdempotencyClaim(
+            op.actor.user_id, idempotency.key, idempotency.fingerprint)
+        try:
+            outcome = await self._movements.apply(movement, once)
+        except InsufficientPoints:
+            metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
+            raise
+        if isinstance(outcome, IdempotencyRecord):
+            if once is None or outcome.fingerprint != once.fingerprint:
+                raise IdempotencyKeyReused()
+            return outcome.result
         operations, points = _SUCCESS_METRICS[op.kind]
         operations.inc()
         points.inc(op.amount)
-        return reply
+        return outcome
 
     @staticmethod
     def _authorize_operation(op: Operation) -> None:
@@ -194,18 +174,6 @@ class LedgerService:
             raise Forbidden("only admins can deposit points")
         if op.account_id != op.actor.user_id:
             raise Forbidden("you may only withdraw from your own account")
-
-    async def _apply(self, uow: LoyaltyUnitOfWork, op: Operation) -> LedgerEntry:
-        now = self._now()
-        delta = op.amount if op.kind == "deposit" else -op.amount
-        balance = await uow.accounts.change_balance(op.account_id, delta, now)
-        if balance is None:
-            if await uow.accounts.get(op.account_id) is None:
-                raise AccountNotFound()
-            metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
-            raise InsufficientPoints()
-        return await uow.ledger.append(op.account_id, op.kind, op.amount, op.comment,
-                                       balance, now)
 
     async def purge_idempotency_keys(self) -> int:
         """Forget keys older than their time to live."""
@@ -219,12 +187,6 @@ class LedgerService:
 _SUCCESS_METRICS = {kind: (metrics.LEDGER_OPERATIONS.labels(kind, "success"),
                            metrics.POINTS.labels(kind))
                     for kind in ("deposit", "withdrawal")}
-
-
-def _replay(stored: IdempotencyRecord, request: Idempotency) -> StoredReply:
-    if stored.fingerprint != request.fingerprint:
-        raise IdempotencyKeyReused()
-    return stored.reply
 
 
 def _parse_cursor(cursor: str | None) -> int | None:

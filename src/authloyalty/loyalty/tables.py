@@ -15,6 +15,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     Uuid,
 )
 
@@ -53,8 +54,10 @@ idempotency_keys = Table(
     Column("caller_id", Uuid, nullable=False),
     Column("key", String(255), nullable=False),
     Column("fingerprint", String(64), nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("response_body", LargeBinary, nullable=False),
+    Column("result", Text, nullable=True),  # the entry written, as JSON
+    # The rendered answer, in rows from before results were stored (loyalty_0002).
+    Column("status_code", Integer, nullable=True),
+    Column("response_body", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("caller_id", "key", name="pk_idempotency_keys"),
     Index("ix_idempotency_keys_created_at", "created_at"),

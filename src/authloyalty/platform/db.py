@@ -84,11 +84,11 @@ def create_engine(target: DatabaseTarget) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if target.schema:
         connect_args["server_settings"] = {"search_path": target.schema}
+    # Migrations and schema checks only: the services' queries go through asyncpg's pool
+    # (platform.database.PgDatabase), so this engine keeps no pool of its own.
     return create_async_engine(
         target.url,
-        pool_size=target.pool_size,
-        max_overflow=target.pool_size,
-        pool_recycle=1800,
+        poolclass=NullPool,
         echo=target.echo,
         connect_args=connect_args,
     )

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,6 +64,22 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 def private_success(status: int = 200, **fields: Any) -> Response:
     """:func:`success` for an answer with tokens or personal data: never cached."""
     return json_response(status, {"status": "Success", **fields}, NO_STORE)
+
+
+class PrivateJSONResponse(JSONResponse):
+    """The response class of routes answering with personal data: the response model's JSON
+    (:func:`dump_json`) with :data:`NO_STORE` (a JSONResponse, so that OpenAPI documents the
+    route's response model)."""
+
+    def __init__(self, content: Any, status_code: int = 200,
+                 headers: Mapping[str, str] | None = None, media_type: str | None = None,
+                 background: BackgroundTask | None = None) -> None:
+        super().__init__(content, status_code, {**NO_STORE, **(headers or {})}, media_type,
+                         background)
+
+    def render(self, content: Any) -> bytes:
+        """``content`` (a serialised response model) as compact JSON."""
+        return dump_json(content)
 
 
 def error_response(status: int, code: str, message: str,
@@ -322,9 +339,15 @@ class _ResolvedRoute(APIRoute):
         endpoint = self.endpoint
         resolver = type(self).resolver
 
+        status_code = self.status_code or 200
+
         async def handler(request: Request) -> Response:
-            response: Response = await endpoint(**await resolver(request))
-            return response
+            answer = await endpoint(**await resolver(request))
+            if isinstance(answer, Response):
+                return answer
+            # The endpoint's response model, rendered as FastAPI renders it for this route's
+            # response class (PrivateJSONResponse).
+            return PrivateJSONResponse(answer.model_dump(mode="json"), status_code)
 
         return handler
 

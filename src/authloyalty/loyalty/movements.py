@@ -1,0 +1,128 @@
+"""The adapters of the ledger's two ports, :class:`AccountReads` and :class:`Movements`.
+
+The plain adapters serve each request with a unit of work of its own: they work on every
+database (and on the in-memory fake). The coalesced adapters, for PostgreSQL, serve the
+requests that arrive in the same event-loop turn with one statement (see
+:mod:`authloyalty.platform.batching`): the same answers with far fewer round trips. Bootstrap
+chooses; the contract suite (tests/contract/test_ledger_ports.py) holds both to one behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from uuid import UUID
+
+from authloyalty.loyalty.domain import (
+    Account,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    KeyTaken,
+    LedgerEntry,
+    LoyaltyUnitOfWork,
+    Movement,
+    Movements,
+)
+from authloyalty.loyalty.repository import (
+    ACCOUNTS_BY_IDS,
+    account_from,
+    apply_movements,
+    movement_answers,
+)
+from authloyalty.platform.batching import Coalescer
+from authloyalty.platform.database import Database, DatabaseUnavailable
+
+
+class UnitOfWorkAccountReads:
+    """Each read in a (read-only) unit of work of its own."""
+
+    def __init__(self, uow: Callable[[], LoyaltyUnitOfWork]) -> None:
+        self._uow = uow
+
+    async def get(self, user_id: UUID) -> Account | None:
+        """The account of ``user_id``."""
+        async with self._uow() as uow:
+            return await uow.accounts.get(user_id)
+
+
+class UnitOfWorkMovements:
+    """Each movement in a transaction of its own, with its idempotency key when it has one."""
+
+    def __init__(self, uow: Callable[[], LoyaltyUnitOfWork]) -> None:
+        self._uow = uow
+
+    async def apply(self, movement: Movement, once: IdempotencyClaim | None = None
+                    ) -> LedgerEntry | IdempotencyRecord:
+        """The new entry, or the record an earlier request stored under ``once``."""
+        while True:
+            async with self._uow() as uow:
+                if once is not None:
+                    stored = await uow.idempotency.get(once.caller_id, once.key)
+                    if stored is not None:
+                        return stored
+                entry = await uow.ledger.apply(movement)
+                if once is not None:
+                    try:
+                        await uow.idempotency.add(IdempotencyRecord(
+                            caller_id=once.caller_id, key=once.key,
+                            fingerprint=once.fingerprint, result=entry,
+                            created_at=movement.at))
+                    except KeyTaken:
+                        # A concurrent twin committed first: undo ours, replay theirs.
+                        continue
+                await uow.commit()
+            return entry
+
+
+class CoalescedAccountReads:
+    """Reads that arrive in the same event-loop turn are one
+    ``SELECT ... WHERE user_id = ANY(...)`` (PostgreSQL)."""
+
+    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
+        self._db = database
+        self.batches: Coalescer[UUID, Account | None] = Coalescer(
+            "account_read", self._read, max_batch=max_batch, shared=(DatabaseUnavailable,))
+
+    async def get(self, user_id: UUID) -> Account | None:
+        """The account of ``user_id`` as committed when its batch ran."""
+        return await self.batches.submit(user_id)
+
+    async def _read(self, ids: list[UUID]) -> list[Account | None]:
+        rows = await self._db.fetch(ACCOUNTS_BY_IDS, {"b_ids": list(set(ids))})
+        found = {row["user_id"]: account_from(row) for row in rows}
+        return [found.get(user_id) for user_id in ids]
+
+    async def aclose(self) -> None:
+        """Wait for the reads under way."""
+        await self.batches.aclose()
+
+
+class CoalescedMovements:
+    """Movements that arrive in the same event-loop turn commit together as one statement
+    (group commit), each with its own answer; movements of one account stay ordered and
+    never share a statement. The database being unavailable fails the whole batch and
+    applies none of it; any other failure of the statement (a value PostgreSQL refuses, ...)
+    reaches only the movements that cause it (see :mod:`authloyalty.platform.batching`).
+
+    A movement with an idempotency key needs its key stored in its own transaction: it goes
+    to ``keyed`` (the plain adapter)."""
+
+    def __init__(self, database: Database, keyed: Movements, *, max_batch: int = 256) -> None:
+        self._db = database
+        self._keyed = keyed
+        self.batches: Coalescer[Movement, LedgerEntry] = Coalescer(
+            "movement", self._apply, key=lambda m: m.account_id, max_batch=max_batch,
+            shared=(DatabaseUnavailable,))
+
+    async def apply(self, movement: Movement, once: IdempotencyClaim | None = None
+                    ) -> LedgerEntry | IdempotencyRecord:
+        """The new entry, or the record an earlier request stored under ``once``."""
+        if once is not None:
+            return await self._keyed.apply(movement, once)
+        return await self.batches.submit(movement)
+
+    async def _apply(self, batch: list[Movement]) -> list[LedgerEntry | Exception]:
+        return movement_answers(batch, await self._db.fetch(*apply_movements(batch)))
+
+    async def aclose(self) -> None:
+        """Wait for the batches under way."""
+        await self.batches.aclose()
