@@ -18,7 +18,7 @@ from authloyalty.loyalty.domain import (
     LedgerEntry,
     Movement,
 )
-from authloyalty.platform.events import Event
+from authloyalty.platform.bus import Envelope
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
 
 
@@ -29,7 +29,7 @@ class SsoState:
     users: dict[UUID, User] = field(default_factory=dict)
     sessions: dict[UUID, Session] = field(default_factory=dict)
     failures: list[tuple[str, str, datetime]] = field(default_factory=list)
-    outbox: list[Event] = field(default_factory=list)
+    outbox: list[Envelope[Any]] = field(default_factory=list)
 
 
 class FakeUsers:
@@ -127,8 +127,8 @@ class FakeOutbox:
     def __init__(self, state: SsoState) -> None:
         self._s = state
 
-    async def add(self, event: Event) -> None:
-        self._s.outbox.append(event)
+    async def add(self, envelope: Envelope[Any]) -> None:
+        self._s.outbox.append(envelope)
 
 
 class _FakeUnitOfWork:

@@ -17,9 +17,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from authloyalty import __version__
+from authloyalty.events import UserRegistered
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import AccountReads, Movements, OwnerDirectory
+from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.loyalty.movements import (
     CoalescedAccountReads,
     CoalescedMovements,
@@ -35,14 +37,9 @@ from authloyalty.loyalty.revocations import (
 from authloyalty.loyalty.service import LedgerService
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform import telemetry
+from authloyalty.platform.bus import EventPublisher, InProcessBus
 from authloyalty.platform.database import Database, open_database
 from authloyalty.platform.db import DatabaseTarget, create_engine, resolve_target
-from authloyalty.platform.events import (
-    SESSION_REVOKED,
-    USER_REGISTERED,
-    EventPublisher,
-    InProcessBus,
-)
 from authloyalty.platform.files import private_dir
 from authloyalty.platform.http import create_app
 from authloyalty.platform.jwks import JwksKeyProvider
@@ -52,7 +49,7 @@ from authloyalty.platform.kafka import (
     ensure_topics,
     schema_registry,
 )
-from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
 from authloyalty.platform.kafka_reader import KafkaTopicReader
 from authloyalty.platform.migrations import ensure_current, upgrade
 from authloyalty.platform.outbox import OutboxRelay
@@ -60,6 +57,7 @@ from authloyalty.platform.settings import ConfigError, LoyaltySettings, Settings
 from authloyalty.platform.tokens import KeyProvider, KeyStore, TokenIssuer, TokenVerifier
 from authloyalty.sso import http as sso_http
 from authloyalty.sso import tables as sso_tables
+from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.passwords import PasswordHasher
 from authloyalty.sso.service import AuthService
 from authloyalty.sso.uow import SqlSsoUnitOfWork
@@ -167,7 +165,7 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     target = sso_database(settings)
     engine, database = open_databases(target)
     cfg = settings.sso
-    relay = OutboxRelay(database, sso_tables.outbox, publisher,
+    relay = OutboxRelay(database, sso_tables.outbox, SSO_EVENTS, publisher,
                         batch_size=settings.events.relay_batch_size,
                         poll_interval=settings.events.relay_poll_interval_seconds,
                         max_backoff=settings.events.relay_max_backoff_seconds,
@@ -321,8 +319,8 @@ def build_embedded(settings: Settings) -> EmbeddedSystem:
     keys = load_keys(settings)
     sso = build_sso(settings, bus, keys)
     loyalty = build_loyalty(settings, keys, owners=LocalOwnerDirectory(sso.service))
-    bus.subscribe(USER_REGISTERED, loyalty.handlers.user_registered)
-    bus.subscribe(SESSION_REVOKED, loyalty.handlers.session_revoked)
+    for event_type, handler in loyalty.handlers.by_event().items():
+        bus.subscribe(event_type, handler)
     return EmbeddedSystem(settings, sso, loyalty, bus)
 
 
@@ -335,7 +333,7 @@ def instance_id(settings: Settings) -> str:
 def kafka_publisher(settings: Settings) -> KafkaPublisher:
     """The relay's publisher on Kafka, serialising through the Schema Registry."""
     cfg = settings.events.kafka
-    return KafkaPublisher(cfg, EventCodec(cfg, schema_registry(cfg)))
+    return KafkaPublisher(cfg, EventEncoder(cfg, SSO_EVENTS, schema_registry(cfg)))
 
 
 @dataclass
@@ -432,14 +430,14 @@ def build_loyalty_process(settings: Settings) -> LoyaltyProcess:
                                     settings.loyalty.sso_grpc_deadline_seconds)
     loyalty = build_loyalty(settings, jwks, knows_key=jwks.knows, owners=owners)
     cfg = settings.events.kafka
-    codec = EventCodec(cfg, None)
+    codec = EventDecoder(cfg, LOYALTY_EVENTS)
     handlers = loyalty.handlers
     # Nobody is authenticated until the revocation reader has read every revocation that
     # was published before this replica started (platform/kafka_reader.py says why it reads
     # without a consumer group).
     loyalty.revoked.set_complete(False)
     consumers: list[KafkaEventConsumer | KafkaTopicReader] = [
-        KafkaEventConsumer(cfg, codec, {USER_REGISTERED: handlers.user_registered},
+        KafkaEventConsumer(cfg, codec, {UserRegistered: handlers.user_registered},
                            [cfg.registration_topic], cfg.consumer_group),
         KafkaTopicReader(cfg, codec, cfg.sessions_topic, handlers.remember_revocation,
                          since_seconds=revocation_replay_seconds(settings),

@@ -31,8 +31,8 @@ from authloyalty.bootstrap import (
     sso_database,
 )
 from authloyalty.platform import telemetry
+from authloyalty.platform.bus import InProcessBus
 from authloyalty.platform.db import create_engine
-from authloyalty.platform.events import InProcessBus
 from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.httpserver import HeadLimits, limited_protocol
 from authloyalty.platform.logging import configure_logging

@@ -9,7 +9,8 @@ from uuid import uuid4
 
 import pytest
 
-from authloyalty.platform.events import Event
+from authloyalty.events import UserRegistered
+from authloyalty.platform.bus import Envelope
 from authloyalty.sso.domain import Session, User, UserExists
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
@@ -97,5 +98,5 @@ async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:
 
 async def test_outbox_accepts_events(sso_uow: Callable[[], Any]) -> None:
     async with sso_uow() as uow:
-        await uow.outbox.add(Event(type="user_registered", key="k", data={"user_id": "k"}))
+        await uow.outbox.add(Envelope(UserRegistered(uuid4())))
         await uow.commit()

@@ -8,10 +8,11 @@ from uuid import UUID
 import pytest
 
 from authloyalty.bootstrap import EmbeddedSystem
+from authloyalty.events import UserRegistered
 from authloyalty.loyalty.domain import InsufficientPoints, Principal
 from authloyalty.loyalty.service import Idempotency, Operation
+from authloyalty.platform.bus import Envelope
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.platform.events import USER_REGISTERED, Event
 from authloyalty.sso.domain import TokenReused
 from authloyalty.sso.service import Registration
 
@@ -61,8 +62,7 @@ async def test_parallel_replays_of_one_idempotency_key_apply_once(
 async def test_duplicate_and_parallel_event_delivery_credits_one_bonus(
         system: EmbeddedSystem) -> None:
     owner, _ = await registered_user(system, "dup@example.com")
-    again = Event(type=USER_REGISTERED, key=str(owner.user_id),
-                  data={"user_id": str(owner.user_id)})
+    again = Envelope(UserRegistered(owner.user_id))
     results = await asyncio.gather(*(system.bus.publish([again]) for _ in range(10)))
     assert all(r == [None] for r in results)
     await assert_ledger_consistent(system, owner.user_id, 100)

@@ -30,10 +30,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from authloyalty.events import UserRegistered
 from authloyalty.loyalty.domain import OwnerUnavailable
 from authloyalty.loyalty.owners import GrpcOwnerDirectory
 from authloyalty.platform import telemetry
-from authloyalty.platform.events import USER_REGISTERED
 from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.settings import GrpcClientSettings, SsoSettings
 from authloyalty.platform.tokens import (
@@ -232,7 +232,7 @@ async def test_register_then_login_gives_tokens_with_the_users_claims(
 ) -> None:
     user_id = await register(old, original, "claims@example.com")
     [event] = store.state.outbox  # same use case as HTTP: the welcome bonus is announced
-    assert (event.type, event.key) == (USER_REGISTERED, user_id)
+    assert event.event == UserRegistered(UUID(user_id))
     reply = await login(old, original, "claims@example.com")
     access, refresh = claims(reply.access_token), claims(reply.refresh_token)
     assert access["uid"] == access["sub"] == refresh["uid"] == user_id

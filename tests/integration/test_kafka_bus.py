@@ -18,13 +18,16 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
 
 from authloyalty.bootstrap import EmbeddedSystem
+from authloyalty.events import UserRegistered
 from authloyalty.loyalty.domain import Principal
+from authloyalty.loyalty.events import LOYALTY_EVENTS
+from authloyalty.platform.bus import Envelope
 from authloyalty.platform.database import DatabaseUnavailable
-from authloyalty.platform.events import USER_REGISTERED, Event
 from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
-from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
 from authloyalty.platform.settings import KafkaSettings
 from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
+from authloyalty.sso.events import SSO_EVENTS
 
 
 def read_all(settings: KafkaSettings, topic: str, count: int, timeout: float = 20.0
@@ -45,9 +48,9 @@ def read_all(settings: KafkaSettings, topic: str, count: int, timeout: float = 2
 async def test_relay_output_is_confluent_protobuf_readable_from_the_registry_schema(
         kafka_settings: KafkaSettings) -> None:
     registry = SchemaRegistryClient.new_client({"url": "mock://wire-format"})
-    publisher = KafkaPublisher(kafka_settings, EventCodec(kafka_settings, registry))
+    publisher = KafkaPublisher(kafka_settings, EventEncoder(kafka_settings, SSO_EVENTS, registry))
     user_id = str(uuid4())
-    event = Event(type=USER_REGISTERED, key=user_id, data={"user_id": user_id})
+    event = Envelope(UserRegistered(UUID(user_id)))
     assert await publisher.publish([event]) == [None]
     [message] = read_all(kafka_settings, kafka_settings.registration_topic, 1)
     value = message.value()
@@ -78,8 +81,8 @@ async def consuming(system: EmbeddedSystem, kafka_settings: KafkaSettings
 
     def start(handler: Any = None) -> KafkaEventConsumer:
         consumer = KafkaEventConsumer(
-            kafka_settings, EventCodec(kafka_settings, None),
-            {USER_REGISTERED: handler or system.loyalty.handlers.user_registered},
+            kafka_settings, EventDecoder(kafka_settings, LOYALTY_EVENTS),
+            {UserRegistered: handler or system.loyalty.handlers.user_registered},
             [kafka_settings.registration_topic], kafka_settings.consumer_group,
             max_backoff_seconds=0.2)
         running.append((consumer, asyncio.create_task(consumer.run())))
@@ -164,7 +167,7 @@ async def test_database_outage_is_retried_without_loss_or_dead_letter(
         consuming: Callable[..., KafkaEventConsumer]) -> None:
     failures = {"left": 6}  # more than max_attempts: transient errors never dead-letter
 
-    async def flaky(event: Event) -> None:
+    async def flaky(event: Envelope[UserRegistered]) -> None:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise DatabaseUnavailable()

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import NAMESPACE_OID, uuid4, uuid5
 
 import pytest
 from sqlalchemy import select, update
 
 from authloyalty.bootstrap import EmbeddedSystem
+from authloyalty.events import SessionRevoked, UserRegistered
+from authloyalty.platform.bus import Envelope
 from authloyalty.platform.db import utcnow
-from authloyalty.platform.events import Event
 from authloyalty.platform.outbox import FAILED, SUCCESSFUL, OutboxRelay, OutboxWriter
+from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.tables import outbox
 
 
@@ -22,10 +26,10 @@ class FlakyPublisher:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.down = False
-        self.delivered: list[Event] = []
+        self.delivered: list[Envelope[Any]] = []
         self.delay = delay
 
-    async def publish(self, events: Sequence[Event]) -> list[str | None]:
+    async def publish(self, events: Sequence[Envelope[Any]]) -> list[str | None]:
         await asyncio.sleep(self.delay)
         if self.down:
             return ["broker unreachable"] * len(events)
@@ -33,10 +37,25 @@ class FlakyPublisher:
         return [None] * len(events)
 
 
-async def add_event(system: EmbeddedSystem, key: str) -> Event:
-    event = Event(type="user_registered", key=key, data={"user_id": key})
+def registered(label: str) -> Envelope[UserRegistered]:
+    """A registration of the user called ``label`` (tests read the label back)."""
+    return Envelope(UserRegistered(uuid5(NAMESPACE_OID, label)))
+
+
+def label(envelope: Envelope[Any]) -> str:
+    """The label of the user ``envelope`` registers (see :func:`registered`)."""
+    return _LABELS[envelope.event.user_id]
+
+
+_LABELS = {uuid5(NAMESPACE_OID, name): name
+           for name in ["a", "stuck", "early", "late", "first", "second", "b",
+                        *(f"k{i}" for i in range(20))]}
+
+
+async def add_event(system: EmbeddedSystem, key: str) -> Envelope[UserRegistered]:
+    event = registered(key)
     async with system.sso.engine.begin() as conn:
-        await OutboxWriter(conn, outbox).add(event)
+        await OutboxWriter(conn, outbox, SSO_EVENTS).add(event)
     return event
 
 
@@ -50,7 +69,7 @@ async def rows(system: EmbeddedSystem) -> list[tuple[str, int, str | None]]:
 async def test_failed_delivery_is_recorded_and_retried_after_backoff(
         system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher()
-    relay = OutboxRelay(system.sso.database, outbox, publisher)
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher)
     await add_event(system, "a")
     publisher.down = True
     assert await relay.run_once() == 1
@@ -62,18 +81,19 @@ async def test_failed_delivery_is_recorded_and_retried_after_backoff(
     publisher.down = False
     assert await relay.run_once() == 1
     assert await rows(system) == [(SUCCESSFUL, 2, None)]
-    assert [e.key for e in publisher.delivered] == ["a"]
+    assert [label(e) for e in publisher.delivered] == ["a"]
     assert (await relay.backlog())[0] == 0
 
 
 async def test_competing_relays_never_publish_a_row_twice(system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher(delay=0.05)
-    relays = [OutboxRelay(system.sso.database, outbox, publisher, batch_size=5) for _ in range(3)]
+    relays = [OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, batch_size=5)
+              for _ in range(3)]
     for i in range(20):
         await add_event(system, f"k{i}")
     for _ in range(10):
         await asyncio.gather(*(r.run_once() for r in relays))
-    keys = [e.key for e in publisher.delivered]
+    keys = [label(e) for e in publisher.delivered]
     assert sorted(keys) == sorted(f"k{i}" for i in range(20))
 
 
@@ -81,23 +101,23 @@ async def test_row_committed_late_is_still_published(system: EmbeddedSystem) -> 
     if system.sso.target.is_sqlite:
         pytest.skip("SQLite serialises writers; there is no late commit to observe")
     publisher = FlakyPublisher()
-    relay = OutboxRelay(system.sso.database, outbox, publisher)
-    late = Event(type="user_registered", key="late", data={"user_id": "late"})
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher)
+    late = registered("late")
     async with system.sso.engine.connect() as slow:
         await slow.begin()
-        await OutboxWriter(slow, outbox).add(late)  # takes the lower id, commits last
+        await OutboxWriter(slow, outbox, SSO_EVENTS).add(late)  # takes the lower id, commits last
         await add_event(system, "early")
         await relay.run_once()
-        assert [e.key for e in publisher.delivered] == ["early"]
+        assert [label(e) for e in publisher.delivered] == ["early"]
         await slow.commit()
     await relay.run_once()
-    assert [e.key for e in publisher.delivered] == ["early", "late"]
+    assert [label(e) for e in publisher.delivered] == ["early", "late"]
 
 
 async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
         system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher(delay=0.3)
-    relay = OutboxRelay(system.sso.database, outbox, publisher, poll_interval=30.0)
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=30.0)
     task = asyncio.create_task(relay.run_forever())
     try:
         await add_event(system, "first")
@@ -109,7 +129,7 @@ async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
             if len(publisher.delivered) == 2:
                 break
             await asyncio.sleep(0.1)
-        assert [e.key for e in publisher.delivered] == ["first", "second"]
+        assert [label(e) for e in publisher.delivered] == ["first", "second"]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -124,16 +144,16 @@ class PerEventPublisher:
         self.sent: list[str] = []
         self._waiting: set[asyncio.Task[None]] = set()
 
-    async def publish(self, events: Sequence[Event]) -> list[str | None]:
+    async def publish(self, events: Sequence[Envelope[Any]]) -> list[str | None]:
         return list(await asyncio.gather(*await self.send(events)))
 
-    async def send(self, events: Sequence[Event]) -> list[asyncio.Future[str | None]]:
+    async def send(self, events: Sequence[Envelope[Any]]) -> list[asyncio.Future[str | None]]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[str | None]] = []
         for event in events:
-            self.sent.append(event.key)
+            self.sent.append(label(event))
             future: asyncio.Future[str | None] = loop.create_future()
-            if event.key == "stuck":
+            if label(event) == "stuck":
                 task = asyncio.create_task(self._ack_when_released(future))
                 self._waiting.add(task)
             else:
@@ -163,7 +183,7 @@ async def test_an_unacknowledged_event_holds_back_no_other_row(system: EmbeddedS
     # A Kafka partition without a leader acknowledges nothing until a new one is elected; the
     # events of the other partitions are published and marked meanwhile.
     publisher = PerEventPublisher()
-    relay = OutboxRelay(system.sso.database, outbox, publisher, poll_interval=0.05)
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=0.05)
     await add_event(system, "stuck")
     await add_event(system, "a")
     task = asyncio.create_task(relay.run_forever())
@@ -186,8 +206,8 @@ async def test_an_unacknowledged_event_holds_back_no_other_row(system: EmbeddedS
 async def test_rows_of_a_relay_that_died_mid_delivery_are_published_after_its_lease(
         system: EmbeddedSystem) -> None:
     dying, heir = PerEventPublisher(), PerEventPublisher()
-    first = OutboxRelay(system.sso.database, outbox, dying, poll_interval=0.05)
-    second = OutboxRelay(system.sso.database, outbox, heir, lease_seconds=30.0)
+    first = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, dying, poll_interval=0.05)
+    second = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, heir, lease_seconds=30.0)
     await add_event(system, "stuck")
     task = asyncio.create_task(first.run_forever())
     assert await eventually(lambda: asyncio.sleep(0, len(dying.sent) == 1))
@@ -200,3 +220,41 @@ async def test_rows_of_a_relay_that_died_mid_delivery_are_published_after_its_le
     heir.release.set()
     assert await second.run_once() == 1
     assert await statuses(system) == [SUCCESSFUL]
+
+
+async def test_rows_written_as_untyped_json_are_relayed_as_typed_events(
+        system: EmbeddedSystem) -> None:
+    # The payload's JSON shape predates typed events; rows already in an outbox must still go.
+    user_id, session_id = uuid4(), uuid4()
+    until = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    legacy = [("user_registered", {"user_id": str(user_id)}),
+              ("session_revoked", {"session_id": str(session_id), "user_id": str(user_id),
+                                   "until": until.isoformat(), "reason": "logout"})]
+    async with system.sso.engine.begin() as conn:
+        for name, payload in legacy:
+            await conn.execute(outbox.insert().values(
+                event_id=uuid4(), event_type=name, event_key=str(user_id), payload=payload,
+                headers={}, created_at=utcnow(), status="in_progress", attempts=0,
+                next_attempt_at=utcnow()))
+    publisher = FlakyPublisher()
+    assert await OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher).run_once() == 2
+    assert [e.event for e in publisher.delivered] == [
+        UserRegistered(user_id), SessionRevoked(session_id, user_id, until, "logout")]
+
+
+async def test_typed_events_are_stored_in_the_json_shape_of_earlier_rows(
+        system: EmbeddedSystem) -> None:
+    user_id, session_id = uuid4(), uuid4()
+    until = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with system.sso.engine.begin() as conn:
+        writer = OutboxWriter(conn, outbox, SSO_EVENTS)
+        await writer.add(Envelope(UserRegistered(user_id)))
+        await writer.add(Envelope(SessionRevoked(session_id, user_id, until, "logout")))
+    async with system.sso.engine.connect() as conn:
+        stored = (await conn.execute(select(outbox.c.event_type, outbox.c.event_key,
+                                            outbox.c.payload).order_by(outbox.c.id))).all()
+    assert [tuple(row) for row in stored] == [
+        ("user_registered", str(user_id), {"user_id": str(user_id)}),
+        ("session_revoked", str(user_id),
+         {"session_id": str(session_id), "user_id": str(user_id),
+          "until": "2030-01-02T03:04:05.678901+00:00", "reason": "logout"})]

@@ -13,11 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from authloyalty.bootstrap import build_embedded, sso_app
+from authloyalty.events import UserRegistered
+from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.platform import telemetry
-from authloyalty.platform.events import USER_REGISTERED
 from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
-from authloyalty.platform.kafka_codec import EventCodec
+from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
 from authloyalty.platform.settings import KafkaSettings
+from authloyalty.sso.events import SSO_EVENTS
 from tests.conftest import FAST_ARGON2, settings_for
 
 
@@ -75,9 +77,10 @@ async def test_trace_context_crosses_kafka(
 
     registry = SchemaRegistryClient.new_client({"url": "mock://tracing"})
     system.sso.relay._publisher = KafkaPublisher(kafka_settings,
-                                                 EventCodec(kafka_settings, registry))
-    consumer = KafkaEventConsumer(kafka_settings, EventCodec(kafka_settings, None),
-                                  {USER_REGISTERED: system.loyalty.handlers.user_registered},
+                                                 EventEncoder(kafka_settings, SSO_EVENTS,
+                                                              registry))
+    consumer = KafkaEventConsumer(kafka_settings, EventDecoder(kafka_settings, LOYALTY_EVENTS),
+                                  {UserRegistered: system.loyalty.handlers.user_registered},
                                   [kafka_settings.registration_topic],
                                   kafka_settings.consumer_group)
     task = asyncio.create_task(consumer.run())

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import pytest
 
+from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
-from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED
 from authloyalty.platform.settings import SsoSettings, ThrottleSettings
 from authloyalty.platform.tokens import (
     KeyStore,
@@ -71,8 +71,7 @@ async def test_register_writes_user_session_and_event_in_one_commit(
     assert user.password_hash.startswith("$argon2id$")
     assert len(store.state.sessions) == 1
     [event] = store.state.outbox
-    assert (event.type, event.key, event.data) == (
-        USER_REGISTERED, str(issued.user_id), {"user_id": str(issued.user_id)})
+    assert event.event == UserRegistered(issued.user_id)
 
 
 async def test_duplicate_email_is_refused_case_insensitively_and_writes_nothing(
@@ -166,9 +165,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_session(
         await service.refresh(rotated.tokens.refresh_token)
     with pytest.raises(InvalidToken):
         await service.authenticate(rotated.tokens.access_token)
-    revoked = [e for e in store.state.outbox if e.type == SESSION_REVOKED]
+    revoked = [e.event for e in store.state.outbox if isinstance(e.event, SessionRevoked)]
     assert len(revoked) == 1
-    assert revoked[0].data["reason"] == "refresh_token_reuse"
+    assert revoked[0].reason == "refresh_token_reuse"
 
 
 async def test_reuse_grace_refuses_without_ending_the_session(
@@ -217,9 +216,9 @@ async def test_logout_with_either_token_ends_the_session_once(
     await service.logout(b.tokens.access_token)
     with pytest.raises(InvalidToken):
         await service.refresh(b.tokens.refresh_token)
-    events = [e for e in store.state.outbox if e.type == SESSION_REVOKED]
-    assert [e.data["reason"] for e in events] == ["logout", "logout"]
-    until = datetime.fromisoformat(events[0].data["until"])
+    events = [e.event for e in store.state.outbox if isinstance(e.event, SessionRevoked)]
+    assert [e.reason for e in events] == ["logout", "logout"]
+    until = events[0].until
     assert until > datetime.now(UTC) + timedelta(minutes=14)
 
 
@@ -247,6 +246,7 @@ async def test_admin_revokes_every_session_of_a_user(
     for issued in (first, second):
         with pytest.raises(InvalidToken):
             await service.authenticate(issued.tokens.access_token)
-    reasons = [e.data["reason"] for e in store.state.outbox if e.type == SESSION_REVOKED]
+    reasons = [e.event.reason for e in store.state.outbox
+               if isinstance(e.event, SessionRevoked)]
     assert reasons == ["admin", "admin"]
     assert await service.revoke_user_sessions("m@example.com") == 0

@@ -24,9 +24,9 @@ from opentelemetry import propagate
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from authloyalty.platform import metrics, telemetry
+from authloyalty.platform.bus import Envelope, EventHandler, IntegrationEvent, PermanentEventError
 from authloyalty.platform.database import DatabaseUnavailable
-from authloyalty.platform.events import Event, EventHandler, PermanentEventError
-from authloyalty.platform.kafka_codec import EventCodec, Headers, Record
+from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder, Headers, Record
 from authloyalty.platform.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _resolve(future: asyncio.Future[str | None], result: str | None) -> None:
 
 
 class KafkaPublisher:
-    """The outbox relay's :class:`~authloyalty.platform.events.StreamingPublisher` on Kafka.
+    """The outbox relay's :class:`~authloyalty.platform.bus.StreamingPublisher` on Kafka.
 
     Each event's future resolves when the broker acknowledges it (``acks=all``), independently
     of the others: an event for a partition whose leader answers is not held back by one whose
@@ -161,20 +161,20 @@ class KafkaPublisher:
     only when every partition in it is acknowledged, so batches of two topics sharing a
     connection would share their delays too.
 
-    Revocations (``sessions_topic``) are written to every partition of their topic, and count
-    as published when the first copy is acknowledged: the topic is created with a replication
-    factor one below the number of brokers (:func:`ensure_topics`), so whichever broker dies,
-    some partition does not have it among its replicas and acknowledges at once. Loyalty reads
-    every partition (:mod:`authloyalty.platform.kafka_reader`) and a repeated revocation
-    changes nothing.
+    Events whose table row says ``every_partition`` (revocations) are written to every
+    partition of their topic, and count as published when the first copy is acknowledged: the
+    topic is created with a replication factor one below the number of brokers
+    (:func:`ensure_topics`), so whichever broker dies, some partition does not have it among
+    its replicas and acknowledges at once. Loyalty reads every partition
+    (:mod:`authloyalty.platform.kafka_reader`) and a repeated revocation changes nothing.
     """
 
-    def __init__(self, settings: KafkaSettings, codec: EventCodec) -> None:
+    def __init__(self, settings: KafkaSettings, codec: EventEncoder) -> None:
         self._settings = settings
         self._codec = codec
         self._tracer = telemetry.tracer()
         self._timeout = settings.delivery_timeout_seconds
-        self._fan_out = {settings.sessions_topic}
+        self._fan_out = codec.fan_out_topics()
         self._producers: dict[str, Producer] = {}
         self._partitions: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
@@ -186,14 +186,14 @@ class KafkaPublisher:
     def prepare(self) -> None:
         """Connect the producers and learn the fan-out topics' partitions now (blocking), so
         that the first events after a start do not wait for it (~0.5 s measured)."""
-        for topic in (self._settings.registration_topic, self._settings.sessions_topic):
+        for topic in self._codec.topics():
             self._partitions_of(topic, self._producer(topic))
 
-    async def publish(self, events: Sequence[Event]) -> list[str | None]:
+    async def publish(self, events: Sequence[Envelope[Any]]) -> list[str | None]:
         """Produce every event and wait for all the broker's acknowledgements."""
         return list(await asyncio.gather(*await self.send(events)))
 
-    async def send(self, events: Sequence[Event]) -> list[asyncio.Future[str | None]]:
+    async def send(self, events: Sequence[Envelope[Any]]) -> list[asyncio.Future[str | None]]:
         """Produce every event; each future resolves with its own outcome (None: delivered)."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[str | None]] = [loop.create_future() for _ in events]
@@ -238,11 +238,12 @@ class KafkaPublisher:
             self._partitions[topic] = known
         return list(range(known[1]))
 
-    def _produce_all(self, events: Sequence[Event], futures: list[asyncio.Future[str | None]],
+    def _produce_all(self, events: Sequence[Envelope[Any]],
+                     futures: list[asyncio.Future[str | None]],
                      loop: asyncio.AbstractEventLoop) -> None:
         for event, future in zip(events, futures, strict=True):
             span = self._tracer.start_span(
-                f"{self._codec.topic_for(event.type)} publish", kind=SpanKind.PRODUCER,
+                f"{self._codec.topic_for(event.event)} publish", kind=SpanKind.PRODUCER,
                 context=propagate.extract(dict(event.headers)),
                 attributes={"messaging.system": "kafka", "messaging.message.id": str(event.id)})
             if telemetry.enabled():
@@ -304,8 +305,9 @@ def _is_transient(exc: BaseException) -> bool:
 class KafkaEventConsumer:
     """Feeds records of ``topics`` to handlers by event type, at least once, in order."""
 
-    def __init__(self, settings: KafkaSettings, codec: EventCodec,
-                 handlers: Mapping[str, EventHandler], topics: Sequence[str], group_id: str,
+    def __init__(self, settings: KafkaSettings, codec: EventDecoder,
+                 handlers: Mapping[type[IntegrationEvent], EventHandler],
+                 topics: Sequence[str], group_id: str,
                  *, max_backoff_seconds: float = 10.0) -> None:
         self._settings = settings
         self._codec = codec
@@ -382,9 +384,9 @@ class KafkaEventConsumer:
             attempts += 1
             try:
                 event = self._codec.decode(record)
-                handler = self._handlers.get(event.type)
+                handler = self._handlers.get(type(event.event))
                 if handler is None:
-                    raise PermanentEventError(f"no handler for {event.type}")
+                    raise PermanentEventError(f"no handler for {event.name}")
                 with telemetry.span_from(dict(event.headers), f"{record.topic} process",
                                          SpanKind.CONSUMER,
                                          {"messaging.system": "kafka",

@@ -1,38 +1,93 @@
-"""Events ↔ Kafka records: topics, keys, headers and Confluent-framed protobuf values.
+"""Events ↔ Kafka records: the tables that route them, and Confluent-framed protobuf values.
+
+Each service declares a table: the producer one :class:`Outgoing` row per event it publishes
+(topic, key, protobuf message), the consumer one :class:`Incoming` row per topic it reads
+(protobuf message, and how it becomes an event). This module holds the machinery only.
 
 Values use the Confluent wire format (magic byte 0, 4-byte schema id, message indexes,
 protobuf), subject ``<topic>-value`` (TopicNameStrategy), exactly as the original Go producer.
+Headers: ``event-id``, ``event-type`` (the event's name) and a W3C ``traceparent``.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from google.protobuf.message import Message
 
-from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED, Event, PermanentEventError
+from authloyalty.platform.bus import Envelope, IntegrationEvent, PermanentEventError
 from authloyalty.platform.settings import KafkaSettings
-from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
-from authloyalty.rpc.session.v1.session_pb2 import SessionRevoked
 
 HEADER_EVENT_ID = "event-id"
 HEADER_EVENT_TYPE = "event-type"
 HEADER_TRACEPARENT = "traceparent"
-REGISTRATION_TYPE = "registration"
 # Records without an event id (e.g. from the original producer) get one derived from their
 # position, so a redelivery of the same record is still recognised.
 _POSITION_NAMESPACE = UUID("4f7a3c1e-9b2d-4d6e-8a51-0c3b7e9f2a64")
 _SERDE_CONF = {"use.deprecated.format": False}
 
 Headers = list[tuple[str, str | bytes | None]]
+E = TypeVar("E", bound=IntegrationEvent)
+M = TypeVar("M", bound=Message)
+TopicOf = Callable[[KafkaSettings], str]
+
+
+@dataclass(frozen=True)
+class Outgoing(Generic[E, M]):
+    """How a producer publishes ``event``: on which topic, under which key, as which message.
+
+    ``every_partition``: written to every partition of its topic and published once the first
+    copy is acknowledged (a consumer reading every partition sees it even while a partition
+    has no leader)."""
+
+    event: type[E]
+    topic: TopicOf
+    key: Callable[[E], str]
+    message: type[M]
+    to_message: Callable[[E], M]
+    every_partition: bool = False
+
+
+@dataclass(frozen=True)
+class Incoming(Generic[E, M]):
+    """How a consumer reads ``topic``: the message its records carry and the event it makes
+    of one (given the record's key); raising :class:`PermanentEventError` refuses it."""
+
+    topic: TopicOf
+    message: type[M]
+    to_event: Callable[[M, str], E]
+
+
+class OutgoingTable:
+    """A producer's :class:`Outgoing` rows, by event type and by name."""
+
+    def __init__(self, *rows: Outgoing[Any, Any]) -> None:
+        self.rows = rows
+        self._by_type = {row.event: row for row in rows}
+        self._by_name = {row.event.name: row.event for row in rows}
+
+    def row(self, event: IntegrationEvent) -> Outgoing[Any, Any]:
+        """The row of ``event``'s type."""
+        try:
+            return self._by_type[type(event)]
+        except KeyError:
+            raise ValueError(f"no topic for event type {event.name!r}") from None
+
+    def key(self, event: IntegrationEvent) -> str:
+        """The record key of ``event``."""
+        return str(self.row(event).key(event))
+
+    def event_type(self, name: str) -> type[IntegrationEvent]:
+        """The event type called ``name``."""
+        return self._by_name[name]
 
 
 @dataclass(frozen=True)
@@ -60,87 +115,79 @@ def new_traceparent(event_id: UUID) -> str:
     return f"00-{event_id.hex}-{os.urandom(8).hex()}-01"
 
 
-class EventCodec:
-    """Knows which topic carries which event and how its value is framed."""
+class EventEncoder:
+    """Topic, key, headers and framed value of the events in a producer's table."""
 
-    def __init__(self, settings: KafkaSettings, registry: SchemaRegistryClient | None) -> None:
-        self.registration_topic = settings.registration_topic
-        self.sessions_topic = settings.sessions_topic
+    def __init__(self, settings: KafkaSettings, table: OutgoingTable,
+                 registry: SchemaRegistryClient) -> None:
+        self._settings = settings
+        self._table = table
         self._registry = registry
-        self._serializers: dict[str, ProtobufSerializer] = {}
-        self._registration = ProtobufDeserializer(RegistrationMessage, _SERDE_CONF)
-        self._session = ProtobufDeserializer(SessionRevoked, _SERDE_CONF)
+        self._serializers: dict[type[IntegrationEvent], ProtobufSerializer] = {}
 
-    def topic_for(self, event_type: str) -> str:
-        """The topic that carries ``event_type``."""
-        if event_type == USER_REGISTERED:
-            return self.registration_topic
-        if event_type == SESSION_REVOKED:
-            return self.sessions_topic
-        raise ValueError(f"no topic for event type {event_type!r}")
+    def topics(self) -> list[str]:
+        """Every topic this producer writes to."""
+        return [row.topic(self._settings) for row in self._table.rows]
 
-    def _serializer(self, event_type: str) -> ProtobufSerializer:
-        if self._registry is None:
-            raise RuntimeError("a Schema Registry client is needed to produce")
-        if event_type not in self._serializers:
-            message = RegistrationMessage if event_type == USER_REGISTERED else SessionRevoked
-            self._serializers[event_type] = ProtobufSerializer(message, self._registry,
-                                                               _SERDE_CONF)
-        return self._serializers[event_type]
+    def fan_out_topics(self) -> set[str]:
+        """The topics whose records go to every partition."""
+        return {row.topic(self._settings) for row in self._table.rows if row.every_partition}
 
-    def encode(self, event: Event) -> tuple[str, bytes, bytes, Headers]:
-        """Topic, key, value and headers of ``event``."""
-        topic = self.topic_for(event.type)
-        message: Any
-        if event.type == USER_REGISTERED:
-            message = RegistrationMessage(uuid=str(event.data["user_id"]), type=REGISTRATION_TYPE)
-        else:
-            until = datetime.fromisoformat(str(event.data["until"]))
-            message = SessionRevoked(session_id=str(event.data["session_id"]),
-                                     user_id=str(event.data["user_id"]),
-                                     revoked_until_unix=int(until.timestamp()),
-                                     reason=str(event.data.get("reason", "")))
-        value = self._serializer(event.type)(message,
-                                             SerializationContext(topic, MessageField.VALUE))
+    def topic_for(self, event: IntegrationEvent) -> str:
+        """The topic that carries ``event``."""
+        return self._table.row(event).topic(self._settings)
+
+    def _serializer(self, row: Outgoing[Any, Any]) -> ProtobufSerializer:
+        if row.event not in self._serializers:
+            self._serializers[row.event] = ProtobufSerializer(row.message, self._registry,
+                                                              _SERDE_CONF)
+        return self._serializers[row.event]
+
+    def encode(self, envelope: Envelope[Any]) -> tuple[str, bytes, bytes, Headers]:
+        """Topic, key, value and headers of ``envelope``."""
+        event = envelope.event
+        row = self._table.row(event)
+        topic = row.topic(self._settings)
+        value = self._serializer(row)(row.to_message(event),
+                                      SerializationContext(topic, MessageField.VALUE))
         assert value is not None
         headers: Headers = [
-            (HEADER_EVENT_ID, str(event.id).encode()),
-            (HEADER_EVENT_TYPE, event.type.encode()),
-            (HEADER_TRACEPARENT,
-             str(event.headers.get(HEADER_TRACEPARENT) or new_traceparent(event.id)).encode()),
+            (HEADER_EVENT_ID, str(envelope.id).encode()),
+            (HEADER_EVENT_TYPE, event.name.encode()),
+            (HEADER_TRACEPARENT, str(envelope.headers.get(HEADER_TRACEPARENT)
+                                     or new_traceparent(envelope.id)).encode()),
         ]
-        return topic, event.key.encode(), value, headers
+        return topic, row.key(event).encode(), value, headers
 
-    def decode(self, record: Record) -> Event:
+
+class EventDecoder:
+    """The events carried by the records of the topics in a consumer's table."""
+
+    def __init__(self, settings: KafkaSettings, table: Sequence[Incoming[Any, Any]]) -> None:
+        self._rows = {row.topic(settings): (row, ProtobufDeserializer(row.message, _SERDE_CONF))
+                      for row in table}
+
+    def decode(self, record: Record) -> Envelope[Any]:
         """The event carried by ``record``; :class:`PermanentEventError` if it cannot be read."""
         if record.value is None:
             raise PermanentEventError("record has no value")
-        event_id = self._event_id(record)
+        found = self._rows.get(record.topic)
+        if found is None:
+            raise PermanentEventError(f"no event is carried on topic {record.topic!r}")
+        row, deserialize = found
         context = SerializationContext(record.topic, MessageField.VALUE)
         headers = {HEADER_TRACEPARENT: tp} if (tp := record.header(HEADER_TRACEPARENT)) else {}
         key = record.key.decode("utf-8", "replace") if record.key else ""
         try:
-            if record.topic == self.registration_topic:
-                reg = self._registration(record.value, context)
-                if reg is None or reg.type != REGISTRATION_TYPE:
-                    raise PermanentEventError(f"unexpected registration type {reg and reg.type!r}")
-                # The original consumer trusted the key; the payload is authoritative here,
-                # the key its fallback.
-                return Event(type=USER_REGISTERED, key=key, id=event_id, headers=headers,
-                             data={"user_id": reg.uuid or key})
-            if record.topic == self.sessions_topic:
-                rev = self._session(record.value, context)
-                if rev is None:
-                    raise PermanentEventError("empty session record")
-                until = datetime.fromtimestamp(rev.revoked_until_unix, UTC)
-                return Event(type=SESSION_REVOKED, key=key, id=event_id, headers=headers,
-                             data={"session_id": rev.session_id, "user_id": rev.user_id,
-                                   "until": until.isoformat(), "reason": rev.reason})
+            message = deserialize(record.value, context)
+            if message is None:
+                raise PermanentEventError("empty record")
+            event = row.to_event(message, key)
         except PermanentEventError:
             raise
         except Exception as exc:  # undecodable bytes: no retry will ever help
             raise PermanentEventError(f"cannot decode record: {exc}") from exc
-        raise PermanentEventError(f"no event is carried on topic {record.topic!r}")
+        return Envelope(event, id=self._event_id(record), headers=headers)
 
     @staticmethod
     def _event_id(record: Record) -> UUID:

@@ -6,10 +6,11 @@ group cannot give that quickly after a crash. A replica killed with SIGKILL neve
 group, so its successor (same group, since the group names the replica) gets no partitions
 until the broker has waited out the dead member's ``session.timeout.ms`` (10 s here, 45 s by
 Kafka's default): in a fault campaign (replicas SIGKILLed under load) restarted replicas
-honoured new logouts only ~9.8 s after the kill. Static membership (``group.instance.id``) would let the successor
-take the old member's place at once, but only when the name is stable across restarts and
-unique among live replicas (two replicas configured with one name fence each other), and it
-still relies on committed offsets that lag the effects by the commit interval.
+honoured new logouts only ~9.8 s after the kill. Static membership (``group.instance.id``)
+would let the successor take the old member's place at once, but only when the name is
+stable across restarts and unique among live replicas (two replicas configured with one name
+fence each other), and it still relies on committed offsets that lag the effects by the
+commit interval.
 
 So this reader joins no group: it looks the partitions up, asks for the offsets of the first
 records at or after ``now - since_seconds`` (``offsets_for_times``) and the end of every
@@ -32,9 +33,9 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from authloyalty.platform.events import EventHandler, PermanentEventError
+from authloyalty.platform.bus import EventHandler, PermanentEventError
 from authloyalty.platform.kafka import client_conf, header_list
-from authloyalty.platform.kafka_codec import EventCodec, Record
+from authloyalty.platform.kafka_codec import EventDecoder, Record
 from authloyalty.platform.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class KafkaTopicReader:
     """Feeds every record of ``topic`` published since ``now - since_seconds`` to ``handler``
     and reports through ``on_caught_up`` whether it has reached the end seen at its start."""
 
-    def __init__(self, settings: KafkaSettings, codec: EventCodec, topic: str,
+    def __init__(self, settings: KafkaSettings, codec: EventDecoder, topic: str,
                  handler: EventHandler, *, since_seconds: float, name: str,
                  on_caught_up: Callable[[bool], None]) -> None:
         self._settings = settings

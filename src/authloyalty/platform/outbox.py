@@ -2,6 +2,10 @@
 
 Delivery state per row follows the original design's ``message_status``: ``in_progress``
 (written, not yet confirmed), ``successful`` and ``failed`` (retried after a backoff).
+
+A row holds the event's name (``event_type``), its key and its fields as JSON (``payload``:
+UUIDs as text, datetimes in ISO 8601, :func:`~authloyalty.platform.bus.event_payload`); the
+relay rebuilds the typed event from them through the service's event table.
 """
 
 from __future__ import annotations
@@ -37,9 +41,16 @@ from sqlalchemy import (
 )
 
 from authloyalty.platform import metrics
+from authloyalty.platform.bus import (
+    Envelope,
+    EventPublisher,
+    StreamingPublisher,
+    event_from_payload,
+    event_payload,
+)
 from authloyalty.platform.database import Database, Session
 from authloyalty.platform.db import as_utc, utcnow
-from authloyalty.platform.events import Event, EventPublisher, StreamingPublisher
+from authloyalty.platform.kafka_codec import OutgoingTable
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +86,26 @@ class OutboxRow:
     """An outbox row as the relay sees it."""
 
     id: int
-    event: Event
+    event: Envelope[Any]
     attempts: int
 
 
 class OutboxWriter:
     """Appends events inside the caller's transaction."""
 
-    def __init__(self, session: Session, table: Table) -> None:
+    def __init__(self, session: Session, table: Table, events: OutgoingTable) -> None:
         self._db = session
         self._insert = _statements(table).insert
+        self._events = events
 
-    async def add(self, event: Event) -> None:
-        """Stage ``event``; it becomes visible to the relay when the transaction commits."""
+    async def add(self, envelope: Envelope[Any]) -> None:
+        """Stage ``envelope``; it becomes visible to the relay when the transaction commits."""
+        event = envelope.event
         await self._db.execute(self._insert, {
-            "event_id": event.id, "event_type": event.type, "event_key": event.key,
-            "payload": dict(event.data), "headers": dict(event.headers),
-            "created_at": event.occurred_at, "status": IN_PROGRESS, "attempts": 0,
-            "next_attempt_at": event.occurred_at})
+            "event_id": envelope.id, "event_type": event.name,
+            "event_key": self._events.key(event), "payload": event_payload(event),
+            "headers": dict(envelope.headers), "created_at": envelope.occurred_at,
+            "status": IN_PROGRESS, "attempts": 0, "next_attempt_at": envelope.occurred_at})
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,7 @@ class OutboxRelay:
         self,
         database: Database,
         table: Table,
+        events: OutgoingTable,
         publisher: EventPublisher,
         *,
         batch_size: int = 100,
@@ -173,6 +187,7 @@ class OutboxRelay:
     ) -> None:
         self._database = database
         self._sql = _statements(table)
+        self._events = events
         self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -203,7 +218,7 @@ class OutboxRelay:
         query = self._due_query()
         async with self._database.transaction() as session:
             found = await session.all(query, {"b_now": utcnow(), "b_limit": self._batch_size})
-            rows = [_row(r) for r in found]
+            rows = [self._row(r) for r in found]
             if not rows:
                 return 0
             results = await self._publisher.publish([r.event for r in rows])
@@ -218,7 +233,7 @@ class OutboxRelay:
         now = utcnow()
         async with self._database.transaction() as session:
             found = await session.all(self._due_query(), {"b_now": now, "b_limit": limit})
-            rows = [row for row in map(_row, found) if row.id not in self._in_flight]
+            rows = [row for row in map(self._row, found) if row.id not in self._in_flight]
             for row in rows:
                 await session.execute(self._sql.claimed, {"b_id": row.id,
                                                           "b_next": now + self._lease})
@@ -297,6 +312,21 @@ class OutboxRelay:
         age = (utcnow() - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
         return int(count), age
 
+    def _row(self, r: Mapping[str, Any]) -> OutboxRow:
+        """An outbox row as the relay sees it; the payload of a row written before the
+        events were typed reads the same (the JSON shape has not changed)."""
+        payload = r["payload"]
+        payload = payload if isinstance(payload, dict) else json.loads(payload)
+        event_id = r["event_id"]
+        created = r["created_at"]
+        envelope = Envelope(
+            event_from_payload(self._events.event_type(r["event_type"]), payload),
+            id=event_id if isinstance(event_id, UUID) else UUID(str(event_id)),
+            occurred_at=as_utc(created) if isinstance(created, datetime) else created,
+            headers=r["headers"] or {},
+        )
+        return OutboxRow(id=r["id"], event=envelope, attempts=r["attempts"])
+
     async def run_forever(self) -> None:
         """Relay until cancelled; a failing pass is logged and retried, never fatal."""
         recorder = (asyncio.create_task(self._record_outcomes())
@@ -331,19 +361,3 @@ class OutboxRelay:
                 log.exception("outbox relay pass failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
-
-
-def _row(r: Mapping[str, Any]) -> OutboxRow:
-    payload = r["payload"]
-    payload = payload if isinstance(payload, dict) else json.loads(payload)
-    event_id = r["event_id"]
-    created = r["created_at"]
-    event = Event(
-        id=event_id if isinstance(event_id, UUID) else UUID(str(event_id)),
-        type=r["event_type"],
-        key=r["event_key"],
-        data=payload,
-        occurred_at=as_utc(created) if isinstance(created, datetime) else created,
-        headers=r["headers"] or {},
-    )
-    return OutboxRow(id=r["id"], event=event, attempts=r["attempts"])

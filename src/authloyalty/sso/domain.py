@@ -5,13 +5,13 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 from uuid import UUID
 
 from pydantic.networks import validate_email
 
+from authloyalty.platform.bus import Envelope
 from authloyalty.platform.errors import DomainError, ErrorKind
-from authloyalty.platform.events import Event
 
 
 def email_problem(email: str) -> str | None:
@@ -171,7 +171,7 @@ class LoginFailures(Protocol):
 class Outbox(Protocol):
     """Events to publish once the transaction commits."""
 
-    async def add(self, event: Event) -> None: ...
+    async def add(self, envelope: Envelope[Any]) -> None: ...
 
 
 class SsoUnitOfWork(Protocol):

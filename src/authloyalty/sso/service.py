@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from uuid import UUID, uuid4
 
+from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform import metrics, telemetry
+from authloyalty.platform.bus import Envelope
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
-from authloyalty.platform.events import SESSION_REVOKED, USER_REGISTERED, Event
 from authloyalty.platform.settings import SsoSettings
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (
@@ -91,9 +92,8 @@ class AuthService:
         async with self._uow() as uow:
             await uow.users.add(user)
             session = await self._open_session(uow, user, now)
-            await uow.outbox.add(Event(type=USER_REGISTERED, key=str(user.id),
-                                       data={"user_id": str(user.id)}, occurred_at=now,
-                                       headers=telemetry.current_headers()))
+            await uow.outbox.add(Envelope(UserRegistered(user.id), occurred_at=now,
+                                          headers=telemetry.current_headers()))
             await uow.commit()
         metrics.REGISTRATIONS.inc()
         return IssuedTokens(user.id, self._pair(user, session))
@@ -208,11 +208,8 @@ class AuthService:
             return False
         # Loyalty must refuse this session's access tokens until the last one expires.
         until = now + timedelta(seconds=self._issuer.access_ttl)
-        await uow.outbox.add(Event(
-            type=SESSION_REVOKED, key=str(session.user_id), occurred_at=now,
-            data={"session_id": str(session.id), "user_id": str(session.user_id),
-                  "until": until.isoformat(), "reason": reason},
-            headers=telemetry.current_headers()))
+        await uow.outbox.add(Envelope(SessionRevoked(session.id, session.user_id, until, reason),
+                                      occurred_at=now, headers=telemetry.current_headers()))
         metrics.SESSIONS_REVOKED.labels(reason).inc()
         return True
 

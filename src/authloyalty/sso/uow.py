@@ -5,6 +5,7 @@ from __future__ import annotations
 from authloyalty.platform.database import Session
 from authloyalty.platform.outbox import OutboxWriter
 from authloyalty.platform.uow import SqlUnitOfWork
+from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.repository import SqlLoginFailures, SqlSessions, SqlUsers
 from authloyalty.sso.tables import outbox
 
@@ -21,4 +22,4 @@ class SqlSsoUnitOfWork(SqlUnitOfWork):
         self.users = SqlUsers(session)
         self.sessions = SqlSessions(session)
         self.login_failures = SqlLoginFailures(session)
-        self.outbox = OutboxWriter(session, outbox)
+        self.outbox = OutboxWriter(session, outbox, SSO_EVENTS)
