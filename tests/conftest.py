@@ -14,7 +14,8 @@ import pytest
 
 from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
 from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
-from authloyalty.platform.settings import Argon2Settings, Settings, load_settings
+from authloyalty.settings import Settings, load_settings
+from authloyalty.sso.settings import Argon2Settings
 
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_kib=64, parallelism=1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from authloyalty.platform.settings import Settings, load_settings
+from authloyalty.settings import Settings, load_settings
 from benchlib import seed as seeding
 from benchlib.stack import PASSWORD, Stack, log
 

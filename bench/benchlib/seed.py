@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 from argon2 import PasswordHasher
 
-from authloyalty.platform.settings import Argon2Settings
 from authloyalty.platform.tokens import KeyStore, TokenIssuer
+from authloyalty.sso.settings import Argon2Settings
 
 ID_PREFIX = "b0000000-0000-4000-8000-"
 START_BALANCE = 1_000_000

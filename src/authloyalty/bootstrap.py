@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +21,7 @@ from authloyalty import __version__
 from authloyalty.events import UserRegistered
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
-from authloyalty.loyalty.domain import AccountReads, Movements, OwnerDirectory
+from authloyalty.loyalty.domain import AccountReads, Movements, Owner, OwnerDirectory
 from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.loyalty.movements import (
     CoalescedAccountReads,
@@ -28,13 +29,14 @@ from authloyalty.loyalty.movements import (
     UnitOfWorkAccountReads,
     UnitOfWorkMovements,
 )
-from authloyalty.loyalty.owners import GrpcOwnerDirectory, LocalOwnerDirectory
+from authloyalty.loyalty.owners import GrpcOwnerDirectory
 from authloyalty.loyalty.revocations import (
     Authenticator,
     RevocationsCatchingUp,
     RevokedSessions,
 )
 from authloyalty.loyalty.service import LedgerService
+from authloyalty.loyalty.settings import LoyaltySettings
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform import telemetry
 from authloyalty.platform.bus import EventPublisher, InProcessBus
@@ -53,13 +55,16 @@ from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
 from authloyalty.platform.kafka_reader import KafkaTopicReader
 from authloyalty.platform.migrations import ensure_current, upgrade
 from authloyalty.platform.outbox import OutboxRelay
-from authloyalty.platform.settings import ConfigError, LoyaltySettings, Settings, SsoSettings
+from authloyalty.platform.settings import ConfigError
 from authloyalty.platform.tokens import KeyProvider, KeyStore, TokenIssuer, TokenVerifier
+from authloyalty.settings import Settings
 from authloyalty.sso import http as sso_http
 from authloyalty.sso import tables as sso_tables
+from authloyalty.sso.domain import UserNotFound
 from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.passwords import PasswordHasher
 from authloyalty.sso.service import AuthService
+from authloyalty.sso.settings import SsoSettings
 from authloyalty.sso.uow import SqlSsoUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -313,12 +318,31 @@ class EmbeddedSystem:
         await self.loyalty.dispose()
 
 
+class SsoOwnerDirectory:
+    """loyalty's owner lookup answered by sso's use case in the same process (embedded).
+
+    It lives here, where both services are known, so that loyalty never imports sso."""
+
+    def __init__(self, service: AuthService) -> None:
+        self._service = service
+
+    async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
+        """The owner of ``user_id``; in process, the caller was checked by loyalty already."""
+        try:
+            user = await self._service.get_user(user_id)
+        except UserNotFound:
+            return None
+        return Owner(user_id=user.id, email=user.email, name=user.name,
+                     birthday=user.birthday.isoformat() if user.birthday else None,
+                     is_admin=user.is_admin)
+
+
 def build_embedded(settings: Settings) -> EmbeddedSystem:
     """sso and loyalty in one process, sharing keys in memory and an in-process bus."""
     bus = InProcessBus()
     keys = load_keys(settings)
     sso = build_sso(settings, bus, keys)
-    loyalty = build_loyalty(settings, keys, owners=LocalOwnerDirectory(sso.service))
+    loyalty = build_loyalty(settings, keys, owners=SsoOwnerDirectory(sso.service))
     for event_type, handler in loyalty.handlers.by_event().items():
         bus.subscribe(event_type, handler)
     return EmbeddedSystem(settings, sso, loyalty, bus)

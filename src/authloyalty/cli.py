@@ -37,13 +37,9 @@ from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.httpserver import HeadLimits, limited_protocol
 from authloyalty.platform.logging import configure_logging
 from authloyalty.platform.migrations import SchemaOutOfDate, ensure_current, upgrade
-from authloyalty.platform.settings import (
-    ConfigError,
-    RequestHeaderLimits,
-    Settings,
-    load_settings,
-)
+from authloyalty.platform.settings import ConfigError, RequestHeaderLimits
 from authloyalty.platform.tokens import write_new_key
+from authloyalty.settings import Settings, load_settings
 from authloyalty.sso.email_twins import find_twins
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import AuthService

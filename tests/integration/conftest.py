@@ -10,7 +10,8 @@ import pytest
 from authloyalty.bootstrap import EmbeddedSystem, build_embedded
 from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.platform.kafka import ensure_topics
-from authloyalty.platform.settings import KafkaSettings, Settings
+from authloyalty.platform.settings import KafkaSettings
+from authloyalty.settings import Settings
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from authloyalty.devinfra import nginx as gateway
 from authloyalty.devinfra import prometheus as prom
 from authloyalty.devinfra.postgres import scratch_dir
-from authloyalty.platform.settings import load_settings
+from authloyalty.settings import load_settings
 from tests.e2e.e2e_helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

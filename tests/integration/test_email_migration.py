@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from authloyalty.bootstrap import sso_database
 from authloyalty.platform.db import create_engine
 from authloyalty.platform.migrations import upgrade
-from authloyalty.platform.settings import Settings
+from authloyalty.settings import Settings
 from authloyalty.sso.tables import users
 from tests.e2e.e2e_helpers import run_cli
 

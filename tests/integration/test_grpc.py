@@ -35,7 +35,6 @@ from authloyalty.loyalty.domain import OwnerUnavailable
 from authloyalty.loyalty.owners import GrpcOwnerDirectory
 from authloyalty.platform import telemetry
 from authloyalty.platform.grpc import stop_server
-from authloyalty.platform.settings import GrpcClientSettings, SsoSettings
 from authloyalty.platform.tokens import (
     KeyStore,
     SigningKey,
@@ -47,6 +46,7 @@ from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.passwords import PasswordHasher
 from authloyalty.sso.service import AuthService
+from authloyalty.sso.settings import GrpcClientSettings, SsoSettings
 from tests.conftest import FAST_ARGON2
 from tests.fakes import FakeSsoStore
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from authloyalty.bootstrap import build_embedded, loyalty_app
 from authloyalty.loyalty.service import Idempotency
 from authloyalty.platform.migrations import upgrade
-from authloyalty.platform.settings import Settings
+from authloyalty.settings import Settings
 from authloyalty.sso.service import Registration
 
 OLD_BODY = (b'{"status":"Success","balance":70,"transaction":{"id":41,"kind":"withdrawal",'

@@ -10,7 +10,6 @@ import pytest
 
 from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
-from authloyalty.platform.settings import SsoSettings, ThrottleSettings
 from authloyalty.platform.tokens import (
     KeyStore,
     SigningKey,
@@ -21,6 +20,7 @@ from authloyalty.platform.tokens import (
 from authloyalty.sso.domain import InvalidCredentials, TokenReused, TooManyAttempts, UserExists
 from authloyalty.sso.passwords import PasswordHasher
 from authloyalty.sso.service import AuthService, Registration
+from authloyalty.sso.settings import SsoSettings, ThrottleSettings
 from tests.conftest import FAST_ARGON2
 from tests.fakes import FakeSsoStore
 

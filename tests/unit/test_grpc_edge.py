@@ -9,9 +9,9 @@ import pytest
 
 from authloyalty.platform.errors import ErrorKind, Forbidden
 from authloyalty.platform.grpc import GRPC_STATUS
-from authloyalty.platform.settings import GrpcClientSettings
 from authloyalty.sso.callers import Caller, ServiceClients
 from authloyalty.sso.grpc import peer_address
+from authloyalty.sso.settings import GrpcClientSettings
 
 
 @pytest.mark.parametrize(("peer", "address"), [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from authloyalty.bootstrap import load_keys
-from authloyalty.platform.settings import ConfigError, load_settings
+from authloyalty.platform.settings import ConfigError
+from authloyalty.settings import load_settings
 
 
 def test_yaml_then_environment_then_overrides(tmp_path: Path,

@@ -13,7 +13,6 @@ import pytest
 
 from authloyalty.bootstrap import build_loyalty
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.platform.settings import load_settings
 from authloyalty.platform.tokens import (
     LIFETIME_LEEWAY_SECONDS,
     KeyStore,
@@ -21,6 +20,7 @@ from authloyalty.platform.tokens import (
     TokenVerifier,
     generate_private_key,
 )
+from authloyalty.settings import load_settings
 
 KEYS = KeyStore([SigningKey.from_private(generate_private_key("EdDSA"))])
 

@@ -1,4 +1,7 @@
-"""Account owners from sso: over gRPC when loyalty runs alone, in process when embedded."""
+"""Account owners from sso over gRPC, when loyalty runs on its own.
+
+(Embedded, the composition root answers from sso's use case: ``bootstrap.SsoOwnerDirectory``.)
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import grpc
 
 from authloyalty.loyalty.domain import Owner, OwnerUnavailable
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
-from authloyalty.sso.domain import UserNotFound
-from authloyalty.sso.service import AuthService
 
 # The generated module has no annotations; this gives the stub's constructor a type.
 _stub_for: Callable[[grpc.aio.Channel], Any] = sso_pb2_grpc.AuthStub
@@ -55,19 +56,3 @@ class GrpcOwnerDirectory:
         if self._channel is not None:
             await self._channel.close()
 
-
-class LocalOwnerDirectory:
-    """The embedded mode's lookup: sso's use case in the same process."""
-
-    def __init__(self, service: AuthService) -> None:
-        self._service = service
-
-    async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
-        """The owner of ``user_id``; in process, the caller was checked by loyalty already."""
-        try:
-            user = await self._service.get_user(user_id)
-        except UserNotFound:
-            return None
-        return Owner(user_id=user.id, email=user.email, name=user.name,
-                     birthday=user.birthday.isoformat() if user.birthday else None,
-                     is_admin=user.is_admin)

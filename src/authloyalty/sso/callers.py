@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from authloyalty.platform.errors import Forbidden, InvalidToken, MissingToken
-from authloyalty.platform.settings import GrpcClientSettings
 from authloyalty.sso.service import AuthService
+from authloyalty.sso.settings import GrpcClientSettings
 
 MISSING = ("authorization metadata required: 'Bearer <access token>' or "
            "'Basic <base64 client_id:client_secret>'")

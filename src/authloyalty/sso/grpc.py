@@ -19,11 +19,11 @@ from pydantic import BaseModel, ValidationError
 from authloyalty.platform import telemetry
 from authloyalty.platform.errors import ValidationFailed
 from authloyalty.platform.grpc import create_server
-from authloyalty.platform.settings import GrpcClientSettings
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from authloyalty.sso.callers import CallerResolver, ServiceClients
 from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn
 from authloyalty.sso.service import AuthService, Registration
+from authloyalty.sso.settings import GrpcClientSettings
 
 SERVICE_NAME = sso_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]

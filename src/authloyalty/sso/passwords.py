@@ -7,7 +7,7 @@ import asyncio
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from authloyalty.platform.settings import Argon2Settings
+from authloyalty.sso.settings import Argon2Settings
 
 
 class PasswordHasher:

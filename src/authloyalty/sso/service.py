@@ -14,7 +14,6 @@ from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.db import utcnow
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
-from authloyalty.platform.settings import SsoSettings
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (
     InvalidCredentials,
@@ -28,6 +27,7 @@ from authloyalty.sso.domain import (
     email_problem,
 )
 from authloyalty.sso.passwords import PasswordHasher
+from authloyalty.sso.settings import SsoSettings
 
 log = logging.getLogger(__name__)
 
