@@ -236,7 +236,7 @@ def test_body_too_large(http: httpx.Client, post_target: tuple[str, dict[str, st
 
 def test_chunked_body_too_large(http: httpx.Client,
                                 post_target: tuple[str, dict[str, str]]) -> None:
-    """Without Content-Length the limit must hold too (docs/contract.md: bodies over 64 KiB get 413)."""
+    """Without Content-Length the limit must hold too (bodies over 64 KiB get 413)."""
     url, headers = post_target
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer

@@ -1,4 +1,4 @@
-"""sso and loyalty as separate processes talking through a real Kafka broker (docs/contract.md, events)."""
+"""sso and loyalty as separate processes talking through a real Kafka broker."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authloyalty.devinfra.kafka import KafkaBroker
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
+from devstack.kafka import KafkaBroker
+from devstack.postgres import PostgresCluster, scratch_dir
 from tests.e2e.stack import Stack, register_many, wait_for
 
 pytestmark = pytest.mark.e2e
