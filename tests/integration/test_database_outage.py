@@ -38,7 +38,7 @@ async def test_nothing_listening_is_unavailable_not_a_crash() -> None:
         url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres"))
     try:
         with pytest.raises(DatabaseUnavailable):
-            await database.session()
+            await database.connect()
         with pytest.raises(DatabaseUnavailable):
             await database.ping()
     finally:

@@ -28,7 +28,7 @@ from authloyalty.loyalty.tables import (
     ledger_entries,
     revoked_sessions,
 )
-from authloyalty.platform.database import IntegrityViolation, Session
+from authloyalty.platform.database import Connection, IntegrityViolation
 from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
@@ -151,8 +151,8 @@ def _entry(row: Mapping[str, Any]) -> LedgerEntry:
 class SqlAccounts:
     """Accounts in ``accounts``."""
 
-    def __init__(self, session: Session) -> None:
-        self._db = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     async def get(self, user_id: UUID) -> Account | None:
         """The account of ``user_id``."""
@@ -168,8 +168,8 @@ class SqlAccounts:
 class SqlLedger:
     """Movements in ``ledger_entries``."""
 
-    def __init__(self, session: Session) -> None:
-        self._db = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     async def apply(self, movement: Movement) -> LedgerEntry:
         """The ledger rule, enforced by the database: on PostgreSQL the very statement that
@@ -232,8 +232,8 @@ class SqlIdempotencyKeys:
     ``result``; rows from before hold the rendered answer in ``status_code`` and
     ``response_body`` instead)."""
 
-    def __init__(self, session: Session) -> None:
-        self._db = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     async def get(self, caller_id: UUID, key: str) -> IdempotencyRecord | None:
         """The record of ``caller_id``'s ``key``."""
@@ -265,8 +265,8 @@ class SqlIdempotencyKeys:
 class SqlInbox:
     """Processed event ids in ``inbox``."""
 
-    def __init__(self, session: Session) -> None:
-        self._db = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     async def add(self, event_id: UUID, event_type: str, now: datetime) -> bool:
         """Record the event; False on a redelivery."""
@@ -277,8 +277,8 @@ class SqlInbox:
 class SqlRevocations:
     """Revoked sessions in ``revoked_sessions``."""
 
-    def __init__(self, session: Session) -> None:
-        self._db = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     async def add(self, session_id: UUID, until: datetime) -> None:
         """Remember the revocation (idempotent)."""

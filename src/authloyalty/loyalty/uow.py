@@ -9,7 +9,7 @@ from authloyalty.loyalty.repository import (
     SqlLedger,
     SqlRevocations,
 )
-from authloyalty.platform.database import Session
+from authloyalty.platform.database import Connection
 from authloyalty.platform.uow import SqlUnitOfWork
 
 
@@ -22,9 +22,9 @@ class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
     inbox: SqlInbox
     revocations: SqlRevocations
 
-    def _bind(self, session: Session) -> None:
-        self.accounts = SqlAccounts(session)
-        self.ledger = SqlLedger(session)
-        self.idempotency = SqlIdempotencyKeys(session)
-        self.inbox = SqlInbox(session)
-        self.revocations = SqlRevocations(session)
+    def _bind(self, db: Connection) -> None:
+        self.accounts = SqlAccounts(db)
+        self.ledger = SqlLedger(db)
+        self.idempotency = SqlIdempotencyKeys(db)
+        self.inbox = SqlInbox(db)
+        self.revocations = SqlRevocations(db)

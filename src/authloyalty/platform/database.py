@@ -1,4 +1,4 @@
-"""How use cases reach their database: a :class:`Database` hands out :class:`Session` objects.
+"""How use cases reach their database: a :class:`Database` hands out :class:`Connection` objects.
 
 Statements are SQLAlchemy Core everywhere (one definition of every query). They run on one of
 two drivers:
@@ -71,7 +71,7 @@ class DatabaseUnavailable(DomainError):
     retry_after = 1
 
 
-class Session(ABC):
+class Connection(ABC):
     """One connection, inside one transaction (or in autocommit when read-only)."""
 
     dialect: str
@@ -107,38 +107,38 @@ class Session(ABC):
 
 
 class Database(ABC):
-    """A pool of sessions on one database."""
+    """A pool of connections to one database."""
 
     dialect: str
 
     @abstractmethod
-    async def session(self, *, read_only: bool = False) -> Session:
-        """A session with its transaction begun; read-only work on PostgreSQL runs in
+    async def connect(self, *, read_only: bool = False) -> Connection:
+        """A connection with its transaction begun; read-only work on PostgreSQL runs in
         autocommit (one round trip per query instead of BEGIN/query/ROLLBACK)."""
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Session]:
-        """A session committed when the block ends normally, rolled back otherwise."""
-        session = await self.session()
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A connection committed when the block ends normally, rolled back otherwise."""
+        connection = await self.connect()
         try:
-            yield session
-            await session.commit()
+            yield connection
+            await connection.commit()
         finally:
-            await session.close()
+            await connection.close()
 
     async def fetch(self, statement: Executable, params: Params = None) -> list[Row]:
         """Run one statement in a transaction of its own and return its rows (on PostgreSQL
         in autocommit: one round trip, and a single statement is atomic by itself)."""
-        async with self.transaction() as session:
-            return await session.all(statement, params)
+        async with self.transaction() as connection:
+            return await connection.all(statement, params)
 
     async def ping(self) -> None:
         """Raise :class:`DatabaseUnavailable` unless the database answers a trivial query."""
-        session = await self.session(read_only=True)
+        connection = await self.connect(read_only=True)
         try:
-            await session.execute(_SELECT_ONE)
+            await connection.execute(_SELECT_ONE)
         finally:
-            await session.close()
+            await connection.close()
 
     @abstractmethod
     async def dispose(self) -> None:
@@ -333,19 +333,19 @@ class PgDatabase(Database):
         assert self._pool is not None
         return self._pool
 
-    async def session(self, *, read_only: bool = False) -> Session:
+    async def connect(self, *, read_only: bool = False) -> Connection:
         pool = await self._get_pool()
         # No timeout here: asyncpg implements it with a timer per call, a visible share of a
         # short request. A request waits for a connection as long as its client does.
         conn = await _pg_call(pool.acquire())
-        session = _PgSession(self, pool, conn)
+        connection = _PgConnection(self, pool, conn)
         if not read_only:
             try:
-                await session.begin()
+                await connection.begin()
             except BaseException:
-                await session.close()
+                await connection.close()
                 raise
-        return session
+        return connection
 
     async def _connect(self) -> asyncpg.Connection:
         settings = {"search_path": self._target.schema} if self._target.schema else None
@@ -403,7 +403,7 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-class _PgSession(Session):
+class _PgConnection(Connection):
     dialect = "postgresql"
 
     def __init__(self, database: PgDatabase, pool: asyncpg.Pool,
@@ -417,7 +417,7 @@ class _PgSession(Session):
     @property
     def _open(self) -> asyncpg.Connection:
         if self._conn is None:
-            raise RuntimeError("session used after close")
+            raise RuntimeError("connection used after close")
         return self._conn
 
     async def begin(self) -> None:
@@ -458,7 +458,7 @@ class _PgSession(Session):
 
     async def commit(self) -> None:
         if self._tx is None:
-            raise RuntimeError("a read-only session has nothing to commit")
+            raise RuntimeError("a read-only connection has nothing to commit")
         tx, self._tx = self._tx, None
         await self._call(tx.commit())
 
@@ -509,7 +509,7 @@ class SqlAlchemyDatabase(Database):
         self.engine = engine
         self.dialect = engine.dialect.name
 
-    async def session(self, *, read_only: bool = False) -> Session:
+    async def connect(self, *, read_only: bool = False) -> Connection:
         conn = await _sa_call(self.engine.connect)
         try:
             if read_only and self.dialect != "sqlite":
@@ -519,13 +519,13 @@ class SqlAlchemyDatabase(Database):
         except BaseException:
             await conn.close()
             raise
-        return _SaSession(conn, self.dialect)
+        return _SaConnection(conn, self.dialect)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
-class _SaSession(Session):
+class _SaConnection(Connection):
     def __init__(self, conn: AsyncConnection, dialect: str) -> None:
         self._conn: AsyncConnection | None = conn
         self.dialect = dialect
@@ -533,7 +533,7 @@ class _SaSession(Session):
     @property
     def _open(self) -> AsyncConnection:
         if self._conn is None:
-            raise RuntimeError("session used after close")
+            raise RuntimeError("connection used after close")
         return self._conn
 
     async def first(self, statement: Executable, params: Params = None) -> Row | None:
@@ -566,7 +566,7 @@ class _SaSession(Session):
     async def commit(self) -> None:
         conn = self._open
         if not conn.in_transaction():
-            raise RuntimeError("a read-only session has nothing to commit")
+            raise RuntimeError("a read-only connection has nothing to commit")
         await _sa_call(conn.commit)
 
     async def close(self) -> None:

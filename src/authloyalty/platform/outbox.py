@@ -48,7 +48,7 @@ from authloyalty.platform.bus import (
     event_from_payload,
     event_payload,
 )
-from authloyalty.platform.database import Database, Session
+from authloyalty.platform.database import Connection, Database
 from authloyalty.platform.db import as_utc, utcnow
 from authloyalty.platform.kafka_codec import OutgoingTable
 
@@ -93,8 +93,8 @@ class OutboxRow:
 class OutboxWriter:
     """Appends events inside the caller's transaction."""
 
-    def __init__(self, session: Session, table: Table, events: OutgoingTable) -> None:
-        self._db = session
+    def __init__(self, db: Connection, table: Table, events: OutgoingTable) -> None:
+        self._db = db
         self._insert = _statements(table).insert
         self._events = events
 
@@ -212,17 +212,17 @@ class OutboxRelay:
             if rows:
                 futures = await self._streaming.send([r.event for r in rows])
                 results = list(await asyncio.gather(*futures))
-                async with self._database.transaction() as session:
-                    await self._record(session, rows, results)
+                async with self._database.transaction() as db:
+                    await self._record(db, rows, results)
             return len(rows)
         query = self._due_query()
-        async with self._database.transaction() as session:
-            found = await session.all(query, {"b_now": utcnow(), "b_limit": self._batch_size})
+        async with self._database.transaction() as db:
+            found = await db.all(query, {"b_now": utcnow(), "b_limit": self._batch_size})
             rows = [self._row(r) for r in found]
             if not rows:
                 return 0
             results = await self._publisher.publish([r.event for r in rows])
-            await self._record(session, rows, results)
+            await self._record(db, rows, results)
         return len(rows)
 
     def _due_query(self) -> Any:
@@ -231,11 +231,11 @@ class OutboxRelay:
     async def _claim(self, limit: int) -> list[OutboxRow]:
         """Lease up to ``limit`` due rows to this relay (see the class docstring)."""
         now = utcnow()
-        async with self._database.transaction() as session:
-            found = await session.all(self._due_query(), {"b_now": now, "b_limit": limit})
+        async with self._database.transaction() as db:
+            found = await db.all(self._due_query(), {"b_now": now, "b_limit": limit})
             rows = [row for row in map(self._row, found) if row.id not in self._in_flight]
             for row in rows:
-                await session.execute(self._sql.claimed, {"b_id": row.id,
+                await db.execute(self._sql.claimed, {"b_id": row.id,
                                                           "b_next": now + self._lease})
         return rows
 
@@ -270,8 +270,8 @@ class OutboxRelay:
                 outcomes.append(self._outcomes.get_nowait())
             rows = [row for row, _ in outcomes]
             try:
-                async with self._database.transaction() as session:
-                    await self._record(session, rows, [result for _, result in outcomes])
+                async with self._database.transaction() as db:
+                    await self._record(db, rows, [result for _, result in outcomes])
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -284,29 +284,29 @@ class OutboxRelay:
             self._wakeup.set()  # room for more, and failed rows may be due again soon
 
     async def _record(
-        self, session: Session, rows: Sequence[OutboxRow], results: Sequence[str | None]
+        self, db: Connection, rows: Sequence[OutboxRow], results: Sequence[str | None]
     ) -> None:
         now = utcnow()
         for row, error in zip(rows, results, strict=True):
             attempts = row.attempts + 1
             if error is None:
-                await session.execute(self._sql.delivered, {
+                await db.execute(self._sql.delivered, {
                     "b_id": row.id, "b_now": now, "b_attempts": attempts})
                 metrics.OUTBOX_PUBLISHED.labels(self._service, "success").inc()
             else:
                 delay = timedelta(seconds=backoff(attempts, self._max_backoff))
-                await session.execute(self._sql.failed, {
+                await db.execute(self._sql.failed, {
                     "b_id": row.id, "b_attempts": attempts, "b_error": error[:2000],
                     "b_next": now + delay})
                 metrics.OUTBOX_PUBLISHED.labels(self._service, "failure").inc()
 
     async def backlog(self) -> tuple[int, float]:
         """Number of undelivered rows and the age in seconds of the oldest one."""
-        session = await self._database.session(read_only=True)
+        db = await self._database.connect(read_only=True)
         try:
-            row = await session.first(self._sql.backlog)
+            row = await db.first(self._sql.backlog)
         finally:
-            await session.close()
+            await db.close()
         assert row is not None  # an aggregate always has a row
         count, oldest = row["n"], row["oldest"]
         age = (utcnow() - as_utc(oldest)).total_seconds() if oldest is not None else 0.0

@@ -9,7 +9,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
-from authloyalty.platform.database import Session
+from authloyalty.platform.database import Connection
 
 
 @cache
@@ -21,6 +21,6 @@ def _insert_ignore(table: Table, dialect: str) -> Executable:
     return statement
 
 
-async def insert_ignore(session: Session, table: Table, **values: Any) -> bool:
+async def insert_ignore(db: Connection, table: Table, **values: Any) -> bool:
     """``INSERT … ON CONFLICT DO NOTHING``; True if a row was inserted."""
-    return await session.execute(_insert_ignore(table, session.dialect), values) == 1
+    return await db.execute(_insert_ignore(table, db.dialect), values) == 1

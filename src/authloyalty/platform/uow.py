@@ -1,11 +1,12 @@
-"""The SQL unit of work: one session (connection + transaction), repositories bound to it."""
+"""The SQL unit of work: one database connection inside one transaction, repositories bound to
+it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Self
 
-from authloyalty.platform.database import Database, Session
+from authloyalty.platform.database import Connection, Database
 
 
 class SqlUnitOfWork:
@@ -21,37 +22,37 @@ class SqlUnitOfWork:
         self._database = database
         self._after_commit = after_commit
         self._read_only = read_only
-        self._session: Session | None = None
+        self._connection: Connection | None = None
 
-    def _bind(self, session: Session) -> None:
+    def _bind(self, db: Connection) -> None:
         raise NotImplementedError
 
     @property
-    def session(self) -> Session:
-        """The open session (inside ``async with`` only)."""
-        if self._session is None:
+    def connection(self) -> Connection:
+        """The open connection (inside ``async with`` only)."""
+        if self._connection is None:
             raise RuntimeError("unit of work used outside `async with`")
-        return self._session
+        return self._connection
 
     async def __aenter__(self) -> Self:
-        session = await self._database.session(read_only=self._read_only)
+        connection = await self._database.connect(read_only=self._read_only)
         try:
-            self._bind(session)
+            self._bind(connection)
         except BaseException:
-            await session.close()
+            await connection.close()
             raise
-        self._session = session
+        self._connection = connection
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
 
     async def commit(self) -> None:
         """Commit the transaction."""
         if self._read_only:
             raise RuntimeError("a read-only unit of work has nothing to commit")
-        await self.session.commit()
+        await self.connection.commit()
         if self._after_commit is not None:
             self._after_commit()

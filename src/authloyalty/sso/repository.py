@@ -9,8 +9,7 @@ from uuid import UUID
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from authloyalty.platform.database import IntegrityViolation
-from authloyalty.platform.database import Session as DbSession
+from authloyalty.platform.database import Connection, IntegrityViolation
 from authloyalty.platform.db import as_utc
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
 from authloyalty.sso.tables import login_failures, sessions, users
@@ -74,7 +73,7 @@ def _session(row: Mapping[str, Any]) -> Session:
 class SqlUsers:
     """Users in the ``users`` table."""
 
-    def __init__(self, db: DbSession) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     async def add(self, user: User) -> None:
@@ -113,7 +112,7 @@ class SqlUsers:
 class SqlSessions:
     """Sessions in the ``sessions`` table."""
 
-    def __init__(self, db: DbSession) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     async def add(self, session: Session) -> None:
@@ -148,7 +147,7 @@ class SqlSessions:
 class SqlLoginFailures:
     """Failed logins in ``login_failures``."""
 
-    def __init__(self, db: DbSession) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     async def record(self, email: str, client: str, at: datetime) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authloyalty.platform.database import Session
+from authloyalty.platform.database import Connection
 from authloyalty.platform.outbox import OutboxWriter
 from authloyalty.platform.uow import SqlUnitOfWork
 from authloyalty.sso.events import SSO_EVENTS
@@ -18,8 +18,8 @@ class SqlSsoUnitOfWork(SqlUnitOfWork):
     login_failures: SqlLoginFailures
     outbox: OutboxWriter
 
-    def _bind(self, session: Session) -> None:
-        self.users = SqlUsers(session)
-        self.sessions = SqlSessions(session)
-        self.login_failures = SqlLoginFailures(session)
-        self.outbox = OutboxWriter(session, outbox, SSO_EVENTS)
+    def _bind(self, db: Connection) -> None:
+        self.users = SqlUsers(db)
+        self.sessions = SqlSessions(db)
+        self.login_failures = SqlLoginFailures(db)
+        self.outbox = OutboxWriter(db, outbox, SSO_EVENTS)
