@@ -41,7 +41,7 @@ from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform import telemetry
 from authloyalty.platform.bus import EventPublisher, InProcessBus
 from authloyalty.platform.database import Database, open_database
-from authloyalty.platform.db import DatabaseTarget, create_engine, resolve_target
+from authloyalty.platform.engines import DatabaseTarget, create_engine, resolve_target
 from authloyalty.platform.files import private_dir
 from authloyalty.platform.http import create_app
 from authloyalty.platform.jwks import JwksKeyProvider

@@ -32,7 +32,7 @@ from authloyalty.bootstrap import (
 )
 from authloyalty.platform import telemetry
 from authloyalty.platform.bus import InProcessBus
-from authloyalty.platform.db import create_engine
+from authloyalty.platform.engines import create_engine
 from authloyalty.platform.grpc import stop_server
 from authloyalty.platform.httpserver import HeadLimits, limited_protocol
 from authloyalty.platform.logging import configure_logging

@@ -11,7 +11,7 @@ import pytest
 from authloyalty.bootstrap import loyalty_database, sso_database
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform.database import open_database
-from authloyalty.platform.db import create_engine
+from authloyalty.platform.engines import create_engine
 from authloyalty.platform.migrations import upgrade
 from authloyalty.sso.uow import SqlSsoUnitOfWork
 from tests.conftest import settings_for

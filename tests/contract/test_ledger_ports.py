@@ -32,7 +32,7 @@ from authloyalty.loyalty.movements import (
 )
 from authloyalty.loyalty.uow import SqlLoyaltyUnitOfWork
 from authloyalty.platform.database import PgDatabase
-from authloyalty.platform.db import create_engine
+from authloyalty.platform.engines import create_engine
 from authloyalty.platform.migrations import upgrade
 from tests.conftest import settings_for
 from tests.fakes import FakeLoyaltyStore

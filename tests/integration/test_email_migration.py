@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import sqlalchemy as sa
 
 from authloyalty.bootstrap import sso_database
-from authloyalty.platform.db import create_engine
+from authloyalty.platform.engines import create_engine
 from authloyalty.platform.migrations import upgrade
 from authloyalty.settings import Settings
 from authloyalty.sso.tables import users

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from authloyalty.bootstrap import EmbeddedSystem
 from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform.bus import Envelope
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 from authloyalty.platform.outbox import FAILED, SUCCESSFUL, OutboxRelay, OutboxWriter
 from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.tables import outbox

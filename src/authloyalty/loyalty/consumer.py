@@ -11,7 +11,7 @@ from authloyalty.loyalty.domain import REGISTRATION_COMMENT, LoyaltyUnitOfWork, 
 from authloyalty.loyalty.revocations import RevokedSessions
 from authloyalty.platform import metrics
 from authloyalty.platform.bus import Envelope, EventHandler, IntegrationEvent
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 
 log = logging.getLogger(__name__)
 

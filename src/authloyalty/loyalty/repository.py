@@ -28,8 +28,8 @@ from authloyalty.loyalty.tables import (
     ledger_entries,
     revoked_sessions,
 )
+from authloyalty.platform.clock import as_utc
 from authloyalty.platform.database import Connection, IntegrityViolation
-from authloyalty.platform.db import as_utc
 from authloyalty.platform.sql import insert_ignore
 
 # Hot statements are built once: constructing a statement and its cache key on every call was

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from authloyalty.loyalty.domain import Principal
 from authloyalty.platform import metrics
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 from authloyalty.platform.errors import DomainError, ErrorKind, InvalidToken
 from authloyalty.platform.tokens import TokenVerifier, UnknownSigningKey
 

@@ -33,7 +33,7 @@ from authloyalty.loyalty.domain import (
 )
 from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
 from authloyalty.platform import metrics
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 from opentelemetry.trace import SpanKind
 
 from authloyalty.platform import telemetry
-from authloyalty.platform.db import as_utc, utcnow
+from authloyalty.platform.clock import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ two drivers:
   cost about 0.3 ms of CPU per query (greenlet hops, pool events, result wrapping) against
   0.05 ms for the driver call itself, which made it most of a balance read.
 * **SQLite (the embedded mode): SQLAlchemy's engine** over aiosqlite, which also gives SQLite
-  its write-locking transactions (see :mod:`authloyalty.platform.db`).
+  its write-locking transactions (see :mod:`authloyalty.platform.engines`).
 
 Both translate driver failures into two exceptions callers can act on: :class:`IntegrityViolation`
 (a constraint refused the write: usually a concurrent twin) and :class:`DatabaseUnavailable`
@@ -40,7 +40,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
-from authloyalty.platform.db import DatabaseTarget
+from authloyalty.platform.engines import DatabaseTarget
 from authloyalty.platform.errors import DomainError, ErrorKind
 
 Params = Mapping[str, Any] | None

@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from authloyalty.platform.db import DatabaseTarget
+from authloyalty.platform.engines import DatabaseTarget
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent
 

@@ -48,8 +48,8 @@ from authloyalty.platform.bus import (
     event_from_payload,
     event_payload,
 )
+from authloyalty.platform.clock import as_utc, utcnow
 from authloyalty.platform.database import Connection, Database
-from authloyalty.platform.db import as_utc, utcnow
 from authloyalty.platform.kafka_codec import OutgoingTable
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from uuid import UUID
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
+from authloyalty.platform.clock import as_utc
 from authloyalty.platform.database import Connection, IntegrityViolation
-from authloyalty.platform.db import as_utc
 from authloyalty.sso.domain import Session, User, UserExists, normalise_email
 from authloyalty.sso.tables import login_failures, sessions, users
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 from authloyalty.platform.schemas import (
     Body,
     StrictText,

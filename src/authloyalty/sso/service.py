@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope
-from authloyalty.platform.db import utcnow
+from authloyalty.platform.clock import utcnow
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (

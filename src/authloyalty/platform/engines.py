@@ -1,10 +1,13 @@
-"""Engines for PostgreSQL (asyncpg) and SQLite (aiosqlite) with the settings each needs."""
+"""Where a service's database is (:class:`DatabaseTarget`) and the SQLAlchemy engine for it:
+PostgreSQL (asyncpg) or SQLite (aiosqlite), each with the settings it needs.
+
+:mod:`authloyalty.platform.database` runs the statements; engines serve migrations and SQLite.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +134,3 @@ def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:
 
     return engine
 
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every value we store is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
