@@ -8,13 +8,16 @@ BENCH_MODE  ?= short
 BENCH_ARGS  ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help venv system-deps run test lint typecheck unit bench bench-profile clean
+.PHONY: help venv system-deps kafka-jars run test lint typecheck unit bench bench-profile clean \
+        stack-up stack-down stack-status stack-restart stack-logs
 
 help:
 	@echo "make run        start sso (:8000) and loyalty (:8001) with embedded storage in ./var"
 	@echo "make test       lint, type-check and run the whole suite (starts its own PostgreSQL)"
 	@echo "make unit       fast unit tests only"
 	@echo "make bench      throughput/latency vs. ceilings (BENCH_MODE=short|full), results in bench/results"
+	@echo "make stack-up   the production topology on this machine (ARGS=\"--brokers 3\" ...), in var/stack"
+	@echo "make stack-status | stack-down | stack-restart C=sso-1 | stack-logs C=nginx"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -28,11 +31,15 @@ venv: $(STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
+# The Kafka brokers' jars (Maven Central, cached under ~/.cache/authloyalty), before any test.
+kafka-jars: venv system-deps
+	@$(BIN)/python -m devstack kafka classpath >/dev/null
+
 run: venv
 	$(BIN)/authloyalty up $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests devstack
 
 typecheck: venv
 	$(BIN)/mypy
@@ -40,7 +47,7 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: venv system-deps lint typecheck
+test: venv system-deps kafka-jars lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -52,6 +59,27 @@ bench: $(BENCH_STAMP) system-deps
 
 bench-profile: $(BENCH_STAMP) system-deps
 	$(BIN)/python bench/profile.py $(BENCH_ARGS)
+
+# The local production topology (devstack/, processes under supervisord; deploy/README.md).
+STACK_DIR ?= var/stack
+C ?=
+
+stack-up: venv
+	$(BIN)/python -m devstack up --dir $(STACK_DIR) $(ARGS)
+
+stack-status: venv
+	$(BIN)/python -m devstack status --dir $(STACK_DIR)
+
+stack-down: venv
+	$(BIN)/python -m devstack down --dir $(STACK_DIR)
+
+stack-restart: venv
+	@test -n "$(C)" || { echo "usage: make stack-restart C=<component> (see make stack-status)" >&2; exit 2; }
+	$(BIN)/python -m devstack restart $(C) --dir $(STACK_DIR)
+
+stack-logs: venv
+	@test -n "$(C)" || { echo "usage: make stack-logs C=<component>" >&2; exit 2; }
+	$(BIN)/python -m devstack logs $(C) --dir $(STACK_DIR)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and the local stack need, when missing.
+# `make test` runs it before pytest: tests never install anything, they only check that a
+# tool is there (devstack.common.require_commands).
 # Safe to run repeatedly; does nothing when everything is present.
 set -euo pipefail
 

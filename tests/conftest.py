@@ -12,10 +12,10 @@ from uuid import uuid4
 
 import pytest
 
-from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.settings import Settings, load_settings
 from authloyalty.sso.settings import Argon2Settings
+from devstack.kafka import KafkaBroker, KafkaCluster
+from devstack.postgres import PostgresCluster, scratch_dir
 
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_kib=64, parallelism=1)
 

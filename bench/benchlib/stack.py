@@ -24,15 +24,15 @@ from typing import Any
 import httpx
 import yaml
 
-from authloyalty.devinfra.common import free_port
-from authloyalty.devinfra.kafka import KafkaBroker
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
+from devstack.common import free_port
+from devstack.kafka import KafkaBroker
+from devstack.postgres import PostgresCluster, scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # PostgreSQL settings for a 2-core machine whose memory is shared with the services, Kafka and
 # the load generator. Durable: fsync, synchronous_commit and full_page_writes stay on (the
-# devinfra defaults when durable=True); only sizes and the planner's cost model are adjusted.
+# devstack defaults when durable=True); only sizes and the planner's cost model are adjusted.
 PG_SETTINGS: dict[str, str] = {
     "shared_buffers": "512MB",
     "effective_cache_size": "4GB",
@@ -203,8 +203,8 @@ class Stack:
         pg = PostgresCluster(self.root / "pg", durable=True)
         pg.start()
         self.pg = pg
-        # devinfra has no knob for these: ALTER SYSTEM (postgresql.auto.conf wins over the
-        # included devinfra.conf), then restart for shared_buffers.
+        # devstack has no knob for these: ALTER SYSTEM (postgresql.auto.conf wins over the
+        # included devstack.conf), then restart for shared_buffers.
         pg.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';\n" for k, v in PG_SETTINGS.items()))
         pg.stop()
         pg.start()

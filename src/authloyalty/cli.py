@@ -92,10 +92,6 @@ def _parser() -> argparse.ArgumentParser:
     _common(revoke)
     revoke.add_argument("--email", required=True)
 
-    stack = sub.add_parser("stack", add_help=False,
-                           help="the production topology on this machine (up | status | down)")
-    stack.add_argument("stack_args", nargs=argparse.REMAINDER)
-
     keys = sub.add_parser("keys", help="manage token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="add a signing key (the newest signs)")
@@ -354,12 +350,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``authloyalty`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["stack"]:  # its own parser, options included
-        from authloyalty.devinfra.stack import main as stack_main
-
-        return stack_main(argv[1:], prog="authloyalty stack")
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "keys":
         path = write_new_key(args.dir, args.algorithm)
         print(f"new signing key: {path}")

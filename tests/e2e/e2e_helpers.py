@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from authloyalty.devinfra.common import clean_env, free_port
+from devstack.common import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster
-from authloyalty.devinfra.postgres import PostgresCluster
+from devstack.kafka import KafkaBroker, KafkaCluster
+from devstack.postgres import PostgresCluster
 from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port, server_env
 
 

@@ -12,8 +12,8 @@ import jwt
 import pytest
 import yaml
 
-from authloyalty.devinfra.kafka import KafkaBroker
-from authloyalty.devinfra.postgres import PostgresCluster
+from devstack.kafka import KafkaBroker
+from devstack.postgres import PostgresCluster
 from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port
 from tests.e2e.stack import Stack, wait_for
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authloyalty.devinfra.kafka import KafkaCluster
-from authloyalty.devinfra.postgres import PostgresCluster
+from devstack.kafka import KafkaCluster
+from devstack.postgres import PostgresCluster
 from tests.e2e.stack import Service, Stack, wait_for
 
 pytestmark = pytest.mark.e2e

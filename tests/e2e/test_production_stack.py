@@ -1,13 +1,15 @@
 """The production topology on this machine, used over HTTPS through the nginx gateway.
 
-`python -m authloyalty.devinfra.stack up` starts PostgreSQL (primary + streaming replica),
-Kafka, two sso replicas, loyalty and nginx; a client that only knows the gateway registers,
+`python -m devstack up` starts PostgreSQL (primary + streaming replica), Kafka, two sso
+replicas, loyalty and nginx under supervisord; a client that only knows the gateway registers,
 logs in, sees the bonus, withdraws, gets an admin deposit and logs out; one sso replica is
-SIGKILLed while requests keep coming, and none fails; `down` stops every process.
+SIGKILLed while requests keep coming, and none fails; `restart sso-1` brings it back; `down`
+stops every process, supervisord included.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,10 +30,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from authloyalty.devinfra.postgres import scratch_dir
-from authloyalty.devinfra.stack import load_state, process_alive
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
-from tests.e2e.e2e_helpers import PASSWORD, bearer, free_port, run_cli, unique_email
+from devstack.postgres import scratch_dir
+from devstack.supervisor import Supervisor
+from tests.e2e.e2e_helpers import PASSWORD, ROOT, bearer, free_port, run_cli, unique_email
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +43,23 @@ LOGOUT_DEADLINE = 1.0
 
 def _stack(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG_PATH"}
-    return subprocess.run([sys.executable, "-m", "authloyalty.devinfra.stack", *args],
+    return subprocess.run([sys.executable, "-m", "devstack", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def _report(directory: Path) -> dict[str, Any]:
+    """`status --json`: the plan with each component's supervisord state and pid."""
+    result = _stack("status", "--dir", str(directory), "--json", timeout=60)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 @dataclass
@@ -71,8 +88,9 @@ class Stack:
         """Trusts the stack's throwaway CA only."""
         return ssl.create_default_context(cafile=str(self.ca))
 
-    def pids(self) -> list[dict[str, Any]]:
-        return [p for c in self.state["components"] for p in c["processes"]]
+    def running(self, name: str) -> bool:
+        """Whether supervisord reports the component running."""
+        return bool(Supervisor(self.dir).all_info()[name]["statename"] == "RUNNING")
 
     def logs(self) -> str:
         parts = []
@@ -92,14 +110,14 @@ def stack() -> Iterator[Stack]:
                     "--no-prometheus")
     try:
         assert result.returncode == 0, f"stack up failed:\n{result.stdout}\n{result.stderr}"
-        state = load_state(directory)
-        assert state is not None
+        state = _report(directory)
         assert state["status"] == "running"
+        assert all(c["state"] == "RUNNING" for c in state["components"]), state["components"]
         print(f"stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         yield Stack(directory, state)
     finally:
-        if (state := load_state(directory)) is not None and state.get("status") != "stopped":
-            _stack("down", "--dir", str(directory), timeout=120)
+        if Supervisor(directory).alive():  # a failed test: nothing may be left running
+            _stack("down", "--dir", str(directory), timeout=180)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -204,13 +222,13 @@ def test_production_topology_over_https(stack: Stack) -> None:
 
         reader = threading.Thread(target=idempotent_load, daemon=True)
         reader.start()
-        victim = stack.component("sso-1")["processes"][0]
+        victim = int(stack.component("sso-1")["pid"])
         try:
             for i in range(24):
                 if i == 6:
-                    os.kill(victim["pid"], signal.SIGKILL)
+                    os.kill(victim, signal.SIGKILL)
                     deadline = time.monotonic() + 5
-                    while process_alive(victim):
+                    while _alive(victim) or stack.running("sso-1"):
                         assert time.monotonic() < deadline, "the killed replica is still alive"
                         time.sleep(0.01)
                 r = client.post("/auth/login", json={"email": email, "password": PASSWORD})
@@ -226,7 +244,7 @@ def test_production_topology_over_https(stack: Stack) -> None:
         assert not failures, f"{failures}\n{stack.logs()}"
         status = _stack("status", "--dir", str(stack.dir), timeout=30)
         assert status.returncode == 1, status.stdout  # one component is down ...
-        assert re.search(r"(?m)^\s*sso-1\s+no\s", status.stdout), status.stdout
+        assert re.search(r"(?m)^\s*sso-1\s+EXITED\s", status.stdout), status.stdout
 
         # ... and logout still ends the session at loyalty within a second
         r = client.post("/auth/logout", json={"token": access})
@@ -240,12 +258,28 @@ def test_production_topology_over_https(stack: Stack) -> None:
         print(f"logout refused at loyalty after {time.monotonic() - logged_out:.3f} s",
               file=sys.stderr)
 
-    # down stops every process `up` started, and nothing is left running
-    pids = stack.pids()
-    result = _stack("down", "--dir", str(stack.dir), timeout=120)
+        # one command brings the killed replica back, ready
+        restarted = _stack("restart", "sso-1", "--dir", str(stack.dir), timeout=120)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "sso-1 ready" in restarted.stdout, restarted.stdout
+        status = _stack("status", "--dir", str(stack.dir), timeout=30)
+        assert status.returncode == 0, status.stdout
+        r = httpx.get(f"{_report(stack.dir)['components'][_index(stack, 'sso-1')]['urls']['http']}"
+                      "/auth/healthz", timeout=5.0)
+        assert r.status_code == 200, r.text
+
+    # down stops every process `up` started, supervisord too, and nothing is left running
+    pids = [int(c["pid"]) for c in _report(stack.dir)["components"] if c["pid"]]
+    assert len(pids) == len(stack.state["components"])
+    result = _stack("down", "--dir", str(stack.dir), timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    alive = [p for p in pids if process_alive(p)]
+    alive = [p for p in pids if _alive(p)]
     assert not alive, f"still running after down: {alive}\n{stack.logs()}"
-    state = load_state(stack.dir)
-    assert state is not None
+    assert not Supervisor(stack.dir).alive()
+    state = _report(stack.dir)
     assert state["status"] == "stopped"
+    assert not any(c["alive"] for c in state["components"])
+
+
+def _index(stack: Stack, name: str) -> int:
+    return next(i for i, c in enumerate(stack.state["components"]) if c["name"] == name)

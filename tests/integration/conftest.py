@@ -8,10 +8,10 @@ from uuid import uuid4
 import pytest
 
 from authloyalty.bootstrap import EmbeddedSystem, build_embedded
-from authloyalty.devinfra.kafka import KafkaBroker
 from authloyalty.platform.kafka import ensure_topics
 from authloyalty.platform.settings import KafkaSettings
 from authloyalty.settings import Settings
+from devstack.kafka import KafkaBroker
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from authloyalty.bootstrap import build_embedded, loyalty_app, sso_app
-from authloyalty.devinfra.common import free_port
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.platform.database import DatabaseUnavailable, PgDatabase
 from authloyalty.platform.engines import DatabaseTarget
 from authloyalty.sso.service import Registration
+from devstack.common import free_port
+from devstack.postgres import PostgresCluster, scratch_dir
 from tests.conftest import FAST_ARGON2, settings_for
 
 

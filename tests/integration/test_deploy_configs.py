@@ -24,10 +24,12 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from authloyalty.devinfra import nginx as gateway
-from authloyalty.devinfra import prometheus as prom
-from authloyalty.devinfra.postgres import scratch_dir
 from authloyalty.settings import load_settings
+from devstack import nginx as gateway
+from devstack import prometheus as prom
+from devstack.common import DevstackError, find_command
+from devstack.postgres import scratch_dir
+from devstack.tls import make_tls
 from tests.e2e.e2e_helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -46,11 +48,12 @@ EXPORTED_PREFIXES = ("authloyalty_", "process_", "python_")
 
 
 def _tool(command: str, package: str) -> str:
-    """The path of a Debian tool, installed if missing; skip only if it cannot be installed."""
-    try:
-        return gateway.ensure_commands({command: package})[command]
-    except RuntimeError as exc:
-        pytest.skip(f"{command} unavailable: {exc}")
+    """The path of a Debian tool; tests never install one (`make test` does, before pytest)."""
+    path = find_command(command)
+    if path is None:
+        pytest.fail(f"{command} is not installed: run `make system-deps` "
+                    f"(scripts/install-system-deps.sh) or `apt-get install {package}`")
+    return path
 
 
 def _compose() -> dict[str, Any]:
@@ -151,12 +154,12 @@ def test_service_configs_are_accepted_by_the_services(name: str) -> None:
 def test_compose_gateway_config_is_rendered_from_the_template() -> None:
     committed = (DEPLOY / "nginx" / gateway.COMPOSE_CONF_NAME).read_text()
     assert committed == gateway.render_compose(), (
-        "run `python -m authloyalty.devinfra.nginx render-compose`")
+        "run `python -m devstack nginx render-compose`")
 
 
 def test_nginx_accepts_the_local_stack_gateway_config(scratch: Path) -> None:
     nginx = _tool("nginx", "nginx")
-    tls = gateway.make_tls(scratch / "tls", openssl=_tool("openssl", "openssl"))
+    tls = make_tls(scratch / "tls", openssl=_tool("openssl", "openssl"))
     (scratch / "tmp").mkdir()
     values = gateway.GatewayValues(
         sso_http=["127.0.0.1:18001", "127.0.0.1:18002"],
@@ -175,7 +178,7 @@ def test_nginx_accepts_the_local_stack_gateway_config(scratch: Path) -> None:
 def test_nginx_accepts_the_compose_gateway_config(scratch: Path) -> None:
     """The committed compose config, with container names and paths mapped onto this machine."""
     nginx = _tool("nginx", "nginx")
-    tls = gateway.make_tls(scratch / "tls", openssl=_tool("openssl", "openssl"))
+    tls = make_tls(scratch / "tls", openssl=_tool("openssl", "openssl"))
     text = (DEPLOY / "nginx" / gateway.COMPOSE_CONF_NAME).read_text()
     # Container names resolve only inside the compose network; nginx resolves them at load.
     for host in ("sso-1", "sso-2", "loyalty", "grafana", "jaeger"):
@@ -202,7 +205,7 @@ def test_nginx_refuses_a_broken_config(scratch: Path) -> None:
     nginx = _tool("nginx", "nginx")
     conf = scratch / "nginx.conf"
     conf.write_text("events {}\nhttp { upstream u { } server { listen 127.0.0.1:1; } }\n")
-    with pytest.raises(RuntimeError, match="nginx -t refused"):
+    with pytest.raises(DevstackError, match="nginx -t refused"):
         gateway.check_config(conf, prefix=scratch, nginx=nginx)
 
 
@@ -238,7 +241,7 @@ def test_promtool_refuses_a_broken_config(scratch: Path) -> None:
     promtool = _tool("promtool", prom.DEBIAN_PACKAGE)
     path = scratch / "prometheus.yml"
     path.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: soon\n")
-    with pytest.raises(RuntimeError, match="refused"):
+    with pytest.raises(DevstackError, match="refused"):
         prom.check_config(path, promtool=promtool)
 
 

@@ -11,10 +11,10 @@ from uuid import uuid4
 import pytest
 
 from authloyalty.bootstrap import build_embedded
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.loyalty.domain import LedgerEntry, Principal
 from authloyalty.loyalty.service import Idempotency, Operation
 from authloyalty.sso.service import Registration
+from devstack.postgres import PostgresCluster, scratch_dir
 from tests.conftest import FAST_ARGON2, settings_for
 
 

@@ -12,8 +12,8 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from authloyalty.devinfra.common import free_port
 from authloyalty.platform.httpserver import HeadLimits, limited_protocol
+from devstack.common import free_port
 
 LIMITS = HeadLimits(max_bytes=4096, max_fields=20)
 

@@ -87,7 +87,7 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
 
 # Producer settings chosen so that a broker that dies delays only the records whose partition
 # needs it, for about as long as Kafka needs to move its partitions (deploy/README.md, "Broker
-# failure": with 3 brokers and the devinfra broker session of 3 s,
+# failure": with 3 brokers and the devstack broker session of 3 s,
 # every acks=all write to a partition with the dead broker in its ISR waited 5.1-6.3 s).
 _PRODUCER_TUNING: dict[str, Any] = {
     "enable.idempotence": True,

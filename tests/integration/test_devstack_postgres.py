@@ -1,4 +1,4 @@
-"""Integration tests for the throwaway PostgreSQL cluster helper."""
+"""The throwaway PostgreSQL clusters of devstack."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
+from devstack.postgres import PostgresCluster, scratch_dir
 
 pytestmark = pytest.mark.postgres
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _port_closed(port: int) -> bool:
@@ -33,7 +34,7 @@ def base_dirs() -> Iterator[tuple[Path, Path]]:
     yield primary, replica
     for path in (primary, replica):
         # Safety net if a test failed before stopping its clusters.
-        if (path / "devinfra-postgres.json").exists():
+        if (path / "devstack-postgres.json").exists():
             PostgresCluster.existing(path).stop()
         shutil.rmtree(path, ignore_errors=True)
 
@@ -99,7 +100,8 @@ def test_cli_start_url_stop(base_dirs: tuple[Path, Path]) -> None:
 
     def cli(*args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "authloyalty.devinfra.postgres", *args, "--dir", str(base)],
+            [sys.executable, "-m", "devstack", "postgres", *args, "--dir", str(base)],
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=90,

@@ -1,4 +1,4 @@
-"""Integration tests for the throwaway Kafka broker helper (real JVM broker, no Docker)."""
+"""The throwaway Kafka brokers of devstack: real JVMs under supervisord, no Docker."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from authloyalty.devinfra.kafka import KafkaBroker, KafkaCluster, broker_ids
+from devstack.kafka import KafkaBroker, KafkaCluster, broker_ids
+from devstack.supervisor import Supervisor
 
 ck = pytest.importorskip("confluent_kafka")
 admin_mod = pytest.importorskip("confluent_kafka.admin")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _produce(bootstrap: str, topic: str, *messages: tuple[bytes, bytes]) -> None:
@@ -81,7 +83,7 @@ def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
 
 def test_messages_survive_restart_and_crash(broker: KafkaBroker) -> None:
     bootstrap = broker.bootstrap_servers
-    topic = f"devinfra-{uuid.uuid4().hex[:8]}"  # auto-created on first produce
+    topic = f"devstack-{uuid.uuid4().hex[:8]}"  # auto-created on first produce
     _produce(bootstrap, topic, (b"k1", b"hello"))
     assert _consume(bootstrap, topic, "g1", 1) == [(b"k1", b"hello")]
 
@@ -101,46 +103,61 @@ def test_messages_survive_restart_and_crash(broker: KafkaBroker) -> None:
     assert not broker.is_running()
     broker.start()
     assert _consume(bootstrap, topic, "g2", 2) == [(b"k1", b"hello"), (b"k2", b"after restart")]
-    assert broker.log_file.read_text().count("starting kafka.Kafka") == 3
+    assert broker.log_file.read_text().count("Kafka Server started") == 3
 
 
 def test_pause_and_resume(broker: KafkaBroker) -> None:
-    assert broker_ids(broker.port) == {1}
+    assert broker_ids(broker.bootstrap_servers) == {1}
     broker.pause()
     try:
         with pytest.raises(TimeoutError):  # the port accepts but nothing answers
-            broker_ids(broker.port, timeout=1.0)
+            broker_ids(broker.bootstrap_servers, timeout=1.0)
     finally:
         broker.resume()
-    assert broker_ids(broker.port) == {1}
+    assert broker_ids(broker.bootstrap_servers) == {1}
+
+
+def test_killed_broker_leaves_nothing_running(broker: KafkaBroker) -> None:
+    """Its own supervisord reaps the JVM and exits with it."""
+    pid = broker.pid
+    assert pid is not None
+    broker.kill()
+    assert not broker.is_running()
+    assert not broker.supervisor.alive()
+    assert not Path(f"/proc/{pid}").exists() or b"kafka.Kafka" not in Path(
+        f"/proc/{pid}/cmdline").read_bytes()
 
 
 def test_cli_start_status_stop(tmp_path: Path) -> None:
     base = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "authloyalty.devinfra.kafka"]
+    cmd = [sys.executable, "-m", "devstack", "kafka"]
     start = subprocess.run(
         [*cmd, "start", "--dir", str(base), "--heap", "384m"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert start.returncode == 0, start.stderr
     bootstrap = start.stdout.strip()
     try:
         assert bootstrap.startswith("127.0.0.1:")
         status = subprocess.run(
-            [*cmd, "status", "--dir", str(base)], capture_output=True, text=True, check=False
+            [*cmd, "status", "--dir", str(base)], capture_output=True, text=True, check=False,
+            cwd=ROOT,
         )
         assert status.returncode == 0, status.stdout
         _produce(bootstrap, "cli-topic", (b"k", b"v"))
         assert _consume(bootstrap, "cli-topic", "g", 1) == [(b"k", b"v")]
     finally:
         stop = subprocess.run(
-            [*cmd, "stop", "--dir", str(base)], capture_output=True, text=True, check=False
+            [*cmd, "stop", "--dir", str(base)], capture_output=True, text=True, check=False,
+            cwd=ROOT,
         )
     assert stop.returncode == 0, stop.stderr
     status = subprocess.run(
-        [*cmd, "status", "--dir", str(base)], capture_output=True, text=True, check=False
+        [*cmd, "status", "--dir", str(base)], capture_output=True, text=True, check=False,
+        cwd=ROOT,
     )
     assert status.returncode == 3
+    assert not Supervisor(base).alive(), "supervisord outlived `kafka stop`"
     # The JVM is gone: nothing of ours still holds the broker's server.properties open.
     config = str(base / "server.properties")
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -167,7 +184,8 @@ def test_cluster_survives_node_crash(tmp_path: Path) -> None:
         assert _consume(bootstrap, "replicated", "g", 2) == [(b"a", b"1"), (b"b", b"2")]
 
         cluster.start_node(1)
-        assert broker_ids(cluster.node(1).port) == {1, 2, 3}
+        assert broker_ids(cluster.node(1).bootstrap_servers) == {1, 2, 3}
     finally:
         cluster.stop()
     assert not any(node.is_running() for node in cluster.nodes)
+    assert not cluster.supervisor.alive()

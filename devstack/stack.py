@@ -1,0 +1,325 @@
+"""The production topology on one machine, without containers: up, status, restart, logs, down.
+
+``up`` provisions (Debian packages unless ``--no-install``, the TLS CA, signing keys, configs),
+renders the component table of :mod:`devstack.topology` into ``supervisord.conf``, starts
+supervisord and then each component once its dependencies are ready, and returns when the
+gateway answers; the stack keeps running under supervisord. ``DIR/stack.json`` holds the plan
+(options, ports, tool paths) from which every later command rebuilds the same table; process
+state is supervisord's alone. ``up`` on a directory whose stack was stopped resumes its data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from devstack import components as runner
+from devstack import packages, tls
+from devstack.common import (
+    DevstackError,
+    bindable,
+    free_ports,
+    require_commands,
+    tail_file,
+    write_json,
+)
+from devstack.topology import Topology, authloyalty, run, saved_postgres_port
+
+DEFAULT_DIR = Path("var/stack")
+STATE_FILE = "stack.json"
+DEFAULT_HTTPS_PORT = 8443
+DEFAULT_GRPC_GATEWAY_PORT = 44044
+DEFAULT_PROMETHEUS_PORT = 9090
+UP_TIMEOUT = 300.0
+RESTART_TIMEOUT = 120.0
+# Subdirectories `up --fresh` may delete (never the directory itself, which the user named).
+_OWNED = ("pg", "kafka", "keys", "tls", "config", "nginx", "prometheus", "logs")
+
+
+@dataclass
+class Options:
+    """What ``up`` was asked for."""
+
+    directory: Path
+    sso_replicas: int = 2
+    loyalty_replicas: int = 1
+    brokers: int = 1
+    https_port: int | None = None
+    grpc_gateway_port: int | None = None
+    prometheus: bool = True
+    prometheus_port: int | None = None
+    also_443: bool = True
+    install: bool = True
+    fresh: bool = False
+
+
+def load_state(directory: Path) -> dict[str, Any] | None:
+    """The plan of the stack in ``directory`` (None if there is none)."""
+    try:
+        data: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise DevstackError(f"{directory / STATE_FILE} is not valid JSON: {exc}") from exc
+    return data
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialise ``up``, ``restart`` and ``down`` on one directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".stack.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevstackError(f"another devstack command is working on {directory}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _choose_ports(opts: Options, taken: set[int]) -> dict[str, Any]:
+    def fixed(port: int | None, default: int, flag: str) -> int:
+        if port is not None:
+            if port in taken or not bindable(port):
+                raise DevstackError(f"{flag} {port} is in use (or not permitted); choose another")
+            chosen = port
+        elif default not in taken and bindable(default):
+            chosen = default
+        else:
+            chosen = free_ports(1, taken)[0]
+            print(f"port {default} is busy; using {chosen} instead ({flag} chooses)", flush=True)
+        taken.add(chosen)
+        return chosen
+
+    https = [fixed(opts.https_port, DEFAULT_HTTPS_PORT, "--https-port")]
+    # 443 as well, when nobody asked for a particular port and we may bind it (root, free).
+    if opts.also_443 and opts.https_port is None and 443 not in taken and bindable(443):
+        https.append(443)
+    grpc = fixed(opts.grpc_gateway_port, DEFAULT_GRPC_GATEWAY_PORT, "--http2-grpc-port")
+    prom = (fixed(opts.prometheus_port, DEFAULT_PROMETHEUS_PORT, "--prometheus-port")
+            if opts.prometheus else None)
+    pg = opts.directory / "pg"
+    primary = saved_postgres_port(pg / "primary")
+    replica = saved_postgres_port(pg / "replica")
+    free = iter(free_ports(2 * opts.sso_replicas + opts.loyalty_replicas + 2, taken))
+    return {"https": https, "grpc_gateway": grpc, "prometheus": prom,
+            "sso": [[next(free), next(free)] for _ in range(opts.sso_replicas)],
+            "loyalty": [next(free) for _ in range(opts.loyalty_replicas)],
+            "postgres_primary": primary or next(free), "postgres_replica": replica or next(free)}
+
+
+def _provision(opts: Options) -> dict[str, str]:
+    commands = dict(packages.STACK_COMMANDS)
+    if opts.prometheus:
+        commands |= packages.PROMETHEUS_COMMANDS
+    packages.ensure_packages(commands, postgres=True, install=opts.install)
+    return require_commands(commands)
+
+
+def up(opts: Options) -> int:
+    """Start the stack; on failure stop what was started and return 1."""
+    directory = opts.directory = opts.directory.absolute()
+    started = time.monotonic()
+
+    def step(text: str) -> None:
+        print(f"[{time.monotonic() - started:5.1f}s] {text}", flush=True)
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # so that a terminated `up` stops what it started
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    with _locked(directory):
+        topology: Topology | None = None
+        try:
+            topology = _prepare(opts, step)
+            table = topology.components()
+            topology.supervisor.launch(table)
+            step(f"supervisord up ({topology.supervisor.conf})")
+            runner.bring_up(topology.supervisor, table, timeout=UP_TIMEOUT, report=step)
+            _check_gateway(topology)
+        except BaseException as exc:
+            if topology is not None:
+                with contextlib.suppress(Exception):
+                    topology.supervisor.shutdown()
+            _set_status(directory, "failed")
+            if isinstance(exc, KeyboardInterrupt):
+                print("interrupted; everything started was stopped", flush=True)
+                return 130
+            if isinstance(exc, DevstackError | OSError | TimeoutError | ValueError):
+                print(f"error: {exc}\nlogs: {directory / 'logs'}", flush=True)
+                return 1
+            raise
+        elapsed = round(time.monotonic() - started, 1)
+        _set_status(directory, "running", started_in_s=elapsed)
+        step(f"stack is up in {elapsed} s")
+    print()
+    return status(directory)
+
+
+def _prepare(opts: Options, step: Any) -> Topology:
+    directory = opts.directory
+    if (previous := load_state(directory)) is not None and Topology(
+            directory, previous).supervisor.alive():
+        raise DevstackError(f"a stack is already running in {directory}; see `status` or "
+                            "stop it with `down`")
+    if opts.fresh:
+        for name in _OWNED:
+            shutil.rmtree(directory / name, ignore_errors=True)
+    tools = _provision(opts)
+    if os.geteuid() == 0:
+        directory.chmod(0o755)  # the postgres OS user and nginx's workers reach files in it
+    (directory / "logs").mkdir(exist_ok=True)
+    (directory / "pg").mkdir(exist_ok=True)
+    (directory / "pg").chmod(0o755)
+    plan: dict[str, Any] = {
+        "version": 2, "status": "starting", "dir": str(directory),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {"sso_replicas": opts.sso_replicas,
+                    "loyalty_replicas": opts.loyalty_replicas, "brokers": opts.brokers},
+        "tools": tools, "ports": {"postgres_primary": 0, "postgres_replica": 0},
+    }
+    topology = Topology(directory, plan)  # Kafka first: its nodes keep ports once formatted
+    plan["ports"] = _choose_ports(opts, {p for n in topology.kafka_nodes()
+                                         for p in (n.port, n.controller_port)})
+    files = topology.tls
+    if not (files.cert.is_file() and _valid_for_a_day(files.cert, tools["openssl"])):
+        tls.make_tls(directory / "tls", openssl=tools["openssl"])
+        step(f"TLS certificate for localhost/127.0.0.1 signed by {files.ca}")
+    keys = directory / "keys"
+    if not any(keys.glob("*.pem")):
+        run([*authloyalty(), "keys", "generate", "--dir", str(keys)], "keys generate")
+    keys.chmod(0o700)
+    plan["components"] = topology.write_files()
+    write_json(directory / STATE_FILE, plan)
+    step(f"configs written to {directory / 'config'}")
+    return topology
+
+
+def _valid_for_a_day(cert: Path, openssl: str) -> bool:
+    return subprocess.run([openssl, "x509", "-checkend", str(24 * 3600), "-noout", "-in",
+                           str(cert)], capture_output=True, check=False).returncode == 0
+
+
+def _check_gateway(topology: Topology) -> None:
+    base = f"https://localhost:{topology.plan['ports']['https'][0]}"
+    context = ssl.create_default_context(cafile=str(topology.tls.ca))
+    with httpx.Client(verify=context, timeout=5.0) as client:
+        for path in ("/auth/healthz", "/loyalty/healthz", "/.well-known/jwks.json"):
+            response = client.get(base + path)
+            if response.status_code != 200:
+                raise DevstackError(f"GET {base}{path} through the gateway answered "
+                                    f"{response.status_code}: {response.text[:300]}")
+
+
+def _set_status(directory: Path, value: str, **extra: Any) -> None:
+    state = load_state(directory)
+    if state is not None:
+        state.update(status=value, **extra)
+        write_json(directory / STATE_FILE, state)
+
+
+def _topology(directory: Path) -> Topology:
+    state = load_state(directory)
+    if state is None:
+        raise DevstackError(f"no stack in {directory}")
+    return Topology(directory, state)
+
+
+def down(directory: Path) -> int:
+    """Stop every process of the stack (reverse start order) and its supervisord."""
+    with _locked(directory):
+        topology = _topology(directory)
+        topology.supervisor.shutdown()
+        _set_status(directory, "stopped",
+                    stopped_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    print(f"stack in {directory} stopped")
+    return 0
+
+
+def restart(directory: Path, name: str) -> int:
+    """Restart one component and wait until it is ready again."""
+    with _locked(directory):
+        topology = _topology(directory)
+        if not topology.supervisor.alive():
+            raise DevstackError(f"the stack in {directory} is not running; use `up`")
+        table = {c.name: c for c in topology.components()}
+        if name not in table:
+            raise DevstackError(f"no component {name!r}; one of {', '.join(table)}")
+        runner.restart(topology.supervisor, table[name], timeout=RESTART_TIMEOUT)
+    return 0
+
+
+def logs(directory: Path, name: str, lines: int) -> int:
+    """Print the end of one component's log."""
+    table = {c.name: c for c in _topology(directory).components()}
+    if name not in table:
+        raise DevstackError(f"no component {name!r}; one of {', '.join(table)}")
+    print(tail_file(table[name].log, lines))
+    return 0
+
+
+def status_report(directory: Path) -> dict[str, Any] | None:
+    """The plan with supervisord's state, pid and ``alive`` on every component."""
+    state = load_state(directory)
+    if state is None:
+        return None
+    topology = Topology(directory, state)
+    try:
+        info = topology.supervisor.all_info()
+    except (OSError, xmlrpc.client.Error):
+        info = {}
+    described = state.get("components", {})
+    report = []
+    for component in topology.components():
+        entry = info.get(component.name, {})
+        alive = entry.get("statename") in ("STARTING", "RUNNING", "STOPPING")
+        report.append({"name": component.name, "state": entry.get("statename", "STOPPED"),
+                       "alive": alive, "pid": entry.get("pid") if alive else None,
+                       "log": str(component.log), **described.get(component.name, {})})
+    state["components"] = report
+    state["supervisor"] = {"alive": bool(info), "config": str(topology.supervisor.conf)}
+    return state
+
+
+def status(directory: Path, as_json: bool = False) -> int:
+    """Print what runs and where; exit 0 if everything is alive, 1 if not, 3 if no stack."""
+    report = status_report(directory)
+    if report is None:
+        print(f"no stack in {directory}")
+        return 3
+    components = report["components"]
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"stack in {report['dir']}: {report.get('status')} "
+              f"(started {report.get('started_at')})")
+        nginx = next((c for c in components if c["name"] == "nginx"), None)
+        if nginx is not None and "urls" in nginx:
+            print(f"  gateway  {nginx['urls']['https'][0]}  (trust {nginx['ca']})")
+        width = max(len(c["name"]) for c in components)
+        print(f"  {'NAME':<{width}}  {'STATE':<8}  {'PID':<8}  WHERE")
+        for c in components:
+            where = "  ".join(str(v) for v in c.get("urls", {}).values())
+            print(f"  {c['name']:<{width}}  {c['state']:<8}  {c['pid'] or '-'!s:<8}  {where}")
+    if not report["supervisor"]["alive"]:
+        return 3
+    return 0 if all(c["alive"] for c in components) else 1

@@ -1,0 +1,335 @@
+"""The local production topology as a table of components, and the files it runs on.
+
+Every process is one :class:`~devstack.components.Component` in :func:`components`: PostgreSQL
+primary and streaming replica, Kafka node(s), N sso replicas (each runs the outbox relay, which
+uses SKIP LOCKED), the nginx TLS gateway, M loyalty replicas (each its own Kafka
+``instance_id``) and Prometheus. Adding one (Patroni, a schema registry, Jaeger) is one more
+entry: its command, environment, dependencies and readiness check.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from devstack import nginx, prometheus
+from devstack.common import HOST, DevstackError, clean_env, port_open
+from devstack.components import Component
+from devstack.kafka import CLUSTER_FILE, KafkaBroker, KafkaCluster, warm_up
+from devstack.kafka_node import NODE_FILE
+from devstack.postgres import STATE_FILE as PG_STATE_FILE
+from devstack.postgres import PostgresCluster
+from devstack.supervisor import Supervisor
+from devstack.tls import TlsFiles
+
+DATABASES = ("sso", "loyalty")
+# The consumer's lag reporter asks the broker for watermarks on the consuming connection; each
+# query waits behind the fetch long-poll (librdkafka default 500 ms), so with three partitions
+# a revocation could reach loyalty 1.5 s late. Shorter long-polls keep that under the 1 s
+# logout guarantee.
+LOYALTY_KAFKA_CLIENT = {"fetch.wait.max.ms": "100"}
+
+
+def authloyalty() -> list[str]:
+    """How to run the ``authloyalty`` command of this installation."""
+    beside = Path(sys.executable).parent / "authloyalty"
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("authloyalty")
+    if found is None:
+        raise DevstackError("the authloyalty command is not installed (run `make venv`)")
+    return [found]
+
+
+def run(argv: list[str], what: str, timeout: float = 120.0) -> None:
+    """Run a one-off command; fail with its output."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env=clean_env(),
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise DevstackError(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{output}")
+
+
+def http_ok(url: str, verify: ssl.SSLContext | bool = False) -> Callable[[], bool]:
+    """A readiness check: ``GET url`` answers 200."""
+
+    def ready() -> bool:
+        return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
+
+    return ready
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done: list[bool] = []
+
+    def run_once() -> None:
+        if not done:
+            action()
+            done.append(True)
+
+    return run_once
+
+
+class Topology:
+    """The stack of one directory, from its plan (``stack.json``: options, ports, tools)."""
+
+    def __init__(self, directory: Path, plan: dict[str, Any]) -> None:
+        self.dir = directory
+        self.plan = plan
+        self.logs = directory / "logs"
+        self.supervisor = Supervisor(directory)
+        self.kafka = open_stack_kafka(directory / "kafka", plan["options"]["brokers"],
+                                      self.supervisor)
+        self.tls = TlsFiles(*(directory / "tls" / n for n in ("ca.pem", "tls.crt", "tls.key")))
+        self.config_dir = directory / "config"
+
+    @property
+    def primary(self) -> PostgresCluster:
+        """The PostgreSQL primary."""
+        return PostgresCluster(self.dir / "pg" / "primary",
+                               self.plan["ports"]["postgres_primary"])
+
+    @property
+    def replica(self) -> PostgresCluster:
+        """The PostgreSQL streaming replica."""
+        return PostgresCluster(self.dir / "pg" / "replica",
+                               self.plan["ports"]["postgres_replica"])
+
+    def kafka_nodes(self) -> list[KafkaBroker]:
+        """The Kafka node(s)."""
+        return self.kafka.nodes if isinstance(self.kafka, KafkaCluster) else [self.kafka]
+
+    def sso_ports(self) -> list[tuple[int, int]]:
+        """(http, grpc) of every sso replica."""
+        return [(int(h), int(g)) for h, g in self.plan["ports"]["sso"]]
+
+    def loyalty_ports(self) -> list[int]:
+        """The HTTP port of every loyalty replica."""
+        return [int(p) for p in self.plan["ports"]["loyalty"]]
+
+    # -- the table ----------------------------------------------------------------------------
+
+    def components(self) -> list[Component]:
+        """Every process of the stack, with its dependencies and readiness check."""
+        logs, ports, tools = self.logs, self.plan["ports"], self.plan["tools"]
+        kafka = [n.as_component() for n in self.kafka_nodes()]
+        kafka_names = [c.name for c in kafka]
+        services = _once(self.prepare_services)
+        replica = self.replica
+        table = [
+            self.primary.component("postgres-primary", log=logs / "postgres-primary.log"),
+            self.replica.component(
+                "postgres-replica", log=logs / "postgres-replica.log",
+                depends_on=["postgres-primary"], setup=self.prepare_replica,
+                ready=lambda: replica.accepts_connections() and replica.in_recovery()),
+            *kafka,
+        ]
+        sso_names = [f"sso-{i}" for i in range(1, len(self.sso_ports()) + 1)]
+        for name, (http, _) in zip(sso_names, self.sso_ports(), strict=True):
+            table.append(self.service(name, "sso", http_ok(f"http://{HOST}:{http}/auth/healthz"),
+                                      ["postgres-primary", *kafka_names], services))
+        https, grpc_h2c = ports["https"], ports["grpc_gateway"]
+        table.append(Component(
+            "nginx", [tools["nginx"], "-p", f"{self.dir / 'nginx'}/", "-c", str(self.nginx_conf),
+                      "-e", str(logs / "nginx-error.log"), "-g", "daemon off;"],
+            ready=lambda: all(port_open(p) for p in [*https, grpc_h2c]),
+            log=logs / "nginx.log", depends_on=sso_names, cwd=self.dir / "nginx",
+            setup=lambda: self.check_gateway_config(tools["nginx"]),
+            stop_signal="QUIT", stop_wait=10))  # QUIT: finish open requests first
+        loyalty_names = []
+        for i, http in enumerate(self.loyalty_ports(), start=1):
+            loyalty_names.append(f"loyalty-{i}")
+            table.append(self.service(
+                f"loyalty-{i}", "loyalty", http_ok(f"http://{HOST}:{http}/loyalty/healthz"),
+                # loyalty fetches the JWKS through the gateway and reads from the replica.
+                ["nginx", "postgres-replica", *kafka_names], services,
+                env={"SSL_CERT_FILE": str(self.tls.ca)}))
+        if ports.get("prometheus"):
+            address = f"{HOST}:{ports['prometheus']}"
+            conf = self.dir / "prometheus" / "prometheus.yml"
+            table.append(Component(
+                "prometheus", prometheus.server_command(tools["prometheus"], conf,
+                                                        self.dir / "prometheus" / "data", address),
+                ready=http_ok(f"http://{address}/-/ready"), log=logs / "prometheus.log",
+                depends_on=loyalty_names, cwd=self.dir / "prometheus",
+                setup=lambda: _check_prometheus(conf, tools["promtool"])))
+        return table
+
+    def service(self, name: str, kind: str, ready: Callable[[], bool], depends_on: list[str],
+                setup: Callable[[], None], env: dict[str, str] | None = None) -> Component:
+        """An ``authloyalty sso|loyalty --config`` replica."""
+        return Component(name, [*authloyalty(), kind, "--config",
+                                str(self.config_dir / f"{name}.yaml")],
+                         ready=ready, log=self.logs / f"{name}.log", depends_on=depends_on,
+                         env={"PYTHONUNBUFFERED": "1", **(env or {})}, cwd=self.dir,
+                         setup=setup)
+
+    # -- one-off work before a component's first start ----------------------------------------
+
+    def check_gateway_config(self, binary: str) -> None:
+        """``nginx -t`` on the rendered gateway config."""
+        nginx.check_config(self.nginx_conf, prefix=self.dir / "nginx",
+                           error_log=self.logs / "nginx-error.log", nginx=binary)
+
+    def prepare_replica(self) -> None:
+        """Create the databases on the primary, then copy it (first time) or rewrite the
+        replica's settings."""
+        primary, replica = self.primary, self.replica
+        for name in DATABASES:
+            if not primary.psql("SELECT 1 FROM pg_database WHERE datname = :'name';",
+                                     variables={"name": name}).strip():
+                primary.create_database(name)
+        if (replica.data_dir / "PG_VERSION").exists():
+            replica.prepare()
+        else:
+            primary.make_replica(replica.base_dir, replica.port)
+
+    def prepare_services(self) -> None:
+        """Migrations (need only PostgreSQL) and a Kafka warm-up, before the first service."""
+        run([*authloyalty(), "migrate", "--config", str(self.config_dir / "sso-1.yaml")],
+            "migrate")
+        warm_up(self.kafka.bootstrap_servers)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @property
+    def nginx_conf(self) -> Path:
+        """The gateway's rendered config."""
+        return self.dir / "nginx" / "nginx.conf"
+
+    def write_files(self) -> dict[str, dict[str, Any]]:
+        """Service configs, the gateway and Prometheus configs; what each component serves."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        ports = self.plan["ports"]
+        gateway_url = f"https://localhost:{ports['https'][0]}"
+        base: dict[str, Any] = {
+            "mode": "production", "log_level": "INFO", "log_format": "json",
+            "sso": {"http_host": HOST, "signing_keys_dir": str(self.dir / "keys"),
+                    "database": {"url": self.primary.url("sso", driver=None)},
+                    # X-Forwarded-For is believed only from the gateway.
+                    "trusted_proxies": [f"{HOST}/32"]},
+            "loyalty": {"http_host": HOST,
+                        "database": {"url": self.primary.url("loyalty", driver=None),
+                                     "read_url": self.replica.url("loyalty", driver=None)},
+                        "jwks_url": f"{gateway_url}/.well-known/jwks.json",
+                        "sso_grpc_target": f"{HOST}:{ports['grpc_gateway']}"},
+            "events": {"backend": "kafka", "kafka": {
+                "bootstrap_servers": self.kafka.bootstrap_servers,
+                "replication_factor": min(3, self.plan["options"]["brokers"])}},
+        }
+        described: dict[str, dict[str, Any]] = {}
+        sso, loyalty = self.sso_ports(), self.loyalty_ports()
+        for i, (http, grpc) in enumerate(sso, start=1):
+            self._write_config(f"sso-{i}", _merge(base, {
+                "sso": {"http_port": http, "grpc_port": grpc},
+                "loyalty": {"http_port": loyalty[0]}}))
+            described[f"sso-{i}"] = {"ports": {"http": http, "grpc": grpc},
+                                     "urls": {"http": f"http://{HOST}:{http}",
+                                              "grpc": f"{HOST}:{grpc}"}}
+        for i, http in enumerate(loyalty, start=1):
+            self._write_config(f"loyalty-{i}", _merge(base, {
+                "sso": {"http_port": sso[0][0], "grpc_port": sso[0][1]},
+                "loyalty": {"http_port": http},
+                "events": {"kafka": {"instance_id": f"loyalty-{i}",
+                                     "client": LOYALTY_KAFKA_CLIENT}}}))
+            described[f"loyalty-{i}"] = {"ports": {"http": http},
+                                         "urls": {"http": f"http://{HOST}:{http}"}}
+        for name in [*described]:
+            described[name]["config"] = str(self.config_dir / f"{name}.yaml")
+        self._write_gateway()
+        described["nginx"] = {
+            "ports": {"https": ports["https"], "grpc_h2c": ports["grpc_gateway"]},
+            "urls": {"https": [f"https://localhost:{p}" for p in ports["https"]],
+                     "grpc_tls": [f"localhost:{p}" for p in ports["https"]],
+                     "grpc_h2c": f"{HOST}:{ports['grpc_gateway']}"},
+            "config": str(self.nginx_conf), "ca": str(self.tls.ca)}
+        for name, cluster in (("postgres-primary", self.primary),
+                              ("postgres-replica", self.replica)):
+            described[name] = {"ports": {"postgres": cluster.port},
+                               "urls": {db: cluster.url(db, driver=None) for db in DATABASES}}
+        for node in self.kafka_nodes():
+            described[node.name] = {"ports": {"kafka": node.port},
+                                    "urls": {"bootstrap": self.kafka.bootstrap_servers}}
+        if ports.get("prometheus"):
+            self._write_prometheus()
+            described["prometheus"] = {"ports": {"http": ports["prometheus"]},
+                                       "urls": {"http": f"http://{HOST}:{ports['prometheus']}"}}
+        return described
+
+    def _write_config(self, name: str, cfg: dict[str, Any]) -> None:
+        (self.config_dir / f"{name}.yaml").write_text(
+            "# Generated by devstack; rewritten on every `up`.\n"
+            + yaml.safe_dump(cfg, sort_keys=False))
+
+    def _write_gateway(self) -> None:
+        prefix, ports = self.dir / "nginx", self.plan["ports"]
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        values = nginx.GatewayValues(
+            sso_http=[f"{HOST}:{h}" for h, _ in self.sso_ports()],
+            sso_grpc=[f"{HOST}:{g}" for _, g in self.sso_ports()],
+            loyalty_http=[f"{HOST}:{p}" for p in self.loyalty_ports()],
+            https_listen=[f"{HOST}:{p}" for p in ports["https"]],
+            grpc_listen=[f"{HOST}:{ports['grpc_gateway']}"],
+            tls_cert=str(self.tls.cert), tls_key=str(self.tls.key),
+            pid_file=str(prefix / "nginx.pid"), error_log=str(self.logs / "nginx-error.log"),
+            access_log=str(self.logs / "nginx-access.log"), temp_dir=str(prefix / "tmp"))
+        self.nginx_conf.write_text(f"# Generated by devstack from {nginx.template_path()}\n"
+                                   + nginx.render_gateway(values))
+
+    def _write_prometheus(self) -> None:
+        base = self.dir / "prometheus"
+        (base / "data").mkdir(parents=True, exist_ok=True)
+        jobs = {"sso": [(f"sso-{i}", f"{HOST}:{h}")
+                        for i, (h, _) in enumerate(self.sso_ports(), start=1)],
+                "loyalty": [(f"loyalty-{i}", f"{HOST}:{p}")
+                            for i, p in enumerate(self.loyalty_ports(), start=1)]}
+        (base / "prometheus.yml").write_text(prometheus.render_config(
+            jobs, self_address=f"{HOST}:{self.plan['ports']['prometheus']}"))
+
+
+def open_stack_kafka(base: Path, brokers: int,
+                     supervisor: Supervisor) -> KafkaBroker | KafkaCluster:
+    """The stack's Kafka in ``base`` under the stack's supervisord; refuses a mismatch with the
+    data already there."""
+    if (base / CLUSTER_FILE).is_file():
+        saved = int(json.loads((base / CLUSTER_FILE).read_text())["brokers"])
+        if saved != brokers:
+            raise DevstackError(f"{base} holds a {saved}-broker cluster; use --brokers {saved} "
+                                "or --fresh")
+    elif (base / NODE_FILE).is_file() and brokers != 1:
+        raise DevstackError(f"{base} holds a single broker; use --brokers 1 or --fresh")
+    if brokers == 1:
+        return KafkaBroker(base, supervisor=supervisor, group="kafka")
+    cluster = KafkaCluster(base, brokers, supervisor=supervisor)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / CLUSTER_FILE).write_text(json.dumps({"brokers": brokers}) + "\n")
+    return cluster
+
+
+def saved_postgres_port(base: Path) -> int | None:
+    """The port of the cluster set up in ``base`` before, if any."""
+    path = base / PG_STATE_FILE
+    return int(json.loads(path.read_text())["port"]) if path.is_file() else None
+
+
+def _check_prometheus(conf: Path, promtool: str) -> None:
+    prometheus.check_config(conf, promtool=promtool)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = json.loads(json.dumps(base))  # deep copy
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
