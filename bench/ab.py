@@ -140,7 +140,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
+    sys.path.insert(0, str(REPO))  # devstack/
+    from devstack.postgres import PostgresCluster, scratch_dir
 
     base = scratch_dir("authloyalty-ab-pg-")
     work = Path(tempfile.mkdtemp(prefix="authloyalty-ab-"))

@@ -24,9 +24,10 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/
 
-from authloyalty.devinfra.postgres import PostgresCluster, scratch_dir
 from authloyalty.platform.database import _init_connection, _Lane, _reset
+from devstack.postgres import PostgresCluster, scratch_dir
 
 
 async def cpu_per_call(call: Callable[[], Awaitable[object]], n: int) -> float:

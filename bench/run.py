@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
 from benchlib import coalescing, drivers, loadgen, report, sqlcheck, tokencost
 from benchlib import seed as seeding
