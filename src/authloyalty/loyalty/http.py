@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import TypeAdapter
+from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
 from authloyalty.loyalty.domain import Kind, LedgerEntry, LegacyReply, MovementResult, Principal
@@ -26,16 +25,10 @@ from authloyalty.loyalty.schemas import (
 )
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
 from authloyalty.platform.errors import Forbidden, ValidationFailed
-from authloyalty.platform.http import (
-    NO_STORE,
-    BearerToken,
-    PrivateJSONResponse,
-    bearer_token,
-    health_router,
-    json_body,
-    resolved_by,
-    validate,
-)
+from authloyalty.platform.http.auth import BearerToken, bearer_token
+from authloyalty.platform.http.fast import FastRoute
+from authloyalty.platform.http.health import health_router
+from authloyalty.platform.http.responses import NO_STORE, PrivateJSONResponse
 from authloyalty.platform.schemas import ERRORS
 
 
@@ -108,52 +101,31 @@ def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> HistoryO
     return HistoryOut(items=[_transaction(e) for e in page_items], next_cursor=next_cursor)
 
 
-# Every answer of these routes is personal: PrivateJSONResponse says no-store.
-router = APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS,
-                   default_response_class=PrivateJSONResponse)
+def _router(route_class: type[APIRoute] = APIRoute) -> APIRouter:
+    # Every answer of these routes is personal: PrivateJSONResponse says no-store.
+    return APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS,
+                     default_response_class=PrivateJSONResponse, route_class=route_class)
 
 
-# The two hottest routes are served by hand-written resolvers of the same parameters
-# (platform.http.resolved_by): same documentation, same answers, a fraction of the CPU.
-_CALLER = _Caller()
-_MOVEMENT = TypeAdapter(MovementIn)
-_KEY = TypeAdapter(IdempotencyKey)
+router = _router()
+# The two hottest routes skip FastAPI's per-request dependency resolution; everything else
+# about them (documentation, validation, answers) comes from their declaration, as for the
+# others (platform.http.fast). Included first: /me must match before /{uuid}.
+hot_router = _router(FastRoute)
 
 
-async def _caller_args(request: Request) -> dict[str, Any]:
-    return {"user": await _CALLER(request), "service": request.app.state.container.service}
-
-
-async def _withdrawal_args(request: Request) -> dict[str, Any]:
-    raw = await json_body(request)  # malformed JSON is refused before authentication
-    args = await _caller_args(request)
-    errors: list[dict[str, Any]] = []
-    key = request.headers.get("idempotency-key")
-    args["key"] = None if key is None else validate(_KEY, key, ("header", "Idempotency-Key"),
-                                                     errors)
-    args["body"] = validate(_MOVEMENT, raw, ("body",), errors)
-    if errors:
-        raise RequestValidationError(errors)
-    return args
-
-
+@hot_router.get("/me", response_model=BalanceOut)
 async def my_balance(user: CurrentUser, service: Service) -> BalanceOut:
     """Your balance (404 until the welcome event has been processed)."""
     account = await service.balance(user, user.user_id)
     return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
+@hot_router.post("/me/withdrawals", status_code=201, response_model=MovementOut)
 async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
                         key: IdempotencyKey = None) -> MovementOut | Response:
     """Spend your points."""
     return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
-
-
-router.add_api_route("/me", my_balance, methods=["GET"], response_model=BalanceOut,
-                     route_class_override=resolved_by(_caller_args))
-router.add_api_route("/me/withdrawals", my_withdrawal, methods=["POST"], status_code=201,
-                     response_model=MovementOut,
-                     route_class_override=resolved_by(_withdrawal_args))
 
 
 @router.get("/me/transactions", response_model=HistoryOut)
@@ -229,4 +201,5 @@ async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> Balan
 def install(app: FastAPI) -> None:
     """Add loyalty's routes to ``app``."""
     app.include_router(health_router("/loyalty"))
+    app.include_router(hot_router)
     app.include_router(router)

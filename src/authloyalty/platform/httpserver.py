@@ -26,7 +26,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from authloyalty.platform.http import dump_json
+from authloyalty.platform.http.responses import dump_json
 
 try:
     import httptools

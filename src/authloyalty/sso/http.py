@@ -8,13 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from authloyalty.platform.http import (
-    BearerToken,
-    health_router,
-    json_response,
-    private_success,
-    success,
-)
+from authloyalty.platform.http.auth import BearerToken
+from authloyalty.platform.http.health import health_router
+from authloyalty.platform.http.responses import json_response, private_success, success
 from authloyalty.platform.schemas import ERRORS, StatusOut
 from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn, TokensOut, UserInfoOut
 from authloyalty.sso.service import AuthService, IssuedTokens, Registration

@@ -1,0 +1,29 @@
+"""The FastAPI application both services start from."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from authloyalty.platform.http.errors import install_error_handlers
+from authloyalty.platform.http.middleware import BodyLimitMiddleware, install_metrics
+
+
+def create_app(title: str, description: str, service: str, version: str) -> FastAPI:
+    """A FastAPI app with our docs URLs, error envelope, body limit and metrics."""
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        docs_url="/swagger",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        swagger_ui_parameters={"persistAuthorization": True},
+        # Traces come from OpenTelemetry's instrumentation (telemetry.instrument_fastapi) and
+        # metrics from our middleware; FastAPI's own telemetry would look the providers up on
+        # every request (environment reads included) to find them unset.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    install_error_handlers(app)
+    install_metrics(app, service)
+    app.add_middleware(BodyLimitMiddleware)
+    return app

@@ -1,0 +1,240 @@
+"""Fast routes: declared, documented and validated like any FastAPI route, served without
+FastAPI's per-request dependency resolution.
+
+A route whose class is :class:`FastRoute` is declared once, with the usual decorator
+arguments and signature; OpenAPI comes from that declaration as for every route, and so does
+the request's resolution: when the route is built, the :class:`~fastapi.dependencies.models.
+Dependant` FastAPI computed from the signature is turned into a flat plan (which dependencies
+to await with the request, which parameters and body to validate), and each request follows
+that plan with FastAPI's own validation functions. What is left out is the generic machinery
+around them (exit stacks, the dependency cache, nested resolution, revalidating the returned
+model), which cost a visible share of a short request. A route whose signature needs more
+than the plan can do is refused when it is declared, not served differently.
+
+``tests/integration/test_fast_routes.py`` sends every fast route the same requests through
+the fast resolution and through FastAPI's (:func:`standard_resolution`) and wants the same
+bytes back.
+"""
+
+from __future__ import annotations
+
+import email.message
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from copy import deepcopy
+from dataclasses import dataclass
+from functools import lru_cache
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+from uuid import UUID
+
+from fastapi import params
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic_core import PydanticUndefined
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from authloyalty.platform.http.responses import PrivateJSONResponse
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+# Set in a request's scope, it sends the request through FastAPI's own resolution.
+STANDARD = "authloyalty.standard_resolution"
+
+
+class FastRoute(APIRoute):
+    """A route served by the plan derived from its own declaration (see the module)."""
+
+    def get_route_handler(self) -> Handler:
+        """The fast handler; FastAPI's own when the request's scope holds :data:`STANDARD`."""
+        return _fast_handler(self, super().get_route_handler())
+
+
+def standard_resolution(app: ASGIApp) -> ASGIApp:
+    """``app`` with every fast route resolved by FastAPI itself (the off switch, and the
+    reference the equivalence tests compare against)."""
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        await app({**scope, STANDARD: True}, receive, send)
+    return wrapped
+
+
+def _plain_dependency(sub: Dependant, route: str) -> tuple[str, Callable[[Request],
+                                                                        Awaitable[Any]]]:
+    """A dependency the plan can await directly, its name and its call: async, taking the
+    request (and nothing else)."""
+    request_param = sub.request_param_name or sub.http_connection_param_name
+    if (sub.name is None or sub.call is None or request_param is None or sub.dependencies
+            or sub.path_params or sub.query_params or sub.header_params or sub.cookie_params
+            or sub.body_params or sub.background_tasks_param_name
+            or sub.response_param_name or sub.security_scopes_param_name
+            or not _is_coroutine(sub.call)):
+        raise TypeError(f"{route}: a fast route's dependencies must be async and take only "
+                        f"the request ({sub.name} does not)")
+    return sub.name, sub.call
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A parameter or the body, validated as FastAPI validates it (``ModelField.validate``,
+    the same error locations), looked up under the one key FastAPI would use."""
+
+    field: Any  # FastAPI's ModelField
+    source: str  # the Request attribute holding it: path_params, query_params, ...
+    key: str
+    loc: tuple[str, ...]
+
+    def resolve(self, value: Any, values: dict[str, Any], errors: list[Any]) -> None:
+        """Put the validated ``value`` (undefined: absent) in ``values``, or its errors in
+        ``errors``."""
+        field = self.field
+        if value is PydanticUndefined:
+            info = field.field_info
+            if info.is_required():
+                errors.append({"type": "missing", "loc": self.loc, "msg": "Field required",
+                               "input": None})  # FastAPI's own missing-field error
+                return
+            default = field.default
+            value = default if default is None else deepcopy(default)
+            if not info.validate_default:
+                values[field.name] = value
+                return
+        value, found = field.validate(value, values, loc=self.loc)
+        if found:
+            errors.extend(found)
+        else:
+            values[field.name] = value
+
+
+_SCALARS = (str, int, float, bool, UUID, type(None))
+_SOURCES = {params.ParamTypes.path: "path_params", params.ParamTypes.query: "query_params",
+            params.ParamTypes.header: "headers", params.ParamTypes.cookie: "cookies"}
+
+
+def _param(field: Any, route: str) -> _Field:
+    """A single-valued parameter under its plain alias (what the plan supports)."""
+    info = field.field_info
+    annotation = info.annotation
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (
+        annotation,)
+    if (not isinstance(info, params.Param)
+            or info.validation_alias not in (None, field.alias)
+            or not all(member in _SCALARS for member in members)):
+        raise TypeError(f"{route}: a fast route's parameters are single values under their "
+                        f"alias ({field.name} is not)")
+    key = field.alias
+    if isinstance(info, params.Header) and info.convert_underscores and key == field.name:
+        key = key.replace("_", "-")
+    return _Field(field, _SOURCES[info.in_], key, (info.in_.value, key))
+
+
+def _is_coroutine(call: Callable[..., Any]) -> bool:
+    # A function, or an instance whose class defines an async __call__ (as FastAPI checks).
+    return inspect.iscoroutinefunction(call) or (
+        not inspect.isroutine(call) and inspect.iscoroutinefunction(type(call).__call__))
+
+
+def _fast_handler(route: FastRoute, standard: Handler) -> Handler:
+    plan = route.dependant
+    name = f"{'/'.join(sorted(route.methods or ()))} {route.path}"
+    if (plan.call is None or not _is_coroutine(plan.call) or plan.request_param_name
+            or plan.http_connection_param_name or plan.background_tasks_param_name
+            or plan.response_param_name or plan.security_scopes_param_name
+            or len(plan.body_params) > 1
+            or any(isinstance(f.field_info, params.Form) for f in plan.body_params)):
+        raise TypeError(f"{name}: a fast route is an async endpoint taking dependencies, "
+                        "parameters and at most one JSON body (no request, response, "
+                        "background tasks, security scopes or forms)")
+    response_class = route.response_class
+    if isinstance(response_class, DefaultPlaceholder):
+        response_class = response_class.value
+    if not (isinstance(response_class, type)
+            and issubclass(response_class, PrivateJSONResponse)):
+        raise TypeError(f"{name}: a fast route answers with PrivateJSONResponse, whose "
+                        "of() renders the returned model as FastAPI would")
+    answer_with: type[PrivateJSONResponse] = response_class
+    endpoint = plan.call
+    dependencies = [_plain_dependency(sub, name) for sub in plan.dependencies]
+    fields = [_param(f, name) for f in (*plan.path_params, *plan.query_params,
+                                        *plan.header_params, *plan.cookie_params)]
+    body = None
+    if plan.body_params:
+        (field,) = plan.body_params
+        if getattr(field.field_info, "embed", False):
+            raise TypeError(f"{name}: a fast route's body is not embedded")
+        body = _Field(field, "", "", ("body",))
+    strict = route.strict_content_type
+    if isinstance(strict, DefaultPlaceholder):
+        strict = strict.value
+    status = route.status_code or 200
+
+    async def handler(request: Request) -> Response:
+        if STANDARD in request.scope:
+            return await standard(request)
+        raw = await _json_body(request, bool(strict)) if body is not None else None
+        values: dict[str, Any] = {}
+        for dependency, call in dependencies:
+            values[dependency] = await call(request)
+        errors: list[Any] = []  # in FastAPI's order: path, query, header, cookie, body
+        for field in fields:
+            field.resolve(getattr(request, field.source).get(field.key, PydanticUndefined),
+                          values, errors)
+        if body is not None:
+            body.resolve(raw, values, errors)
+        if errors:
+            raise RequestValidationError(errors)
+        answer = await endpoint(**values)
+        if isinstance(answer, Response):
+            return answer
+        return answer_with.of(answer, status)
+
+    return handler
+
+
+async def _json_body(request: Request, strict_content_type: bool) -> Any:
+    """The body as FastAPI's request handler reads it: nothing → undefined; JSON content
+    (or none, when content types are not strict) → parsed; anything else → the bytes, which
+    then fail validation. Malformed JSON is 422-``json_invalid`` (our envelope makes it 400),
+    any other failure to read or parse 400.
+
+    Read from ``receive`` and kept nowhere: the endpoint of a fast route takes no request,
+    so nothing reads the body after the plan."""
+    try:
+        chunks: list[bytes] = []
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            elif message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+        raw = b"".join(chunks)
+        if not raw:
+            return PydanticUndefined
+        content_type = request.headers.get("content-type")
+        if not content_type:
+            return raw if strict_content_type else json.loads(raw)
+        return json.loads(raw) if _is_json(content_type) else raw
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([{
+            "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+            "input": {}, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+    except Exception as exc:  # a 5,000-digit number, nesting too deep, a client gone
+        raise HTTPException(400, "There was an error parsing the body") from exc
+
+
+@lru_cache(maxsize=64)
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of ``content_type`` as JSON (its very test, cached:
+    parsing the header costs more than the rest of a short request's body handling)."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")

@@ -1,0 +1,40 @@
+"""Liveness and readiness routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from authloyalty.platform.errors import DomainError
+from authloyalty.platform.http.responses import error_response, success
+from authloyalty.platform.schemas import ErrorOut, StatusOut
+
+
+def health_router(prefix: str) -> APIRouter:
+    """``{prefix}/healthz`` (the process answers) and ``{prefix}/ready`` (its database does,
+    and the container's ``not_ready()``, when it has one, names no reason to wait)."""
+    router = APIRouter(prefix=prefix, tags=["health"])
+
+    @router.get("/healthz", response_model=StatusOut)
+    async def healthz() -> Response:
+        """Liveness: the process answers."""
+        return success(200)
+
+    @router.get("/ready", response_model=StatusOut, responses={503: {"model": ErrorOut}})
+    async def ready(request: Request) -> Response:
+        """Readiness: the database answers and the service is not still starting up."""
+        container = request.app.state.container
+        try:
+            await container.database.ping()
+        except Exception:
+            return error_response(503, "database_unavailable", "database is unreachable")
+        not_ready: Callable[[], DomainError | None] | None = getattr(container, "not_ready",
+                                                                     None)
+        problem = not_ready() if not_ready is not None else None
+        if problem is not None:
+            return error_response(503, problem.code, problem.message, {"Retry-After": "1"})
+        return success(200)
+
+    return router

@@ -1,0 +1,258 @@
+"""Every fast route answers exactly as FastAPI's own resolution of the same declaration.
+
+The cases are generated from the table of fast routes (``loyalty.http.hot_router``): each
+route is asked the same requests through the fast resolution and through FastAPI's
+(``standard_resolution``), and the two answers must be the same bytes — status, headers
+(``Cache-Control: no-store`` and ``Pragma`` included) and body, error envelopes and field
+lists included. Fresh movements differ only in what a second movement must change (its id,
+balance and time); a replay of one is compared byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+from authloyalty.bootstrap import build_embedded, loyalty_app
+from authloyalty.loyalty import http as loyalty_http
+from authloyalty.loyalty.schemas import MovementIn
+from authloyalty.platform.http.fast import FastRoute, standard_resolution
+from authloyalty.platform.http.responses import PrivateJSONResponse
+from authloyalty.sso.service import Registration
+from tests.conftest import FAST_ARGON2, settings_for
+
+JSON = "application/json"
+# A valid body for each body model of a fast route: a new fast route with a new body model
+# needs its row here (test_every_fast_route_is_covered says so).
+VALID_BODIES: dict[type[BaseModel], bytes] = {
+    MovementIn: '{"amount": 3, "comment": "coffee ☕ \\"quoted\\"\\tand\\nline 🙂"}'.encode(),
+}
+FAST_ROUTES = [r for r in loyalty_http.hot_router.routes if isinstance(r, FastRoute)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request to a fast route."""
+
+    name: str
+    route: FastRoute
+    headers: dict[str, str]
+    content: bytes | None = None
+    streamed: bool = False
+    auth: str | None = "user"  # whose token goes in Authorization; None: the header as given
+
+
+def _body_model(route: FastRoute) -> type[BaseModel] | None:
+    params = route.dependant.body_params
+    if not params:
+        return None
+    model = params[0].field_info.annotation
+    assert isinstance(model, type)
+    assert issubclass(model, BaseModel)
+    return model
+
+
+def _method(route: FastRoute) -> str:
+    (method,) = route.methods or set()
+    return method
+
+
+def _cases(route: FastRoute) -> Iterator[Case]:
+    """The requests every fast route is asked, generated from what its declaration takes."""
+    model = _body_model(route)
+    good = VALID_BODIES[model] if model else None
+    typed = {"Content-Type": JSON} if model else {}
+    yield Case("valid", route, typed, good)
+    yield Case("no token", route, typed, good, auth=None)
+    yield Case("empty authorization", route, {**typed, "Authorization": ""}, good, auth=None)
+    yield Case("bad token", route, {**typed, "Authorization": "Bearer nope"}, good, auth=None)
+    yield Case("bad scheme", route, {**typed, "Authorization": "Basic dXNlcjpwYXNz"}, good,
+               auth=None)
+    for field in route.dependant.header_params:
+        alias = field.alias
+        yield Case(f"valid {alias}", route, {**typed, alias: "key-1"}, good)
+        yield Case(f"{alias} with a space", route, {**typed, alias: "has space"}, good)
+        yield Case(f"{alias} too long", route, {**typed, alias: "k" * 256}, good)
+        yield Case(f"empty {alias}", route, {**typed, alias: ""}, good)
+        if model:
+            yield Case(f"bad {alias} and body", route, {**typed, alias: "k" * 256},
+                       b'{"amount": -1}')
+    if model is None:
+        return
+    bodies: list[tuple[str, dict[str, str], bytes | None]] = [
+        ("missing body", typed, None),
+        ("empty object", typed, b"{}"),
+        ("malformed JSON", typed, b'{"amount": 1,'),
+        ("JSON null", typed, b"null"),
+        ("JSON array", typed, b"[1]"),
+        ("JSON string", typed, b'"x"'),
+        ("invalid UTF-8", typed, b'{"amount": 1, "comment": "\xff"}'),
+        ("huge number", typed, b'{"amount": 1' + b"0" * 5000 + b', "comment": "x"}'),
+        ("deep nesting", typed, b"[" * 30000),
+        ("oversized", typed, b'{"amount": 1, "comment": "' + b"c" * 70_000 + b'"}'),
+        ("no content type", {}, good),
+        ("empty content type", {"Content-Type": ""}, good),
+        ("form content type", {"Content-Type": "application/x-www-form-urlencoded"},
+         b"amount=1&comment=x"),
+        ("text content type", {"Content-Type": "text/plain"}, good),
+        ("JSON with charset", {"Content-Type": "application/json; charset=utf-8"}, good),
+        ("upper-case JSON type", {"Content-Type": "Application/JSON"}, good),
+        ("vendor JSON type", {"Content-Type": "application/vnd.api+json"}, good),
+        ("odd JSON-like type", {"Content-Type": "application/x/+json"}, good),
+        ("zero amount", typed, b'{"amount": 0, "comment": "x"}'),
+        ("string amount", typed, b'{"amount": "ten", "comment": "x"}'),
+        ("fractional amount", typed, b'{"amount": 1.5, "comment": "x"}'),
+        ("too much", typed, b'{"amount": 1000000000, "comment": "x"}'),
+        ("unknown field", typed, b'{"amount": 1, "comment": "x", "extra": true}'),
+        ("comment too long", typed, b'{"amount": 1, "comment": "' + b"c" * 300 + b'"}'),
+        ("NUL in comment", typed, b'{"amount": 1, "comment": "a\\u0000b"}'),
+    ]
+    for name, headers, content in bodies:
+        yield Case(name, route, headers, content)
+    yield Case("oversized, streamed", route, typed, b"[" + b"1," * 40_000 + b"1]",
+               streamed=True)
+
+
+CASES = [case for route in FAST_ROUTES for case in _cases(route)]
+
+
+def _id(case: Case) -> str:
+    return f"{_method(case.route)} {case.route.path}: {case.name}"
+
+
+@dataclass
+class Loyalty:
+    """Both resolutions of one loyalty app, and the tokens of its users."""
+
+    fast: httpx.AsyncClient
+    standard: httpx.AsyncClient
+    tokens: dict[str, str]
+
+
+@pytest.fixture
+async def loyalty(tmp_path: Path) -> AsyncIterator[Loyalty]:
+    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
+    await system.migrate()
+    try:
+        admin = await system.sso.service.register(
+            Registration("admin@example.com", "long enough"), is_admin=True)
+        user = await system.sso.service.register(Registration("user@example.com",
+                                                              "long enough"))
+        await system.sso.relay.run_once()
+        app = loyalty_app(system.loyalty)
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                              base_url="http://loyalty") as fast,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=standard_resolution(app)),
+                              base_url="http://loyalty") as standard,
+        ):
+            deposit = await fast.post(
+                f"/loyalty/admin/accounts/{user.user_id}/deposits",
+                headers={"Authorization": f"Bearer {admin.tokens.access_token}"},
+                json={"amount": 1_000_000, "comment": "for the tests"})
+            assert deposit.status_code == 201, deposit.text
+            yield Loyalty(fast, standard, {"user": user.tokens.access_token})
+    finally:
+        await system.stop()
+
+
+async def _send(client: httpx.AsyncClient, case: Case, tokens: dict[str, str]
+                ) -> httpx.Response:
+    headers = dict(case.headers)
+    if case.auth is not None:
+        headers["Authorization"] = f"Bearer {tokens[case.auth]}"
+    content: Any = case.content
+    if case.streamed and content is not None:
+        chunks = [content[i:i + 4096] for i in range(0, len(content), 4096)]
+
+        async def stream() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+        content = stream()
+    return await client.request(_method(case.route), case.route.path, headers=headers,
+                                content=content)
+
+
+def _fresh_movement(reply: httpx.Response) -> dict[str, Any]:
+    """A movement's answer without what a second, equal movement must change."""
+    body: dict[str, Any] = reply.json()
+    transaction = dict(body["transaction"])
+    for changing in ("id", "balance_after", "created_at"):
+        transaction.pop(changing)
+    return {**body, "balance": None, "transaction": transaction}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+async def test_fast_and_standard_resolution_answer_alike(loyalty: Loyalty, case: Case) -> None:
+    standard = await _send(loyalty.standard, case, loyalty.tokens)
+    fast = await _send(loyalty.fast, case, loyalty.tokens)
+    assert fast.status_code == standard.status_code, (fast.text, standard.text)
+    replay = any(field.alias in case.headers for field in case.route.dependant.header_params)
+    if fast.status_code == 201 and not replay:
+        # Two fresh movements: all but their id, balances and time (and so perhaps their
+        # length) is the same; test_a_fresh_answer_is_rendered_as_fastapi_renders_it
+        # compares the bytes of one movement rendered both ways.
+        assert _fresh_movement(fast) == _fresh_movement(standard)
+        assert _without_length(fast) == _without_length(standard)
+    else:  # errors, reads and replays of the same Idempotency-Key: the same bytes
+        assert fast.headers.raw == standard.headers.raw
+        assert fast.content == standard.content
+
+
+def _without_length(reply: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in reply.headers.raw if k != b"content-length"]
+
+
+async def test_a_fresh_answer_is_rendered_as_fastapi_renders_it(loyalty: Loyalty) -> None:
+    """A fresh movement is rendered by each resolution; its replay by the other one is the
+    stored result rendered again, so the first answer and the replay must be the same
+    bytes whichever resolution answered first."""
+    (route,) = [r for r in FAST_ROUTES if _method(r) == "POST"]
+    headers = {"Content-Type": JSON, "Authorization": f"Bearer {loyalty.tokens['user']}"}
+    good = VALID_BODIES[MovementIn]
+    for first, then, key in ((loyalty.fast, loyalty.standard, "fast-first"),
+                             (loyalty.standard, loyalty.fast, "standard-first")):
+        sent = {**headers, "Idempotency-Key": key}
+        a = await first.post(route.path, headers=sent, content=good)
+        b = await then.post(route.path, headers=sent, content=good)
+        assert a.status_code == 201
+        assert (a.status_code, a.headers.raw, a.content) == (b.status_code, b.headers.raw,
+                                                             b.content)
+        assert a.headers["cache-control"] == "no-store"
+        assert a.headers["pragma"] == "no-cache"
+
+
+def test_every_fast_route_is_covered() -> None:
+    """The table holds only fast routes, each with cases; no other route is fast."""
+    assert {(r.path, _method(r)) for r in FAST_ROUTES} == {
+        ("/loyalty/me", "GET"), ("/loyalty/me/withdrawals", "POST")}
+    assert all(isinstance(r, FastRoute) for r in loyalty_http.hot_router.routes)
+    assert not any(isinstance(r, FastRoute) for r in loyalty_http.router.routes)
+    for route in FAST_ROUTES:
+        model = _body_model(route)
+        assert model is None or model in VALID_BODIES, route.path
+
+
+def test_a_declaration_the_plan_cannot_serve_is_refused() -> None:
+    """A fast route is served by its plan or not declared at all."""
+    async def wants_the_request(request: Request) -> dict[str, str]:
+        return {}
+
+    with pytest.raises(TypeError, match="a fast route"):
+        FastRoute("/x", wants_the_request, methods=["GET"],
+                  response_class=PrivateJSONResponse)
+    with pytest.raises(TypeError, match="PrivateJSONResponse"):
+        FastRoute("/x", _plain_endpoint, methods=["GET"])
+    assert isinstance(APIRoute("/x", _plain_endpoint, methods=["GET"]), APIRoute)
+
+
+async def _plain_endpoint() -> dict[str, str]:
+    return {}
