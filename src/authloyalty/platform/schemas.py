@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 # Text fields are checked once here, for HTTP and gRPC alike (gRPC builds these models too),
 # before anything reaches a database: PostgreSQL cannot store NUL in text, a lone surrogate
@@ -62,12 +63,24 @@ class StatusOut(BaseModel):
     status: str = "Success"
 
 
+class FieldErrorOut(BaseModel):
+    """One field a request was refused for."""
+
+    field: str
+    message: str
+
+
 class ErrorOut(BaseModel):
     """The error envelope."""
 
     status: str = "Error"
     error: str
     code: str
+    # Present on a 422 validation_error only and never null, so the schema names neither a
+    # null type nor a default.
+    fields: Annotated[list[FieldErrorOut] | SkipJsonSchema[None], Field(
+        description="422 validation_error only: each field refused, and why",
+        json_schema_extra=lambda schema: schema.pop("default", None))] = None
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
