@@ -12,6 +12,7 @@ import pytest
 from authloyalty.events import UserRegistered
 from authloyalty.platform.bus import Envelope
 from authloyalty.sso.domain import Session, User, UserExists
+from tests.contract.conftest import Factory
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -96,7 +97,13 @@ async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:
         await uow.commit()
 
 
-async def test_outbox_accepts_events(sso_uow: Callable[[], Any]) -> None:
+async def test_outbox_holds_committed_events_in_order_and_never_rolled_back_ones(
+        sso_uow: Factory) -> None:
+    first, second, dropped = (Envelope(UserRegistered(uuid4())) for _ in range(3))
     async with sso_uow() as uow:
-        await uow.outbox.add(Envelope(UserRegistered(uuid4())))
+        await uow.outbox.add(first)
+        await uow.outbox.add(second)
         await uow.commit()
+    async with sso_uow() as uow:  # ends without commit: rolled back
+        await uow.outbox.add(dropped)
+    assert await sso_uow.outbox_event_ids() == [first.id, second.id]
