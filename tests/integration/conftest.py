@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -11,7 +13,9 @@ from authloyalty.bootstrap import EmbeddedSystem, build_embedded
 from authloyalty.platform.kafka import ensure_topics
 from authloyalty.platform.settings import KafkaSettings
 from authloyalty.settings import Settings
+from authloyalty.sso.service import IssuedTokens, Registration
 from devstack.kafka import KafkaBroker
+from tests.conftest import FAST_ARGON2, settings_for
 
 
 @pytest.fixture
@@ -35,3 +39,32 @@ def kafka_settings(kafka_broker: KafkaBroker) -> KafkaSettings:
                              max_attempts=3, commit_interval_ms=100, topic_partitions=1)
     ensure_topics(settings)
     return settings
+
+
+@dataclass
+class WithUsers:
+    """An embedded system on SQLite with an admin and a user whose account is open."""
+
+    system: EmbeddedSystem
+    admin: IssuedTokens
+    user: IssuedTokens
+
+    def auth(self, who: IssuedTokens) -> dict[str, str]:
+        """``who``'s Authorization header."""
+        return {"Authorization": f"Bearer {who.tokens.access_token}"}
+
+
+@pytest.fixture
+async def with_users(tmp_path: Path) -> AsyncIterator[WithUsers]:
+    """SQLite, migrated, an admin and a user registered, the user's account opened."""
+    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
+    await system.migrate()
+    try:
+        admin = await system.sso.service.register(
+            Registration("admin@example.com", "long enough"), is_admin=True)
+        user = await system.sso.service.register(Registration("user@example.com",
+                                                              "long enough"))
+        await system.sso.relay.run_once()
+        yield WithUsers(system, admin, user)
+    finally:
+        await system.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,13 +20,12 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from authloyalty.bootstrap import build_embedded, loyalty_app
+from authloyalty.bootstrap import loyalty_app
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.schemas import MovementIn
 from authloyalty.platform.http.fast import FastRoute, standard_resolution
 from authloyalty.platform.http.responses import PrivateJSONResponse
-from authloyalty.sso.service import Registration
-from tests.conftest import FAST_ARGON2, settings_for
+from tests.integration.conftest import WithUsers
 
 JSON = "application/json"
 # A valid body for each body model of a fast route: a new fast route with a new body model
@@ -138,30 +136,20 @@ class Loyalty:
 
 
 @pytest.fixture
-async def loyalty(tmp_path: Path) -> AsyncIterator[Loyalty]:
-    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
-    await system.migrate()
-    try:
-        admin = await system.sso.service.register(
-            Registration("admin@example.com", "long enough"), is_admin=True)
-        user = await system.sso.service.register(Registration("user@example.com",
-                                                              "long enough"))
-        await system.sso.relay.run_once()
-        app = loyalty_app(system.loyalty)
-        async with (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                              base_url="http://loyalty") as fast,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=standard_resolution(app)),
-                              base_url="http://loyalty") as standard,
-        ):
-            deposit = await fast.post(
-                f"/loyalty/admin/accounts/{user.user_id}/deposits",
-                headers={"Authorization": f"Bearer {admin.tokens.access_token}"},
-                json={"amount": 1_000_000, "comment": "for the tests"})
-            assert deposit.status_code == 201, deposit.text
-            yield Loyalty(fast, standard, {"user": user.tokens.access_token})
-    finally:
-        await system.stop()
+async def loyalty(with_users: WithUsers) -> AsyncIterator[Loyalty]:
+    app = loyalty_app(with_users.system.loyalty)
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                          base_url="http://loyalty") as fast,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=standard_resolution(app)),
+                          base_url="http://loyalty") as standard,
+    ):
+        deposit = await fast.post(
+            f"/loyalty/admin/accounts/{with_users.user.user_id}/deposits",
+            headers=with_users.auth(with_users.admin),
+            json={"amount": 1_000_000, "comment": "for the tests"})
+        assert deposit.status_code == 201, deposit.text
+        yield Loyalty(fast, standard, {"user": with_users.user.tokens.access_token})
 
 
 async def _send(client: httpx.AsyncClient, case: Case, tokens: dict[str, str]

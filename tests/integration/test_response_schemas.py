@@ -4,35 +4,24 @@ error alike, validated against the schema of their path, method and status."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 
-from authloyalty.bootstrap import build_embedded, loyalty_app
-from authloyalty.sso.service import Registration
-from tests.conftest import FAST_ARGON2, settings_for
+from authloyalty.bootstrap import loyalty_app
+from tests.integration.conftest import WithUsers
 
 
 @pytest.fixture
-async def loyalty(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str],
-                                                           dict[str, str], str]]:
-    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
-    await system.migrate()
-    try:
-        admin = await system.sso.service.register(
-            Registration("admin@example.com", "long enough"), is_admin=True)
-        user = await system.sso.service.register(Registration("user@example.com",
-                                                              "long enough"))
-        await system.sso.relay.run_once()
-        transport = httpx.ASGITransport(app=loyalty_app(system.loyalty))
-        async with httpx.AsyncClient(transport=transport, base_url="http://loyalty") as client:
-            yield (client, {"Authorization": f"Bearer {admin.tokens.access_token}"},
-                   {"Authorization": f"Bearer {user.tokens.access_token}"}, str(user.user_id))
-    finally:
-        await system.stop()
+async def loyalty(with_users: WithUsers) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                              dict[str, str], dict[str, str],
+                                                              str]]:
+    transport = httpx.ASGITransport(app=loyalty_app(with_users.system.loyalty))
+    async with httpx.AsyncClient(transport=transport, base_url="http://loyalty") as client:
+        yield (client, with_users.auth(with_users.admin), with_users.auth(with_users.user),
+               str(with_users.user.user_id))
 
 
 def check(document: dict[str, Any], route: str, method: str, reply: httpx.Response) -> None:
