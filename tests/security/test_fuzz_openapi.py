@@ -29,7 +29,11 @@ def fuzz(url: str, token: str, workdir: Path) -> subprocess.CompletedProcess[str
 def test_no_generated_request_gets_a_server_error(
         target: Server, api: Api, who: str, tmp_path: Path) -> None:
     account = api.user() if who == "user" else api.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    for base in (target.sso, target.loyalty):
+    # sso has no admin-only route, and its fuzzing would lock the shared admin out: the fuzzer
+    # learns the admin's email from /auth/info and tries logins with it (the per-email
+    # throttle then refuses the admin for 15 minutes, as it should).
+    bases = (target.sso, target.loyalty) if who == "user" else (target.loyalty,)
+    for base in bases:
         result = fuzz(f"{base}/openapi.json", account.access, tmp_path)
         assert result.returncode == 0, f"{base}:\n{result.stdout[-6000:]}\n{result.stderr}"
         assert "passed" in result.stdout, result.stdout[-2000:]
