@@ -9,6 +9,7 @@ which the handlers recognise (inbox). Records that can never be processed go to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -167,6 +168,14 @@ class KafkaPublisher:
     (:func:`ensure_topics`), so whichever broker dies, some partition does not have it among
     its replicas and acknowledges at once. Loyalty reads every partition
     (:mod:`authloyalty.platform.kafka_reader`) and a repeated revocation changes nothing.
+
+    Each partition of such a topic has a producer (a connection) of its own, for the same
+    reason as each topic: a broker answers the requests of one connection in order, and one
+    producer sends a broker the batches of every partition it leads in one request. Once
+    leaders have moved (a broker killed earlier and back, leadership not yet rebalanced), the
+    broker leading the partition without the dead broker often leads one with it as well; with
+    a shared producer the copy that could be acknowledged at once waited for the dead broker
+    to be fenced (3.2-4.6 s in the fault run, ``bench/faults.py``).
     """
 
     def __init__(self, settings: KafkaSettings, codec: EventEncoder) -> None:
@@ -175,7 +184,8 @@ class KafkaPublisher:
         self._tracer = telemetry.tracer()
         self._timeout = settings.delivery_timeout_seconds
         self._fan_out = codec.fan_out_topics()
-        self._producers: dict[str, Producer] = {}
+        # By topic, and by (topic, partition) for the fan-out topics' partitions.
+        self._producers: dict[str | tuple[str, int], Producer] = {}
         self._partitions: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -187,7 +197,10 @@ class KafkaPublisher:
         """Connect the producers and learn the fan-out topics' partitions now (blocking), so
         that the first events after a start do not wait for it (~0.5 s measured)."""
         for topic in self._codec.topics():
-            self._partitions_of(topic, self._producer(topic))
+            for partition in self._partitions_of(topic, self._producer(topic)):
+                if partition is not None:  # connect each partition's producer too
+                    with contextlib.suppress(KafkaException):
+                        self._producer(topic, partition).list_topics(topic, timeout=2.0)
 
     async def publish(self, events: Sequence[Envelope[Any]]) -> list[str | None]:
         """Produce every event and wait for all the broker's acknowledgements."""
@@ -200,13 +213,15 @@ class KafkaPublisher:
         await asyncio.to_thread(self._produce_all, events, futures, loop)
         return futures
 
-    def _producer(self, topic: str) -> Producer:
+    def _producer(self, topic: str, partition: int | None = None) -> Producer:
+        """The topic's producer, or for one partition of a fan-out topic that partition's."""
+        key: str | tuple[str, int] = topic if partition is None else (topic, partition)
         with self._lock:
-            producer = self._producers.get(topic)
+            producer = self._producers.get(key)
             if producer is None:
                 producer = Producer(client_conf(self._settings, **{
                     **_PRODUCER_TUNING, "message.timeout.ms": int(self._timeout * 1000)}))
-                self._producers[topic] = producer
+                self._producers[key] = producer
             return producer
 
     def _poll_forever(self) -> None:
@@ -253,11 +268,11 @@ class KafkaPublisher:
             except Exception as exc:
                 _Delivery(loop, future, span, 1).settle(f"encode: {exc}")
                 continue
-            producer = self._producer(topic)
-            partitions = self._partitions_of(topic, producer)
+            partitions = self._partitions_of(topic, self._producer(topic))
             delivery = _Delivery(loop, future, span, len(partitions))
             for partition in partitions:
-                self._produce(producer, delivery, topic, key, value, headers, partition)
+                self._produce(self._producer(topic, partition), delivery, topic, key, value,
+                              headers, partition)
 
     def _produce(self, producer: Producer, delivery: _Delivery, topic: str, key: Any,
                  value: Any, headers: Any, partition: int | None) -> None:
