@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_MODE  ?= short
 BENCH_ARGS  ?=
+FAULTS_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help venv system-deps kafka-jars run test lint typecheck unit bench bench-profile clean \
+.PHONY: help venv system-deps kafka-jars run test lint typecheck unit bench bench-profile faults clean \
         stack-up stack-down stack-status stack-restart stack-logs
 
 help:
@@ -16,6 +17,8 @@ help:
 	@echo "make test       lint, type-check and run the whole suite (starts its own PostgreSQL)"
 	@echo "make unit       fast unit tests only"
 	@echo "make bench      throughput/latency vs. ceilings (BENCH_MODE=short|full), results in bench/results"
+	@echo "make faults     kills, broker kills and a database stall under load; logout and bonus checks"
+	@echo "                (FAULTS_ARGS=--quick: 90 s), results in bench/results/faults-latest.md"
 	@echo "make stack-up   the production topology on this machine (ARGS=\"--brokers 3\" ...), in var/stack"
 	@echo "make stack-status | stack-down | stack-restart C=sso-1 | stack-logs C=nginx"
 
@@ -56,6 +59,10 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python bench/run.py --mode $(BENCH_MODE) $(BENCH_ARGS)
+
+# The fault run (bench/faults.py): ~7 minutes, or ~3 with FAULTS_ARGS=--quick. Not part of test.
+faults: $(BENCH_STAMP) system-deps kafka-jars
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 bench-profile: $(BENCH_STAMP) system-deps
 	$(BIN)/python bench/profile.py $(BENCH_ARGS)
