@@ -17,6 +17,8 @@ refresh             wrk: POST /auth/refresh (chained)       bare GET /auth/healt
 login               wrk: POST /auth/login (Argon2id)        Argon2id verify on every core
 registration_bonus  python: register, poll /me until 200    (latency scenario)
 logout_refusal      python: logout, poll /me until 401      SPEC: refused within 1 s
+logout_refusal_     the same, right after SIGKILL of one    SPEC: refused within 1 s
+  broker_kill       of 3 brokers (restarted after)
 ==================  ======================================  ===================================
 
 Results: ``<out>/latest.json``, ``latest.md``, ``throughput.png``, ``latency.png``, ``cpu.png``
@@ -48,6 +50,8 @@ from benchlib.cpu import NCPU, CpuWindow, machine_times, pid_group, postgres_gro
 from benchlib.deploy import Deployment, deploy
 from benchlib.stack import PASSWORD, log
 
+from devstack.kafka import KafkaCluster
+
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -60,6 +64,7 @@ class Mode:
     duration: float
     argon2_duration: float
     logouts: int
+    kill_logouts: int  # logouts of the broker-kill batch
     refresh_sessions: int
     distinct_hashes: int
 
@@ -67,9 +72,9 @@ class Mode:
 MODES = {
     # About one minute of load in total (11 measurements), plus ~30 s of provisioning.
     "short": Mode("short", warmup=1, duration=5, argon2_duration=3, logouts=200,
-                  refresh_sessions=2_000, distinct_hashes=200),
+                  kill_logouts=50, refresh_sessions=2_000, distinct_hashes=200),
     "full": Mode("full", warmup=5, duration=30, argon2_duration=10, logouts=1_000,
-                 refresh_sessions=10_000, distinct_hashes=1_000),
+                 kill_logouts=200, refresh_sessions=10_000, distinct_hashes=1_000),
 }
 USERS = 10_000
 SETTLED_BUSY_PCT = 15.0  # the machine counts as quiet below this share of busy CPU
@@ -92,6 +97,7 @@ class Options:
     loyalty_processes: int
     settle: float
     service_env: dict[str, str]
+    brokers: int
 
 
 @dataclass
@@ -113,7 +119,7 @@ class Runner:
             pid_group("sso", lambda: stack.pids("sso")),
             pid_group("loyalty", lambda: stack.pids("loyalty")),
             postgres_group(stack.postmaster_pid),
-            pid_group("kafka", lambda: [stack.kafka.pid if stack.kafka else None]),
+            pid_group("kafka", stack.kafka_pids),
         ])
 
     def settle(self) -> None:
@@ -270,6 +276,7 @@ class Runner:
             "throughput_rps": data["throughput_rps"], "latency_ms": data["delay_ms"],
             "request_latency_ms": data["request_latency_ms"], "polls": data["polls"],
             "delay_samples_ms": data["delay_samples_ms"],
+            "per_replica_delay_ms": data["per_target_ms"],
             "errors": data["errors"], "error_detail": {"samples": data["error_samples"]},
         }
         base = {"name": name, "title": title, "kind": kind, "generator": "python",
@@ -338,6 +345,30 @@ class Runner:
                     concurrency=opts.driver_concurrency,
                     poll_interval=opts.poll_interval),
                 request="POST /auth/logout → GET /loyalty/me until 401")
+        if self.wanted("logout_refusal_broker_kill"):
+            self.logout_under_broker_kill()
+
+    def logout_under_broker_kill(self) -> None:
+        """Logouts right after one of the brokers is SIGKILLed; it is restarted after them."""
+        stack, opts = self.stack, self.opts
+        if not isinstance(stack.kafka, KafkaCluster):
+            log("logout_refusal_broker_kill skipped: needs --brokers 3")
+            return
+        cluster: KafkaCluster = stack.kafka
+        node = cluster.node_ids[0]
+        start = opts.mode.logouts
+        sessions = self.dep.seeded.logout_sessions[start:start + opts.mode.kill_logouts]
+        self.driver(
+            "logout_refusal_broker_kill",
+            f"Logout → refused at loyalty, broker {node} of {len(cluster.node_ids)} SIGKILLed "
+            f"just before ({len(sessions)} logouts)",
+            "latency", drivers.logout_to_refusal_under_broker_kill(
+                [f"http://127.0.0.1:{p}" for p in stack.sso_ports], stack.loyalty_urls,
+                sessions, kill=lambda: cluster.kill_node(node),
+                restore=lambda: cluster.start_node(node, timeout=120),
+                concurrency=opts.driver_concurrency, poll_interval=opts.poll_interval),
+            request="SIGKILL broker; POST /auth/logout → GET /loyalty/me until 401",
+            killed_broker=node)
 
 
 def machine_info() -> dict[str, Any]:
@@ -389,6 +420,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--driver-concurrency", type=int, default=2,
                         help="parallel registrations / logouts in the event scenarios")
     parser.add_argument("--poll-interval-ms", type=float, default=5.0)
+    parser.add_argument("--brokers", type=int, default=3, choices=[1, 3],
+                        help="Kafka brokers (3: a KRaft cluster, needed by "
+                             "logout_refusal_broker_kill)")
     parser.add_argument("--sso-processes", type=int, default=NCPU,
                         help="authloyalty sso processes (default: one per core, see "
                              "bench/README.md)")
@@ -415,7 +449,7 @@ def parse_args(argv: list[str] | None) -> Options:
                    sso_processes=args.sso_processes, loyalty_processes=args.loyalty_processes,
                    settle=args.settle if args.settle is not None
                    else (5.0 if args.mode == "short" else 60.0),
-                   service_env=_service_env(parser, args.service_env))
+                   service_env=_service_env(parser, args.service_env), brokers=args.brokers)
 
 
 def _service_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -437,9 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"mode {opts.mode.name}: {opts.mode.duration:g} s per scenario after "
         f"{opts.mode.warmup:g} s of warm-up; load average now {load_before}")
     dep = deploy(users=USERS, refresh_sessions=opts.mode.refresh_sessions,
-                 logout_sessions=opts.mode.logouts, distinct_hashes=opts.mode.distinct_hashes,
+                 logout_sessions=opts.mode.logouts + opts.mode.kill_logouts,
+                 distinct_hashes=opts.mode.distinct_hashes,
                  sso_processes=opts.sso_processes, loyalty_processes=opts.loyalty_processes,
-                 service_env=opts.service_env)
+                 service_env=opts.service_env, brokers=opts.brokers)
     runner = Runner(opts, dep)
     consistency: dict[str, int] = {}
     sql_shapes: dict[str, Any] = {}
@@ -487,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 "loyalty_processes": opts.loyalty_processes,
                 "database": "PostgreSQL, one database per service, durable (fsync, "
                             "synchronous_commit on)",
-                "events": "Kafka (1 KRaft broker)",
+                "events": f"Kafka ({opts.brokers} KRaft broker{'s' if opts.brokers > 1 else ''}"
+                          f", replication factor {min(3, opts.brokers)})",
                 "pool_size": dep.settings.loyalty.database.pool_size,
                 "argon2": {"memory_kib": a.memory_kib, "time_cost": a.time_cost,
                            "parallelism": a.parallelism},
@@ -497,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             "seed": {"users": dep.seeded.users, "start_balance": seeding.START_BALANCE,
                      "distinct_argon2_hashes": dep.seeded.distinct_hashes,
                      "refresh_sessions": opts.mode.refresh_sessions,
-                     "logout_sessions": opts.mode.logouts},
+                     "logout_sessions": opts.mode.logouts,
+                     "broker_kill_logout_sessions": opts.mode.kill_logouts},
             "load": {"wrk_connections": opts.connections,
                      "wrk_login_connections": opts.login_connections,
                      "wrk_threads": opts.wrk_threads, "wrk_cpus": opts.wrk_cpus,

@@ -20,12 +20,13 @@ class Deployment:
 
 def deploy(*, users: int, refresh_sessions: int, logout_sessions: int,
            distinct_hashes: int, sso_processes: int = 1, loyalty_processes: int = 1,
-           service_env: dict[str, str] | None = None) -> Deployment:
+           service_env: dict[str, str] | None = None, brokers: int = 1) -> Deployment:
     """PostgreSQL + Kafka + keys + migrations, seed the databases, start sso and loyalty.
 
     On failure everything started so far is stopped again.
     """
     stack = Stack.create()
+    stack.brokers = brokers
     stack.service_env = dict(service_env or {})
     timings: dict[str, float] = {}
     try:

@@ -12,6 +12,11 @@ logout → refused at loyalty
     first 401. The path: sso's commit (session revoked + outbox row) → relay → Kafka
     ``sessions`` → loyalty's in-memory revocation set.
 
+logout → refused at loyalty under a broker kill
+    The same, for a batch of logouts started right after one of three Kafka brokers is
+    SIGKILLed (it is restarted after the batch); the worst case per loyalty replica is the
+    figure.
+
 Resolution: a delay is overstated by at most one poll interval plus one request's round trip.
 """
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +43,8 @@ class DriverResult:
     delay: list[float] = field(default_factory=list)
     polls: int = 0
     errors: list[str] = field(default_factory=list)
+    # Delay per loyalty replica (logout: each replica's own 200 → 401).
+    per_target: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +57,8 @@ class DriverResult:
             "delay_samples_ms": [round(d * 1000, 1) for d in self.delay],
             "errors": len(self.errors),
             "error_samples": self.errors[:10],
+            "per_target_ms": {target: summarize(values)
+                              for target, values in self.per_target.items()},
         }
 
 
@@ -160,6 +169,9 @@ async def logout_to_refusal(sso: Sequence[str], loyalty: Sequence[str],
                 _poll_until(client, f"{base}/loyalty/me", token, 401, 200, received, give_up_after,
                             poll_interval, result) for base in loyalty))
             result.operations += 1
+            for base, d in zip(loyalty, delays, strict=True):
+                if d is not None:
+                    result.per_target.setdefault(base, []).append(d)
             if all(d is not None for d in delays):
                 result.delay.append(max(d for d in delays if d is not None))
 
@@ -168,3 +180,18 @@ async def logout_to_refusal(sso: Sequence[str], loyalty: Sequence[str],
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         result.elapsed = time.perf_counter() - started
     return result
+
+
+async def logout_to_refusal_under_broker_kill(
+        sso: Sequence[str], loyalty: Sequence[str], sessions: Sequence[tuple[str, str]], *,
+        kill: Callable[[], None], restore: Callable[[], None], concurrency: int,
+        poll_interval: float, give_up_after: float = 30.0) -> DriverResult:
+    """:func:`logout_to_refusal` for a batch of sessions started right after ``kill()`` (a
+    Kafka broker SIGKILLed); ``restore()`` (the broker restarted) once the batch is done. The
+    first logouts of the batch meet the dead broker still in the in-sync replicas."""
+    await asyncio.to_thread(kill)
+    try:
+        return await logout_to_refusal(sso, loyalty, sessions, concurrency=concurrency,
+                                       poll_interval=poll_interval, give_up_after=give_up_after)
+    finally:
+        await asyncio.to_thread(restore)

@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 import yaml
 
+from benchlib.seed import ACCESS_TTL_SECONDS
 from devstack.common import free_port
-from devstack.kafka import KafkaBroker
+from devstack.kafka import KafkaBroker, KafkaCluster
 from devstack.postgres import PostgresCluster, scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,10 @@ class Stack:
 
     root: Path
     pg: PostgresCluster | None = None
-    kafka: KafkaBroker | None = None
+    kafka: KafkaBroker | KafkaCluster | None = None
+    # Kafka brokers: 1, or a KRaft cluster whose topics are replicated min(3, N) times (the
+    # sessions topic one time less; deploy/README.md, "Logout under failures").
+    brokers: int = 1
     sso_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     loyalty_port: int = field(default_factory=free_port)
@@ -177,7 +181,10 @@ class Stack:
 
         def start_kafka() -> None:
             try:
-                self.kafka = KafkaBroker(self.root / "kafka", heap="512m")
+                if self.brokers > 1:
+                    self.kafka = KafkaCluster(self.root / "kafka", self.brokers)
+                else:
+                    self.kafka = KafkaBroker(self.root / "kafka", heap="512m")
                 self.kafka.start(timeout=180)
             except BaseException as exc:  # reported by the main thread
                 kafka_error.append(exc)
@@ -221,6 +228,9 @@ class Stack:
         config: dict[str, Any] = {
             "mode": "production",
             "sso": {
+                # The seeded tokens are minted offline to outlive a full run; since tokens
+                # living longer than the configured TTL are refused, the TTL is theirs.
+                "access_token_ttl_seconds": ACCESS_TTL_SECONDS,
                 "http_port": self.sso_port,
                 "grpc_port": self.grpc_port,
                 "signing_keys_dir": str(self.keys_dir),
@@ -233,7 +243,8 @@ class Stack:
             },
             "events": {
                 "backend": "kafka",
-                "kafka": {"bootstrap_servers": self.kafka.bootstrap_servers},
+                "kafka": {"bootstrap_servers": self.kafka.bootstrap_servers,
+                          "replication_factor": min(3, self.brokers)},
             },
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -279,6 +290,13 @@ class Stack:
             service.start()
         log(f"sso on ports {self.sso_ports} (pids {self.pids('sso')}), loyalty on ports "
             f"{self.loyalty_ports} (pids {self.pids('loyalty')})")
+
+    def kafka_pids(self) -> list[int | None]:
+        """The broker processes' pids (None for a node that is down)."""
+        if self.kafka is None:
+            return []
+        nodes = self.kafka.nodes if isinstance(self.kafka, KafkaCluster) else [self.kafka]
+        return [node.pid for node in nodes]
 
     def pids(self, command: str) -> list[int]:
         """PIDs of every process running ``authloyalty <command>``."""
