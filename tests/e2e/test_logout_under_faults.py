@@ -23,6 +23,7 @@ from tests.e2e.stack import Service, Stack, wait_for
 pytestmark = pytest.mark.e2e
 
 LOGOUT_DEADLINE = 1.0
+CATCH_UP_BOUND = 5.0  # seconds of 503 a restarted replica may answer before it serves
 
 
 @pytest.fixture
@@ -187,10 +188,12 @@ def test_every_logout_is_refused_by_every_replica_within_a_second_through_kills(
                                                               time.monotonic())
         watcher = _restart_watched(second, second_url, auth)
         *waiting, (at, status, _code) = watcher.answers
+        # The guarantee: the first answer it serves (anything but 503) refuses the session.
         assert status == 401, watcher.answers
         assert {s for _, s, _ in waiting} <= {503}, watcher.answers
-        figures["loyalty killed (restarted, from its first answer)"] = [
-            at - watcher.answers[0][0]]
+        # Catching up takes ~0.2 s on a quiet cluster; a broker still settling after the
+        # earlier kill has been seen to stretch it to ~2 s (lookups retried), never to a 200.
+        assert at - watcher.answers[0][0] <= CATCH_UP_BOUND, watcher.answers
         log_out("after loyalty restart", replicas)
 
     print(f"logout -> 401 per replica (s): {figures}", file=sys.stderr)
