@@ -104,7 +104,7 @@ class KafkaTopicReader:
             if not behind:
                 self._caught_up(started, replayed)
             while not self._stopping.is_set():
-                messages = await asyncio.to_thread(consumer.consume, _BATCH, 0.2)
+                messages = await asyncio.to_thread(_fetch, consumer)
                 for message in messages:
                     error = message.error()
                     if error is not None:
@@ -166,3 +166,15 @@ class KafkaTopicReader:
             # format right, and stopping here would block every later revocation.
             log.error("record %s/%d@%d skipped: %s", record.topic, record.partition,
                       record.offset, exc)
+
+
+def _fetch(consumer: Consumer) -> list[Message]:
+    """What has arrived, as soon as anything has (at most 0.2 s of waiting).
+
+    ``consume(n, timeout)`` waits for ``n`` records *or* the timeout, so with a quiet topic every
+    revocation would sit up to the whole timeout in the client: ``poll`` returns the first record
+    at once and ``consume(n, 0)`` takes what is already queued behind it."""
+    first = consumer.poll(0.2)
+    if first is None:
+        return []
+    return [first, *consumer.consume(_BATCH - 1, 0)]
