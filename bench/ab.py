@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,13 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # devstack/ (not installed)
+
+from devstack.common import free_port  # noqa: E402
+
 LUA_DIR = REPO / "bench" / "lua"
 ROUTES = {"balance": "/loyalty/me", "withdrawal": "/loyalty/me/withdrawals"}
 PASSWORD = "bench password 123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -140,7 +137,6 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    sys.path.insert(0, str(REPO))  # devstack/
     from devstack.postgres import PostgresCluster, scratch_dir
 
     base = scratch_dir("authloyalty-ab-pg-")

@@ -10,7 +10,6 @@ listening ports.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import httpx
 import yaml
 
 from benchlib.seed import ACCESS_TTL_SECONDS
-from devstack.common import free_port
+from devstack.common import clean_env, free_port
 from devstack.kafka import KafkaBroker, KafkaCluster
 from devstack.postgres import PostgresCluster, scratch_dir
 
@@ -68,12 +67,6 @@ def authloyalty_bin() -> str:
     if not found:
         raise RuntimeError("the authloyalty command is not installed (make venv)")
     return found
-
-
-def clean_env() -> dict[str, str]:
-    """Our environment without any AUTHLOYALTY_* or CONFIG_PATH that could leak in."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("AUTHLOYALTY_") and k != "CONFIG_PATH"}
 
 
 def log(message: str) -> None:
