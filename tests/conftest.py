@@ -123,6 +123,7 @@ def default_ports_held() -> Iterator[list[int]]:
 _INFRASTRUCTURE = {
     "postgres": {"pg_cluster"},
     "kafka": {"kafka_broker", "kafka_cluster", "broker"},
+    "stack": {"full_stack"},
 }
 _STACK_MODULES = {"test_production_stack"}  # the whole local topology (`stack up`)
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.e2e_helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, Server, bearer, no_5xx
+from devstack.postgres import scratch_dir
+from devstack.supervisor import Supervisor
+from tests.e2e.e2e_helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Api,
+    Server,
+    bearer,
+    free_port,
+    no_5xx,
+)
+from tests.e2e.full_stack import StackHandle, devstack, report
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +65,25 @@ def admin_token(server: Server) -> str:
 def admin(admin_token: str) -> dict[str, str]:
     """Authorization header of the bootstrap admin."""
     return bearer(admin_token)
+
+
+@pytest.fixture(scope="session")
+def full_stack() -> Iterator[StackHandle]:
+    """The default topology of ``python -m devstack up`` (tests/e2e/full_stack.py), one for the
+    whole run, on free ports in a scratch directory; ``down`` and removed at the end."""
+    directory = scratch_dir("authloyalty-fullstack-")
+    started = time.monotonic()
+    result = devstack("up", "--dir", str(directory), "--no-443",
+                      "--https-port", str(free_port()), "--http2-grpc-port", str(free_port()),
+                      "--prometheus-port", str(free_port()))
+    try:
+        assert result.returncode == 0, f"stack up failed:\n{result.stdout}\n{result.stderr}"
+        handle = StackHandle(directory, report(directory))
+        assert handle.state["status"] == "running"
+        assert all(c["state"] == "RUNNING" for c in handle.state["components"]), handle.logs()
+        print(f"full stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        yield handle
+    finally:
+        if Supervisor(directory).alive():
+            devstack("down", "--dir", str(directory), timeout=300)
+        shutil.rmtree(directory, ignore_errors=True)

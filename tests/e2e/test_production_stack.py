@@ -9,20 +9,14 @@ stops every process, supervisord included.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import ssl
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -33,91 +27,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from devstack.postgres import scratch_dir
 from devstack.supervisor import Supervisor
-from tests.e2e.e2e_helpers import PASSWORD, ROOT, bearer, free_port, run_cli, unique_email
+from tests.e2e.e2e_helpers import PASSWORD, bearer, free_port, run_cli, unique_email
+from tests.e2e.full_stack import StackHandle, alive, devstack, report
 
 pytestmark = pytest.mark.e2e
 
-UP_TIMEOUT = 180.0
 LOGOUT_DEADLINE = 1.0
 
 
-def _stack(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CONFIG_PATH"}
-    return subprocess.run([sys.executable, "-m", "devstack", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
-
-
-def _report(directory: Path) -> dict[str, Any]:
-    """`status --json`: the plan with each component's supervisord state and pid."""
-    result = _stack("status", "--dir", str(directory), "--json", timeout=60)
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-@dataclass
-class Stack:
-    """A running stack as its state file describes it."""
-
-    dir: Path
-    state: dict[str, Any]
-
-    def component(self, name: str) -> dict[str, Any]:
-        return next(c for c in self.state["components"] if c["name"] == name)
-
-    @property
-    def gateway(self) -> str:
-        return str(self.component("nginx")["urls"]["https"][0])
-
-    @property
-    def https_port(self) -> int:
-        return int(self.component("nginx")["ports"]["https"][0])
-
-    @property
-    def ca(self) -> Path:
-        return Path(self.component("nginx")["ca"])
-
-    def tls(self) -> ssl.SSLContext:
-        """Trusts the stack's throwaway CA only."""
-        return ssl.create_default_context(cafile=str(self.ca))
-
-    def running(self, name: str) -> bool:
-        """Whether supervisord reports the component running."""
-        return bool(Supervisor(self.dir).all_info()[name]["statename"] == "RUNNING")
-
-    def logs(self) -> str:
-        parts = []
-        for path in sorted((self.dir / "logs").glob("*.log")):
-            text = path.read_text(errors="replace").splitlines()[-25:]
-            parts.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(parts)
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack() -> Iterator[StackHandle]:
     directory = scratch_dir("authloyalty-stack-")
     started = time.monotonic()
-    result = _stack("up", "--dir", str(directory), "--sso-replicas", "2",
+    result = devstack("up", "--dir", str(directory), "--sso-replicas", "2",
                     "--loyalty-replicas", "1", "--brokers", "1",
                     "--https-port", str(free_port()), "--http2-grpc-port", str(free_port()),
                     "--no-prometheus")
     try:
         assert result.returncode == 0, f"stack up failed:\n{result.stdout}\n{result.stderr}"
-        state = _report(directory)
+        state = report(directory)
         assert state["status"] == "running"
         assert all(c["state"] == "RUNNING" for c in state["components"]), state["components"]
         print(f"stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        yield Stack(directory, state)
+        yield StackHandle(directory, state)
     finally:
         if Supervisor(directory).alive():  # a failed test: nothing may be left running
-            _stack("down", "--dir", str(directory), timeout=180)
+            devstack("down", "--dir", str(directory), timeout=180)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -133,7 +68,7 @@ def _requests_served(metrics_url: str) -> float:
     return total
 
 
-def test_production_topology_over_https(stack: Stack) -> None:
+def test_production_topology_over_https(stack: StackHandle) -> None:
     headers = {"X-Request-Id": "e2e-stack-1"}
     with httpx.Client(base_url=stack.gateway, verify=stack.tls(), timeout=10.0) as client:
         # register through the gateway; the request id comes back
@@ -228,7 +163,7 @@ def test_production_topology_over_https(stack: Stack) -> None:
                 if i == 6:
                     os.kill(victim, signal.SIGKILL)
                     deadline = time.monotonic() + 5
-                    while _alive(victim) or stack.running("sso-1"):
+                    while alive(victim) or stack.running("sso-1"):
                         assert time.monotonic() < deadline, "the killed replica is still alive"
                         time.sleep(0.01)
                 r = client.post("/auth/login", json={"email": email, "password": PASSWORD})
@@ -242,7 +177,7 @@ def test_production_topology_over_https(stack: Stack) -> None:
             stop.set()
             reader.join(timeout=15)
         assert not failures, f"{failures}\n{stack.logs()}"
-        status = _stack("status", "--dir", str(stack.dir), timeout=30)
+        status = devstack("status", "--dir", str(stack.dir), timeout=30)
         assert status.returncode == 1, status.stdout  # one component is down ...
         assert re.search(r"(?m)^\s*sso-1\s+EXITED\s", status.stdout), status.stdout
 
@@ -259,27 +194,27 @@ def test_production_topology_over_https(stack: Stack) -> None:
               file=sys.stderr)
 
         # one command brings the killed replica back, ready
-        restarted = _stack("restart", "sso-1", "--dir", str(stack.dir), timeout=120)
+        restarted = devstack("restart", "sso-1", "--dir", str(stack.dir), timeout=120)
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         assert "sso-1 ready" in restarted.stdout, restarted.stdout
-        status = _stack("status", "--dir", str(stack.dir), timeout=30)
+        status = devstack("status", "--dir", str(stack.dir), timeout=30)
         assert status.returncode == 0, status.stdout
-        r = httpx.get(f"{_report(stack.dir)['components'][_index(stack, 'sso-1')]['urls']['http']}"
+        r = httpx.get(f"{report(stack.dir)['components'][_index(stack, 'sso-1')]['urls']['http']}"
                       "/auth/healthz", timeout=5.0)
         assert r.status_code == 200, r.text
 
     # down stops every process `up` started, supervisord too, and nothing is left running
-    pids = [int(c["pid"]) for c in _report(stack.dir)["components"] if c["pid"]]
+    pids = [int(c["pid"]) for c in report(stack.dir)["components"] if c["pid"]]
     assert len(pids) == len(stack.state["components"])
-    result = _stack("down", "--dir", str(stack.dir), timeout=180)
+    result = devstack("down", "--dir", str(stack.dir), timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    alive = [p for p in pids if _alive(p)]
-    assert not alive, f"still running after down: {alive}\n{stack.logs()}"
+    still = [p for p in pids if alive(p)]
+    assert not still, f"still running after down: {still}\n{stack.logs()}"
     assert not Supervisor(stack.dir).alive()
-    state = _report(stack.dir)
+    state = report(stack.dir)
     assert state["status"] == "stopped"
     assert not any(c["alive"] for c in state["components"])
 
 
-def _index(stack: Stack, name: str) -> int:
+def _index(stack: StackHandle, name: str) -> int:
     return next(i for i, c in enumerate(stack.state["components"]) if c["name"] == name)
