@@ -9,7 +9,7 @@ BENCH_ARGS  ?=
 FAULTS_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help venv system-deps kafka-jars run test lint typecheck unit bench bench-profile faults clean \
+.PHONY: help venv system-deps kafka-jars jaeger run test lint typecheck unit bench bench-profile faults clean \
         stack-up stack-down stack-status stack-restart stack-logs
 
 help:
@@ -38,6 +38,11 @@ system-deps:
 kafka-jars: venv system-deps
 	@$(BIN)/python -m devstack kafka classpath >/dev/null
 
+# Jaeger v2 built from the Go module proxy (~15 min the first time, cached under
+# ~/.cache/authloyalty), before any test: the local stack traces into it.
+jaeger: venv
+	@$(BIN)/python -m devstack jaeger build >/dev/null
+
 run: venv
 	$(BIN)/authloyalty up $(ARGS)
 
@@ -50,7 +55,7 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: venv system-deps kafka-jars lint typecheck
+test: venv system-deps kafka-jars jaeger lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml

@@ -2,7 +2,7 @@
 
     python -m devstack up [--dir DIR] [--sso-replicas 2] [--loyalty-replicas 1] [--brokers 1|3]
         [--https-port 8443] [--http2-grpc-port 44044] [--prometheus-port 9090]
-        [--no-prometheus] [--no-443] [--no-install] [--fresh]
+        [--no-prometheus] [--no-jaeger] [--no-443] [--no-install] [--fresh]
     python -m devstack status [--dir DIR] [--json]
     python -m devstack restart COMPONENT [--dir DIR]       # e.g. sso-1, kafka-2, postgres-replica
     python -m devstack logs COMPONENT [--dir DIR] [-n 40]
@@ -12,6 +12,8 @@
     python -m devstack postgres start|url|stop --dir DIR [--port P] [--durable]
     python -m devstack nginx render-compose [--check]      # deploy/nginx/nginx.compose.conf
     python -m devstack nginx test --conf FILE              # nginx -t
+    python -m devstack jaeger build                        # Jaeger v2 from Go modules, once
+    python -m devstack jaeger render-compose [--check]     # deploy/jaeger/jaeger.compose.yaml
     python -m devstack prometheus check FILE               # promtool check config
 """
 
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--prometheus-port", type=int, metavar="P",
                        help=f"default {stack.DEFAULT_PROMETHEUS_PORT}")
     start.add_argument("--no-prometheus", action="store_true", help="do not run Prometheus")
+    start.add_argument("--no-jaeger", action="store_true",
+                       help="do not run Jaeger (the services then export no spans)")
     start.add_argument("--no-443", action="store_true", help="never listen on 443 as well")
     start.add_argument("--no-install", action="store_true",
                        help="never apt-get install missing Debian packages")
@@ -86,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loyalty_replicas=args.loyalty_replicas, brokers=args.brokers,
                 https_port=args.https_port, grpc_gateway_port=args.http2_grpc_port,
                 prometheus=not args.no_prometheus, prometheus_port=args.prometheus_port,
+                jaeger=not args.no_jaeger,
                 also_443=not args.no_443, install=not args.no_install, fresh=args.fresh))
         if args.command == "status":
             return stack.status(directory, args.json)

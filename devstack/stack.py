@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from devstack import components as runner
-from devstack import packages, tls
+from devstack import jaeger, packages, tls
 from devstack.common import (
     DevstackError,
     bindable,
@@ -49,7 +49,7 @@ DEFAULT_PROMETHEUS_PORT = 9090
 UP_TIMEOUT = 300.0
 RESTART_TIMEOUT = 120.0
 # Subdirectories `up --fresh` may delete (never the directory itself, which the user named).
-_OWNED = ("pg", "kafka", "keys", "tls", "config", "nginx", "prometheus", "logs")
+_OWNED = ("pg", "kafka", "keys", "tls", "config", "nginx", "prometheus", "jaeger", "logs")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Options:
     grpc_gateway_port: int | None = None
     prometheus: bool = True
     prometheus_port: int | None = None
+    jaeger: bool = True
     also_443: bool = True
     install: bool = True
     fresh: bool = False
@@ -119,8 +120,10 @@ def _choose_ports(opts: Options, taken: set[int]) -> dict[str, Any]:
     pg = opts.directory / "pg"
     primary = saved_postgres_port(pg / "primary")
     replica = saved_postgres_port(pg / "replica")
-    free = iter(free_ports(2 * opts.sso_replicas + opts.loyalty_replicas + 2, taken))
+    tracing = len(jaeger.PORT_NAMES) if opts.jaeger else 0
+    free = iter(free_ports(2 * opts.sso_replicas + opts.loyalty_replicas + 2 + tracing, taken))
     return {"https": https, "grpc_gateway": grpc, "prometheus": prom,
+            "jaeger": {n: next(free) for n in jaeger.PORT_NAMES} if opts.jaeger else None,
             "sso": [[next(free), next(free)] for _ in range(opts.sso_replicas)],
             "loyalty": [next(free) for _ in range(opts.loyalty_replicas)],
             "postgres_primary": primary or next(free), "postgres_replica": replica or next(free)}
@@ -131,7 +134,10 @@ def _provision(opts: Options) -> dict[str, str]:
     if opts.prometheus:
         commands |= packages.PROMETHEUS_COMMANDS
     packages.ensure_packages(commands, postgres=True, install=opts.install)
-    return require_commands(commands)
+    tools = require_commands(commands)
+    if opts.jaeger:
+        tools["jaeger"] = str(jaeger.ensure_binary(report=True))  # built once, then cached
+    return tools
 
 
 def up(opts: Options) -> int:

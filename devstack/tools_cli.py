@@ -1,4 +1,5 @@
-"""Sub-commands of ``python -m devstack`` for single tools: kafka, postgres, nginx, prometheus."""
+"""Sub-commands of ``python -m devstack`` for single tools: kafka, postgres, nginx, jaeger,
+prometheus."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from devstack import nginx, prometheus
+from devstack import jaeger, nginx, prometheus
 from devstack.kafka import KafkaBroker, KafkaCluster, open_kafka
 from devstack.kafka_jars import ensure_classpath
 from devstack.postgres import STATE_FILE, PostgresCluster
@@ -33,6 +34,18 @@ def add_tool_commands(sub: Any) -> None:
     gw.add_argument("--check", action="store_true",
                     help="render-compose: only compare; exit 1 if the file is out of date")
     gw.add_argument("--conf", type=Path, help="test: the config file")
+    trace = sub.add_parser("jaeger", help="Jaeger v2 built from the Go module proxy")
+    trace.add_argument("action", choices=["build", "render-compose"],
+                       help="build: the cached binary (built once), its path printed; "
+                            "render-compose: deploy/jaeger/jaeger.compose.yaml")
+    trace.add_argument("--check", action="store_true",
+                       help="render-compose: only compare; exit 1 if the file is out of date")
+    reg = sub.add_parser("registry", help="Apicurio Registry (Maven Central), in memory")
+    reg.add_argument("action", choices=["fetch", "start", "stop"],
+                     help="fetch: download and unpack once, print the directory; start|stop: "
+                          "a registry under a supervisord in --dir")
+    reg.add_argument("--dir", type=Path)
+    reg.add_argument("--port", type=int)
     prom = sub.add_parser("prometheus", help="promtool check config FILE")
     prom.add_argument("action", choices=["check"])
     prom.add_argument("file", type=Path)
@@ -46,6 +59,8 @@ def run_tool_command(args: argparse.Namespace) -> int:
         return _postgres(args)
     if args.command == "nginx":
         return _nginx(args)
+    if args.command == "jaeger":
+        return _jaeger(args)
     print(prometheus.check_config(args.file))
     return 0
 
@@ -111,5 +126,21 @@ def _nginx(args: argparse.Namespace) -> int:
         print(f"{target} is up to date")
         return 0
     target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+def _jaeger(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        print(jaeger.ensure_binary(report=True))
+        return 0
+    target = jaeger.compose_config_path()
+    if args.check:
+        if not jaeger.compose_config_current():
+            print(f"{target} is out of date; run without --check")
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.write_text(jaeger.render_compose())
     print(f"wrote {target}")
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from devstack import nginx, prometheus
+from devstack import jaeger, nginx, prometheus
 from devstack.common import HOST, DevstackError, clean_env, port_open
 from devstack.components import Component
 from devstack.kafka import CLUSTER_FILE, KafkaBroker, KafkaCluster, warm_up
@@ -125,6 +125,7 @@ class Topology:
         kafka_names = [c.name for c in kafka]
         services = _once(self.prepare_services)
         replica = self.replica
+        tracing = self.tracing_components()
         table = [
             self.primary.component("postgres-primary", log=logs / "postgres-primary.log"),
             self.replica.component(
@@ -132,11 +133,14 @@ class Topology:
                 depends_on=["postgres-primary"], setup=self.prepare_replica,
                 ready=lambda: replica.accepts_connections() and replica.in_recovery()),
             *kafka,
+            *tracing,
         ]
+        tracing_names = [c.name for c in tracing]  # services start after it: no span lost
         sso_names = [f"sso-{i}" for i in range(1, len(self.sso_ports()) + 1)]
         for name, (http, _) in zip(sso_names, self.sso_ports(), strict=True):
             table.append(self.service(name, "sso", http_ok(f"http://{HOST}:{http}/auth/healthz"),
-                                      ["postgres-primary", *kafka_names], services))
+                                      ["postgres-primary", *kafka_names, *tracing_names],
+                                      services))
         https, grpc_h2c = ports["https"], ports["grpc_gateway"]
         table.append(Component(
             "nginx", [tools["nginx"], "-p", f"{self.dir / 'nginx'}/", "-c", str(self.nginx_conf),
@@ -151,7 +155,7 @@ class Topology:
             table.append(self.service(
                 f"loyalty-{i}", "loyalty", http_ok(f"http://{HOST}:{http}/loyalty/healthz"),
                 # loyalty fetches the JWKS through the gateway and reads from the replica.
-                ["nginx", "postgres-replica", *kafka_names], services,
+                ["nginx", "postgres-replica", *kafka_names, *tracing_names], services,
                 env={"SSL_CERT_FILE": str(self.tls.ca)}))
         if ports.get("prometheus"):
             address = f"{HOST}:{ports['prometheus']}"
@@ -163,6 +167,20 @@ class Topology:
                 depends_on=loyalty_names, cwd=self.dir / "prometheus",
                 setup=lambda: _check_prometheus(conf, tools["promtool"])))
         return table
+
+    def tracing_components(self) -> list[Component]:
+        """Jaeger, unless the stack runs without it (``--no-jaeger``)."""
+        ports = self.plan["ports"].get("jaeger")
+        if not ports:
+            return []
+        return [Component(
+            "jaeger", jaeger.server_command(self.plan["tools"]["jaeger"], self.jaeger_conf),
+            ready=http_ok(jaeger.urls(ports)["health"]), log=self.logs / "jaeger.log",
+            cwd=self.jaeger_conf.parent,
+            # Once its query API has served, Jaeger spends ~10 s of its shutdown dialling an
+            # OTLP collector of its own on localhost:4317; its storage is memory, nothing to
+            # flush: killed after 3 s.
+            stop_wait=3)]
 
     def service(self, name: str, kind: str, ready: Callable[[], bool], depends_on: list[str],
                 setup: Callable[[], None], env: dict[str, str] | None = None) -> Component:
@@ -231,7 +249,7 @@ class Topology:
         for i, (http, grpc) in enumerate(sso, start=1):
             self._write_config(f"sso-{i}", _merge(base, {
                 "sso": {"http_port": http, "grpc_port": grpc},
-                "loyalty": {"http_port": loyalty[0]}}))
+                "loyalty": {"http_port": loyalty[0]}, **self.telemetry("sso", f"sso-{i}")}))
             described[f"sso-{i}"] = {"ports": {"http": http, "grpc": grpc},
                                      "urls": {"http": f"http://{HOST}:{http}",
                                               "grpc": f"{HOST}:{grpc}"}}
@@ -240,7 +258,8 @@ class Topology:
                 "sso": {"http_port": sso[0][0], "grpc_port": sso[0][1]},
                 "loyalty": {"http_port": http},
                 "events": {"kafka": {"instance_id": f"loyalty-{i}",
-                                     "client": LOYALTY_KAFKA_CLIENT}}}))
+                                     "client": LOYALTY_KAFKA_CLIENT}},
+                **self.telemetry("loyalty", f"loyalty-{i}")}))
             described[f"loyalty-{i}"] = {"ports": {"http": http},
                                          "urls": {"http": f"http://{HOST}:{http}"}}
         for name in [*described]:
@@ -263,7 +282,28 @@ class Topology:
             self._write_prometheus()
             described["prometheus"] = {"ports": {"http": ports["prometheus"]},
                                        "urls": {"http": f"http://{HOST}:{ports['prometheus']}"}}
+        if ports.get("jaeger"):
+            self.jaeger_conf.parent.mkdir(parents=True, exist_ok=True)
+            self.jaeger_conf.write_text(
+                f"# Generated by devstack from deploy/{jaeger.TEMPLATE}\n"
+                + jaeger.render_config(jaeger.local_addresses(ports["jaeger"])))
+            described["jaeger"] = {"ports": ports["jaeger"], "urls": jaeger.urls(ports["jaeger"]),
+                                   "config": str(self.jaeger_conf)}
         return described
+
+    @property
+    def jaeger_conf(self) -> Path:
+        """Jaeger's rendered config."""
+        return self.dir / "jaeger" / "jaeger.yaml"
+
+    def telemetry(self, service: str, replica: str) -> dict[str, Any]:
+        """A replica's tracing settings: every span to the stack's Jaeger (none without it)."""
+        ports = self.plan["ports"].get("jaeger")
+        if not ports:
+            return {}
+        return {"telemetry": {"enabled": True, "otlp_endpoint": jaeger.urls(ports)["otlp_http"],
+                              "service_name": service, "instance_id": replica,
+                              "sample_ratio": 1.0}}
 
     def _write_config(self, name: str, cfg: dict[str, Any]) -> None:
         (self.config_dir / f"{name}.yaml").write_text(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +21,8 @@ from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.platform import telemetry
 from authloyalty.platform.kafka import KafkaEventConsumer, KafkaPublisher
 from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
-from authloyalty.platform.settings import KafkaSettings
+from authloyalty.platform.logging import configure_logging
+from authloyalty.platform.settings import KafkaSettings, TelemetrySettings
 from authloyalty.sso.events import SSO_EVENTS
 from tests.conftest import FAST_ARGON2, settings_for
 
@@ -39,7 +43,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 def trace_of(finished: tuple[ReadableSpan, ...], name: str) -> int:
     [root] = [s for s in finished if s.name == name]
     assert root.context is not None
-    return root.context.trace_id
+    return int(root.context.trace_id)
 
 
 def names_in(finished: tuple[ReadableSpan, ...], trace_id: int) -> list[str]:
@@ -75,7 +79,7 @@ async def test_trace_context_crosses_kafka(
     await system.migrate()
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    registry = SchemaRegistryClient.new_client({"url": "mock://tracing"})
+    registry = SchemaRegistryClient.new_client({"url": kafka_settings.schema_registry_url})
     system.sso.relay._publisher = KafkaPublisher(kafka_settings,
                                                  EventEncoder(kafka_settings, SSO_EVENTS,
                                                               registry))
@@ -97,10 +101,71 @@ async def test_trace_context_crosses_kafka(
                     spans.get_finished_spans(), trace_id):
                 break
             await asyncio.sleep(0.2)
-        in_trace = names_in(spans.get_finished_spans(), trace_id)
+        finished = spans.get_finished_spans()
+        in_trace = names_in(finished, trace_id)
         assert f"{kafka_settings.registration_topic} publish" in in_trace
         assert f"{kafka_settings.registration_topic} process" in in_trace
+        # The produce span continues the request (through the outbox row), the consume span
+        # continues the produce span (through the record's headers).
+        [request] = [s for s in finished if s.name == "POST /auth/registration"]
+        [publish] = [s for s in finished
+                     if s.name == f"{kafka_settings.registration_topic} publish"]
+        [process] = [s for s in finished
+                     if s.name == f"{kafka_settings.registration_topic} process"]
+        assert publish.parent is not None
+        assert request.context is not None
+        assert publish.parent.span_id == request.context.span_id
+        assert process.parent is not None
+        assert publish.context is not None
+        assert process.parent.span_id == publish.context.span_id
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 20)
+        system.sso.relay._publisher.close()
         await system.stop()
+
+
+def test_spans_name_the_service_and_the_replica() -> None:
+    settings = TelemetrySettings(enabled=True, service_name="loyalty", instance_id="loyalty-2")
+    attributes = telemetry.resource(settings, "authloyalty-loyalty").attributes
+    assert attributes["service.name"] == "loyalty"
+    assert attributes["service.instance.id"] == "loyalty-2"
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The services' JSON log lines (as configure_logging renders them) for one test; the root
+    logger restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO", "json")
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(root.handlers[0].formatter)
+    root.handlers[:] = [handler]
+    try:
+        yield written
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_the_access_log_line_names_the_request_and_its_trace(
+        tmp_path: Path, spans: InMemorySpanExporter, json_logs: io.StringIO) -> None:
+    system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
+    await system.migrate()
+    try:
+        transport = httpx.ASGITransport(app=sso_app(system.sso))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sso") as client:
+            r = await client.post("/auth/registration", headers={"X-Request-Id": "req-42"},
+                                  json={"email": "logged@example.com",
+                                        "password": "long enough"})
+        assert r.status_code == 201
+    finally:
+        await system.stop()
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    [line] = [e for e in lines if e.get("event") == "request"]
+    assert line["request_id"] == "req-42"
+    assert (line["method"], line["route"], line["status"]) == ("POST", "/auth/registration", 201)
+    assert line["trace_id"] == format(trace_of(spans.get_finished_spans(),
+                                               "POST /auth/registration"), "032x")

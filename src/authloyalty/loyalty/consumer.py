@@ -40,12 +40,16 @@ class LoyaltyEventHandlers:
                 return
             # The account's primary key makes a second bonus impossible even if the same
             # registration arrives again under another event id.
-            if await uow.accounts.open(user_id, now) and self._bonus > 0:
+            opened = await uow.accounts.open(user_id, now)
+            if opened and self._bonus > 0:
                 await uow.ledger.apply(Movement(user_id, "deposit", self._bonus,
                                                 REGISTRATION_COMMENT, now))
                 metrics.BONUSES.inc()
             await uow.commit()
         metrics.EVENTS_CONSUMED.labels(event.name, "processed").inc()
+        if opened:
+            log.info("account %s opened with a welcome bonus of %d points (event %s)", user_id,
+                     self._bonus, event.id)
 
     async def session_revoked(self, event: Envelope[SessionRevoked]) -> None:
         """Refuse the session's access tokens from now on, in this process and after restarts."""

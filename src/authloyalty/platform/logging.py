@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line (or readable console lines), via structlog."""
+"""Structured logs: one JSON object per line (or readable console lines), via structlog.
+
+Every line written inside a span carries its ``trace_id`` and ``span_id``; every line written
+while a request is served carries the gateway's ``request_id`` (bound by the access log
+middleware), so a line, its request and its trace can be found from one another."""
 
 from __future__ import annotations
 
@@ -18,11 +22,17 @@ def _add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]
     return event
 
 
+# Fields passed with ``extra=`` that become keys of the JSON line (the access log's,
+# platform/http/middleware.py); others (uvicorn's colour copies) are left out.
+EXTRA_FIELDS = ("method", "route", "status", "duration_ms")
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route stdlib and structlog records through one renderer on stderr."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_trace_ids,
+        structlog.stdlib.ExtraAdder(allow=EXTRA_FIELDS),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

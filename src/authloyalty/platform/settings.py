@@ -94,6 +94,8 @@ class TelemetrySettings(Section):
     # OTLP/HTTP collector, e.g. http://jaeger:4318; spans are dropped when unset.
     otlp_endpoint: str | None = None
     service_name: str | None = None
+    # This process among the service's replicas (``service.instance.id`` on its spans).
+    instance_id: str | None = None
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 

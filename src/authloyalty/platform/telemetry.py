@@ -28,9 +28,8 @@ def configure(settings: TelemetrySettings, service_name: str) -> TracerProvider 
     """Create this process's tracer provider (with an OTLP exporter when an endpoint is set)."""
     if not settings.enabled:
         return None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": settings.service_name or service_name}),
-        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
+    provider = TracerProvider(resource=resource(settings, service_name),
+                              sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -38,6 +37,14 @@ def configure(settings: TelemetrySettings, service_name: str) -> TracerProvider 
             endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces")))
     use_provider(provider)
     return provider
+
+
+def resource(settings: TelemetrySettings, service_name: str) -> Resource:
+    """What every span of this process says about it: the service and which replica."""
+    attributes = {"service.name": settings.service_name or service_name}
+    if settings.instance_id:
+        attributes["service.instance.id"] = settings.instance_id
+    return Resource.create(attributes)
 
 
 def use_provider(provider: trace.TracerProvider | None) -> None:

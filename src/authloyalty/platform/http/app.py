@@ -5,11 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from authloyalty.platform.http.errors import install_error_handlers
-from authloyalty.platform.http.middleware import BodyLimitMiddleware, install_metrics
+from authloyalty.platform.http.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    install_metrics,
+)
 
 
 def create_app(title: str, description: str, service: str, version: str) -> FastAPI:
-    """A FastAPI app with our docs URLs, error envelope, body limit and metrics."""
+    """A FastAPI app with our docs URLs, error envelope, body limit, metrics and access
+    log."""
     app = FastAPI(
         title=title,
         description=description,
@@ -25,5 +30,6 @@ def create_app(title: str, description: str, service: str, version: str) -> Fast
     )
     install_error_handlers(app)
     install_metrics(app, service)
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(BodyLimitMiddleware)
     return app

@@ -1,8 +1,9 @@
-"""The ASGI middlewares of both services: the request-body limit (413) and the request
-metrics by route."""
+"""The ASGI middlewares of both services: the request-body limit (413), the request
+metrics by route and the access log."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi import FastAPI
@@ -10,6 +11,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from authloyalty.platform import metrics
 from authloyalty.platform.http.responses import dump_json
@@ -106,6 +108,55 @@ class MetricsMiddleware:
             metrics.HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
             metrics.HTTP_LATENCY.labels(self.service, method, route).observe(
                 time.perf_counter() - started)
+
+
+access_log = logging.getLogger("authloyalty.access")
+# Polled by the stack's readiness checks and by Prometheus: not worth a line each.
+_UNLOGGED_ROUTES = frozenset({"/metrics", "/auth/healthz", "/auth/ready", "/loyalty/healthz",
+                              "/loyalty/ready"})
+
+
+class AccessLogMiddleware:
+    """One log line per request: method, route template, status and duration. Every line
+    logged while the request is served carries the gateway's ``X-Request-Id`` as
+    ``request_id``, and, since this runs inside the request's server span, its trace_id and
+    span_id (platform/logging.py): the gateway's access log (request id) leads to the trace
+    and back. The route template, never the raw path: paths hold ids."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        request_id = _request_id(scope)
+        bound = bind_contextvars(request_id=request_id) if request_id else {}
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            if route not in _UNLOGGED_ROUTES:
+                access_log.info("request", extra={
+                    "method": scope["method"], "route": route, "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+            reset_contextvars(**bound)
+
+
+def _request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            return str(value[:128].decode("latin-1"))
+    return None
 
 
 def install_metrics(app: FastAPI, service: str) -> None:
