@@ -5,6 +5,8 @@
         [--no-prometheus] [--no-jaeger] [--no-443] [--no-install] [--fresh]
     python -m devstack status [--dir DIR] [--json]
     python -m devstack restart COMPONENT [--dir DIR]       # e.g. sso-1, kafka-2, postgres-replica
+    python -m devstack stop COMPONENT... [--dir DIR]       # stays stopped; `kafka`: every broker
+    python -m devstack start COMPONENT... [--dir DIR]      # start stopped ones, wait until ready
     python -m devstack logs COMPONENT [--dir DIR] [-n 40]
     python -m devstack down [--dir DIR]
     python -m devstack kafka start|status|stop --dir DIR [--brokers N] [--port P] [--heap 512m]
@@ -67,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="the plan with process states")
     again = with_dir(sub.add_parser("restart", help="restart one component, wait until ready"))
     again.add_argument("component")
+    halt = with_dir(sub.add_parser("stop", help="stop components (or a group: kafka) until "
+                                                 "`start`"))
+    halt.add_argument("components", nargs="+", metavar="COMPONENT")
+    resume = with_dir(sub.add_parser("start", help="start stopped components, wait until "
+                                                   "ready"))
+    resume.add_argument("components", nargs="+", metavar="COMPONENT")
     log = with_dir(sub.add_parser("logs", help="the end of one component's log"))
     log.add_argument("component")
     log.add_argument("-n", "--lines", type=int, default=40)
@@ -96,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stack.status(directory, args.json)
         if args.command == "restart":
             return stack.restart(directory, args.component)
+        if args.command == "stop":
+            return stack.stop(directory, args.components)
+        if args.command == "start":
+            return stack.start(directory, args.components)
         if args.command == "logs":
             return stack.logs(directory, args.component, args.lines)
         if args.command == "down":

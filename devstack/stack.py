@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,8 @@ from devstack.common import (
     tail_file,
     write_json,
 )
+from devstack.components import Component
+from devstack.endpoints import endpoints
 from devstack.topology import Topology, authloyalty, run, saved_postgres_port
 
 DEFAULT_DIR = Path("var/stack")
@@ -274,6 +276,55 @@ def restart(directory: Path, name: str) -> int:
     return 0
 
 
+def _running_table(directory: Path) -> tuple[Topology, list[Component]]:
+    topology = _topology(directory)
+    if not topology.supervisor.alive():
+        raise DevstackError(f"the stack in {directory} is not running; use `up`")
+    return topology, topology.components()
+
+
+def select(table: Sequence[Component], names: Sequence[str]) -> list[Component]:
+    """The components named, a group name (``kafka``) standing for all its members; in start
+    order."""
+    chosen: set[str] = set()
+    for name in names:
+        members = {c.name for c in table if name in (c.name, c.group)}
+        if not members:
+            raise DevstackError(f"no component or group {name!r}; one of "
+                                f"{', '.join(c.name for c in table)}")
+        chosen |= members
+    return [c for c in runner.in_start_order(table) if c.name in chosen]
+
+
+def stop(directory: Path, names: Sequence[str]) -> int:
+    """Stop components (their stop signal, SIGKILL after their grace period) and leave them
+    stopped until ``start``; the members of a group named whole stop together."""
+    with _locked(directory):
+        topology, table = _running_table(directory)
+        chosen = select(table, names)
+        whole = {c.group for c in chosen if c.group
+                 and all(m in chosen for m in table if m.group == c.group)}
+        for group in sorted(whole):
+            topology.supervisor.call("stopProcessGroup", group, True)
+        for component in reversed(chosen):
+            if component.group not in whole:
+                topology.supervisor.stop(component)
+        print(f"stopped {', '.join(c.name for c in chosen)}")
+    return 0
+
+
+def start(directory: Path, names: Sequence[str]) -> int:
+    """Start stopped components (together: a Kafka quorum needs its members) and wait until
+    every one is ready."""
+    with _locked(directory):
+        topology, table = _running_table(directory)
+        chosen = [c for c in select(table, names) if not topology.supervisor.is_running(c)]
+        for component in chosen:
+            topology.supervisor.start(component)
+        runner.wait_ready(topology.supervisor, chosen, time.monotonic() + RESTART_TIMEOUT)
+    return 0
+
+
 def logs(directory: Path, name: str, lines: int) -> int:
     """Print the end of one component's log."""
     table = {c.name: c for c in _topology(directory).components()}
@@ -302,6 +353,7 @@ def status_report(directory: Path) -> dict[str, Any] | None:
                        "alive": alive, "pid": entry.get("pid") if alive else None,
                        "log": str(component.log), **described.get(component.name, {})})
     state["components"] = report
+    state["endpoints"] = endpoints(report)
     state["supervisor"] = {"alive": bool(info), "config": str(topology.supervisor.conf)}
     return state
 

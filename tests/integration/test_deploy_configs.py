@@ -229,12 +229,15 @@ def test_promtool_accepts_the_compose_prometheus_config() -> None:
 
 def test_promtool_accepts_the_generated_prometheus_config(scratch: Path) -> None:
     promtool = _tool("promtool", prom.DEBIAN_PACKAGE)
-    path = scratch / "prometheus.yml"
-    path.write_text(prom.render_config(
-        {"sso": [("sso-1", "127.0.0.1:18001"), ("sso-2", "127.0.0.1:18002")],
-         "loyalty": [("loyalty-1", "127.0.0.1:18201")]},
-        self_address="127.0.0.1:19090"))
-    assert "SUCCESS" in prom.check_config(path, promtool=promtool)
+    path = prom.write_config(
+        scratch, {"sso": [("sso-1", "127.0.0.1:18001"), ("sso-2", "127.0.0.1:18002")],
+                  "loyalty": [("loyalty-1", "127.0.0.1:18201")],
+                  "patroni": [("patroni-1", "127.0.0.1:18008")],
+                  "etcd": [("etcd", "127.0.0.1:12379")]},
+        self_address="127.0.0.1:19090")
+    output = prom.check_config(path, promtool=promtool)
+    assert "SUCCESS: 1 rule files found" in output
+    assert "SUCCESS" in prom.check_rules(scratch / prom.RULES_FILE, promtool=promtool)
 
 
 def test_promtool_refuses_a_broken_config(scratch: Path) -> None:
@@ -247,13 +250,21 @@ def test_promtool_refuses_a_broken_config(scratch: Path) -> None:
 
 def test_both_prometheus_configs_scrape_the_same_jobs() -> None:
     compose = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    generated = prom.config({"sso": [("sso-1", "a:1")], "loyalty": [("loyalty-1", "b:2")]},
-                            self_address="c:3")
+    described = {"sso-1": {"urls": {"http": "http://a:1"}},
+                 "loyalty-1": {"urls": {"http": "http://b:2"}},
+                 "patroni-1": {"urls": {"rest": "http://d:4"}},
+                 "etcd": {"urls": {"client": "http://e:5"}}}
+    generated = prom.config(prom.scrape_jobs(described), self_address="c:3")
     assert ([j["job_name"] for j in compose["scrape_configs"]]
             == [j["job_name"] for j in generated["scrape_configs"]])
+    assert compose["rule_files"] == generated["rule_files"] == ["alerts.yml"]
     targets = {t for job in compose["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
-    assert {"sso-1:8000", "sso-2:8000", "loyalty:8001"} <= targets
+    assert {"sso-1:8000", "sso-2:8000", "loyalty:8001", "patroni-1:8008", "patroni-2:8008",
+            "patroni-3:8008", "etcd:2379"} <= targets
+    # compose mounts the same rules beside the config.
+    mounts = _compose()["services"]["prometheus"]["volumes"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
 
 
 # -- Grafana --------------------------------------------------------------------------------------

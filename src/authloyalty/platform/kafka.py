@@ -330,6 +330,8 @@ class KafkaEventConsumer:
         self._topics = list(topics)
         self._group_id = group_id
         self._max_backoff = max_backoff_seconds
+        for topic in self._topics:  # exported at 0: increase() sees the first dead letter
+            metrics.DEAD_LETTERS.labels(topic)
         self._stopping = asyncio.Event()
         self._consumer = self._new_consumer()
         self._dead_letters = Producer(client_conf(settings, **{"acks": "all"}))

@@ -15,6 +15,9 @@ HTTP_LATENCY = Histogram(
 )
 REGISTRATIONS = Counter("authloyalty_registrations_total", "Users registered")
 LOGINS = Counter("authloyalty_logins_total", "Login attempts by outcome", ["outcome"])
+LOGIN_OUTCOMES = ("success", "invalid_credentials", "throttled")
+for _outcome in LOGIN_OUTCOMES:  # exported at 0 from the start: rate() sees the first failure
+    LOGINS.labels(_outcome)
 REFRESHES = Counter("authloyalty_refreshes_total", "Refresh attempts by outcome", ["outcome"])
 SESSIONS_REVOKED = Counter(
     "authloyalty_sessions_revoked_total", "Sessions ended, by reason", ["reason"]
@@ -41,6 +44,11 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 REVOKED_SESSIONS_CACHED = Gauge(
     "authloyalty_revoked_sessions_cached", "Revoked sessions loyalty currently refuses"
+)
+REVOCATIONS_COMPLETE = Gauge(
+    "authloyalty_revocations_complete",
+    "1 once this loyalty replica knows every session revocation published before it started "
+    "(it authenticates nobody until then), 0 while it is still reading them",
 )
 DEAD_LETTERS = Counter(
     "authloyalty_dead_letters_total", "Records moved to a dead-letter topic", ["topic"]
