@@ -9,7 +9,7 @@ BENCH_ARGS  ?=
 FAULTS_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help venv system-deps kafka-jars jaeger run test lint typecheck unit bench bench-profile faults clean \
+.PHONY: help venv system-deps kafka-jars jaeger registry run test lint typecheck unit bench bench-profile faults clean \
         stack-up stack-down stack-status stack-restart stack-logs
 
 help:
@@ -43,6 +43,11 @@ kafka-jars: venv system-deps
 jaeger: venv
 	@$(BIN)/python -m devstack jaeger build >/dev/null
 
+# The Schema Registry (Apicurio Registry 2.6.13.Final from Maven Central, unpacked once under
+# ~/.cache/authloyalty), before any test that runs one.
+registry: venv system-deps
+	@$(BIN)/python -m devstack registry fetch >/dev/null
+
 run: venv
 	$(BIN)/authloyalty up $(ARGS)
 
@@ -55,7 +60,7 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: venv system-deps kafka-jars jaeger lint typecheck
+test: venv system-deps kafka-jars jaeger registry lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -66,7 +71,7 @@ bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python bench/run.py --mode $(BENCH_MODE) $(BENCH_ARGS)
 
 # The fault run (bench/faults.py): ~7 minutes, or ~3 with FAULTS_ARGS=--quick. Not part of test.
-faults: $(BENCH_STAMP) system-deps kafka-jars
+faults: $(BENCH_STAMP) system-deps kafka-jars registry
 	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 bench-profile: $(BENCH_STAMP) system-deps

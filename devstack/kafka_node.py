@@ -162,6 +162,9 @@ class KafkaNode:
             # expired (default 9 s); short sessions make restarts and failover tests quick.
             "broker.heartbeat.interval.ms": 500,
             "broker.session.timeout.ms": 3000,
+            # Three nodes starting with the rest of the stack on 2 busy cores: a broker whose
+            # quorum takes longer than the default 60 s to catch it up would give up and exit.
+            "initial.broker.registration.timeout.ms": 180_000,
             # Fewer threads and a small log-cleaner buffer (default 128 MiB) for small heaps.
             "num.network.threads": 2,
             "num.io.threads": 4,

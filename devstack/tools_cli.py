@@ -12,6 +12,7 @@ from devstack import jaeger, nginx, prometheus
 from devstack.kafka import KafkaBroker, KafkaCluster, open_kafka
 from devstack.kafka_jars import ensure_classpath
 from devstack.postgres import STATE_FILE, PostgresCluster
+from devstack.registry import Registry, ensure_registry
 
 
 def add_tool_commands(sub: Any) -> None:
@@ -61,6 +62,8 @@ def run_tool_command(args: argparse.Namespace) -> int:
         return _nginx(args)
     if args.command == "jaeger":
         return _jaeger(args)
+    if args.command == "registry":
+        return _registry(args)
     print(prometheus.check_config(args.file))
     return 0
 
@@ -143,4 +146,22 @@ def _jaeger(args: argparse.Namespace) -> int:
         return 0
     target.write_text(jaeger.render_compose())
     print(f"wrote {target}")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    if args.action == "fetch":
+        print(ensure_registry())
+        return 0
+    if args.dir is None:
+        raise SystemExit("--dir is required")
+    port_file = args.dir.absolute() / "registry-port"
+    if args.action == "stop":
+        if port_file.is_file():
+            Registry(args.dir, int(port_file.read_text())).close()
+        return 0
+    port = args.port or (int(port_file.read_text()) if port_file.is_file() else None)
+    registry = Registry(args.dir, port).start()  # supervisord keeps it running after we exit
+    port_file.write_text(f"{registry.port}\n")
+    print(registry.ccompat_url)
     return 0

@@ -16,6 +16,7 @@ from authloyalty.settings import Settings, load_settings
 from authloyalty.sso.settings import Argon2Settings
 from devstack.kafka import KafkaBroker, KafkaCluster
 from devstack.postgres import PostgresCluster, scratch_dir
+from devstack.registry import Registry
 
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_kib=64, parallelism=1)
 
@@ -89,6 +90,20 @@ def kafka_cluster() -> Iterator[KafkaCluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[Registry]:
+    """One Apicurio Registry (in memory) for the whole run, wherever Kafka is real; each test's
+    topics, hence subjects (``<topic>-value``), are its own."""
+    base = scratch_dir("authloyalty-test-registry-")
+    registry = Registry(base)
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # The ports `make run` listens on. A user's own server may hold them while the suite runs, so no
 # test may need them: the suite holds them itself for its whole run (where they are free), and a
 # test that binds one fails here as it would on that user's machine.
@@ -122,7 +137,7 @@ def default_ports_held() -> Iterator[list[int]]:
 # `pytest -m "not kafka and not stack"` is the fast loop without anyone marking tests by hand.
 _INFRASTRUCTURE = {
     "postgres": {"pg_cluster"},
-    "kafka": {"kafka_broker", "kafka_cluster", "broker"},
+    "kafka": {"kafka_broker", "kafka_cluster", "broker", "schema_registry"},
     "stack": {"full_stack"},
 }
 _STACK_MODULES = {"test_production_stack"}  # the whole local topology (`stack up`)

@@ -16,6 +16,7 @@ import yaml
 
 from devstack.kafka import KafkaBroker, KafkaCluster
 from devstack.postgres import PostgresCluster
+from devstack.registry import Registry
 from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port, server_env
 
 
@@ -97,6 +98,7 @@ class Stack:
     loyalty_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)  # never the default 44044
     services: dict[str, Service] = field(default_factory=dict)
+    registry: Registry | None = None  # the run's (``schema_registry``) or a test's own
 
     @property
     def sso(self) -> str:
@@ -107,7 +109,9 @@ class Stack:
         return f"http://127.0.0.1:{self.loyalty_port}"
 
     def write_config(self, **kafka: Any) -> Path:
-        """Production-mode config: own schema per service, Kafka bus, a fresh signing key."""
+        """Production-mode config: own schema per service, Kafka bus with topics (and registry
+        subjects) of this stack's own, a fresh signing key."""
+        assert self.registry is not None, "a Stack needs a schema registry"
         self.root.mkdir(parents=True, exist_ok=True)
         url = self.pg.create_database(self.database)
         keys = self.root / "keys"
@@ -128,6 +132,9 @@ class Stack:
             "events": {"backend": "kafka", "relay_poll_interval_seconds": 0.2,
                        "relay_max_backoff_seconds": 2.0,
                        "kafka": {"bootstrap_servers": self.broker.bootstrap_servers,
+                                 "schema_registry_url": self.registry.ccompat_url,
+                                 "registration_topic": f"registration-{self.database}",
+                                 "sessions_topic": f"sessions-{self.database}",
                                  "delivery_timeout_seconds": 3.0, **kafka}},
         }
         path = self.root / "config.yaml"

@@ -13,6 +13,7 @@ import pytest
 
 from devstack.kafka import KafkaBroker
 from devstack.postgres import PostgresCluster, scratch_dir
+from devstack.registry import Registry
 from tests.e2e.stack import Stack, register_many, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,8 +33,9 @@ def broker() -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_cluster: PostgresCluster, broker: KafkaBroker) -> Iterator[Stack]:
-    deployment = Stack(tmp_path / "stack", pg_cluster, broker)
+def stack(tmp_path: Path, pg_cluster: PostgresCluster, broker: KafkaBroker,
+          schema_registry: Registry) -> Iterator[Stack]:
+    deployment = Stack(tmp_path / "stack", pg_cluster, broker, registry=schema_registry)
     try:
         yield deployment
     finally:
@@ -131,3 +133,35 @@ def test_relay_killed_mid_batch_loses_no_event(stack: Stack) -> None:
     assert set(counts.values()) == {1}
     assert wait_for(lambda: stack.sql(
         "SELECT count(*) FROM sso.outbox WHERE status <> 'successful'") == "0", 20)
+
+
+def test_registry_outage_keeps_registrations_answering_and_loses_nothing(
+        tmp_path: Path, pg_cluster: PostgresCluster, broker: KafkaBroker) -> None:
+    # A registry of this test's own, down before sso ever reached it: the relay cannot encode
+    # a single event until it is back.
+    registry = Registry(tmp_path / "registry")
+    stack = Stack(tmp_path / "stack", pg_cluster, broker, registry=registry)
+    try:
+        stack.write_config()
+        sso = stack.start("sso")
+        stack.start("loyalty")
+        users = register_many(stack.sso, 60, "registry-down")  # 201 each (asserted inside)
+        assert wait_for(lambda: int(stack.sql(
+            "SELECT count(*) FROM sso.outbox WHERE attempts > 1 "
+            "AND last_error LIKE 'encode:%'")) > 0, 20)
+        assert stack.sql("SELECT count(*) FROM sso.outbox WHERE status = 'successful'") == "0"
+        assert stack.bonus_counts() == {}
+        assert httpx.get(f"{stack.sso}/auth/healthz", timeout=5).status_code == 200
+        assert sso.process is not None
+        assert sso.process.poll() is None  # the relay backs off; the process lives on
+        registry.start()
+        assert wait_for(lambda: len(stack.bonus_counts()) >= len(users), 60, 0.5), \
+            sso.output()[-3000:]
+        counts = stack.bonus_counts()
+        assert set(counts) == set(users)
+        assert set(counts.values()) == {1}
+        assert wait_for(lambda: stack.sql(
+            "SELECT count(*) FROM sso.outbox WHERE status <> 'successful'") == "0", 20)
+    finally:
+        stack.stop_all()
+        registry.close()

@@ -14,6 +14,7 @@ import yaml
 
 from devstack.kafka import KafkaBroker
 from devstack.postgres import PostgresCluster
+from devstack.registry import Registry
 from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port
 from tests.e2e.stack import Stack, wait_for
 
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_cluster: PostgresCluster,
-          kafka_broker: KafkaBroker) -> Iterator[Stack]:
-    deployment = Stack(tmp_path / "stack", pg_cluster, kafka_broker)
+def stack(tmp_path: Path, pg_cluster: PostgresCluster, kafka_broker: KafkaBroker,
+          schema_registry: Registry) -> Iterator[Stack]:
+    deployment = Stack(tmp_path / "stack", pg_cluster, kafka_broker, registry=schema_registry)
     config = deployment.write_config()
     grpc_port = free_port()
     values = yaml.safe_load(config.read_text())

@@ -18,6 +18,7 @@ import pytest
 
 from devstack.kafka import KafkaCluster
 from devstack.postgres import PostgresCluster
+from devstack.registry import Registry
 from tests.e2e.stack import Service, Stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -27,9 +28,9 @@ CATCH_UP_BOUND = 5.0  # seconds of 503 a restarted replica may answer before it 
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_cluster: PostgresCluster,
-          kafka_cluster: KafkaCluster) -> Iterator[Stack]:
-    deployment = Stack(tmp_path / "stack", pg_cluster, kafka_cluster)
+def stack(tmp_path: Path, pg_cluster: PostgresCluster, kafka_cluster: KafkaCluster,
+          schema_registry: Registry) -> Iterator[Stack]:
+    deployment = Stack(tmp_path / "stack", pg_cluster, kafka_cluster, registry=schema_registry)
     try:
         yield deployment
     finally:

@@ -15,6 +15,7 @@ from authloyalty.platform.settings import KafkaSettings
 from authloyalty.settings import Settings
 from authloyalty.sso.service import IssuedTokens, Registration
 from devstack.kafka import KafkaBroker
+from devstack.registry import Registry
 from tests.conftest import FAST_ARGON2, settings_for
 
 
@@ -30,10 +31,11 @@ async def system(backend_settings: Settings) -> AsyncIterator[EmbeddedSystem]:
 
 
 @pytest.fixture
-def kafka_settings(kafka_broker: KafkaBroker) -> KafkaSettings:
-    """Topics of our own, so tests never see each other's records."""
+def kafka_settings(kafka_broker: KafkaBroker, schema_registry: Registry) -> KafkaSettings:
+    """Topics (and so registry subjects) of our own, so tests never see each other's records."""
     suffix = uuid4().hex[:8]
     settings = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers,
+                             schema_registry_url=schema_registry.ccompat_url,
                              registration_topic=f"registration-{suffix}",
                              sessions_topic=f"sessions-{suffix}", consumer_group=f"g-{suffix}",
                              max_attempts=3, commit_interval_ms=100, topic_partitions=1)

@@ -6,14 +6,16 @@ import asyncio
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, _str_to_proto
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
 
@@ -45,24 +47,40 @@ def read_all(settings: KafkaSettings, topic: str, count: int, timeout: float = 2
     return found
 
 
+def compiled(source: str, name: str, work: Path) -> descriptor_pb2.FileDescriptorProto:
+    """``.proto`` source compiled by protoc (grpc_tools), as a file descriptor."""
+    from grpc_tools import protoc
+
+    (work / name).parent.mkdir(parents=True, exist_ok=True)
+    (work / name).write_text(source)
+    out = work / "set.pb"
+    assert protoc.main(["protoc", f"-I{work}", f"--descriptor_set_out={out}", name]) == 0
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    return files.file[0]
+
+
 async def test_relay_output_is_confluent_protobuf_readable_from_the_registry_schema(
-        kafka_settings: KafkaSettings) -> None:
-    registry = SchemaRegistryClient.new_client({"url": "mock://wire-format"})
+        kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    registry = SchemaRegistryClient.new_client({"url": kafka_settings.schema_registry_url})
     publisher = KafkaPublisher(kafka_settings, EventEncoder(kafka_settings, SSO_EVENTS, registry))
     user_id = str(uuid4())
     event = Envelope(UserRegistered(UUID(user_id)))
-    assert await publisher.publish([event]) == [None]
+    try:
+        assert await publisher.publish([event]) == [None]
+        registered = registry.get_schema(struct.unpack(">I", read_all(
+            kafka_settings, kafka_settings.registration_topic, 1)[0].value()[1:5])[0])
+        latest = registry.get_latest_version(f"{kafka_settings.registration_topic}-value")
+    finally:
+        publisher.close()  # and the registry client with it
     [message] = read_all(kafka_settings, kafka_settings.registration_topic, 1)
     value = message.value()
     assert message.key() == user_id.encode()
     assert value[0] == 0  # magic byte
     schema_id = struct.unpack(">I", value[1:5])[0]
     # A plain deserializer that knows only what the registry holds under that id.
-    registered = registry.get_schema(schema_id)
-    assert registry.get_latest_version(
-        f"{kafka_settings.registration_topic}-value").schema_id == schema_id
+    assert latest.schema_id == schema_id
     pool = DescriptorPool()  # nothing of ours in it: only the registry's schema
-    pool.Add(_str_to_proto("registration.v1/registration.proto", registered.schema_str))
+    pool.Add(compiled(registered.schema_str, "registration.v1/registration.proto", tmp_path))
     message_class = GetMessageClass(
         pool.FindMessageTypeByName("Registration.v1.RegistrationMessage"))
     decoded = ProtobufDeserializer(message_class, {"use.deprecated.format": False})(

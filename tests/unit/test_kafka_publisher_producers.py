@@ -63,6 +63,9 @@ class FakeCodec:
     def encode(self, envelope: Envelope[Any]) -> tuple[str, bytes, bytes, list[Any]]:
         return self.topic_for(envelope.event), b"key", b"value", []
 
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def producers(monkeypatch: pytest.MonkeyPatch) -> list[FakeProducer]:

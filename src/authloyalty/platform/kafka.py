@@ -34,8 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def schema_registry(settings: KafkaSettings) -> SchemaRegistryClient:
-    """A Schema Registry client (``mock://`` URLs give the in-process mock)."""
-    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
+    """A Schema Registry client (``mock://`` URLs give the in-process mock).
+
+    One quick retry and a 5 s timeout: the client's default (3 retries up to 20 s apart) would
+    hold the relay for seconds per event while the registry is down; the outbox retries with
+    its own backoff instead."""
+    return SchemaRegistryClient.new_client({
+        "url": settings.schema_registry_url, "timeout": 5, "max.retries": 1,
+        "retries.wait.ms": 100, "retries.max.wait.ms": 500})
 
 
 _CLIENT_LOG = logging.getLogger("authloyalty.kafka.client")
@@ -65,16 +71,14 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
     admin = AdminClient(client_conf(settings))
     retention = str(settings.sessions_retention_hours * 3600 * 1000)
     brokers = len(admin.list_topics(timeout=timeout).brokers)
+    rf = settings.replication_factor
+    sessions_rf = sessions_replication_factor(rf, brokers)
     wanted = [
-        NewTopic(settings.registration_topic, settings.topic_partitions,
-                 settings.replication_factor),
-        NewTopic(settings.registration_topic + settings.dead_letter_suffix, 1,
-                 settings.replication_factor),
-        NewTopic(settings.sessions_topic, settings.topic_partitions,
-                 sessions_replication_factor(settings.replication_factor, brokers),
-                 config={"retention.ms": retention}),
-        NewTopic(settings.sessions_topic + settings.dead_letter_suffix, 1,
-                 settings.replication_factor),
+        _new_topic(settings, settings.registration_topic, settings.topic_partitions, rf),
+        _new_topic(settings, settings.registration_topic + settings.dead_letter_suffix, 1, rf),
+        _new_topic(settings, settings.sessions_topic, settings.topic_partitions, sessions_rf,
+                   {"retention.ms": retention}),
+        _new_topic(settings, settings.sessions_topic + settings.dead_letter_suffix, 1, rf),
     ]
     for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
         try:
@@ -84,6 +88,15 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
                 raise
         else:
             log.info("created topic %s", topic)
+
+
+def _new_topic(settings: KafkaSettings, name: str, partitions: int, replicas: int,
+               config: Mapping[str, str] | None = None) -> NewTopic:
+    """A topic whose acknowledged records are on ``min(min_insync_replicas, replicas)``
+    brokers (3 brokers: RF 3, 2 in sync; one broker: RF 1, 1)."""
+    min_isr = min(settings.min_insync_replicas, replicas)
+    return NewTopic(name, partitions, replicas,
+                    config={"min.insync.replicas": str(min_isr), **(config or {})})
 
 
 # Producer settings chosen so that a broker that dies delays only the records whose partition
@@ -301,6 +314,7 @@ class KafkaPublisher:
             producer.flush(2.0)
         self._closed.set()
         self._poller.join(2.0)
+        self._codec.close()
 
 
 def header_list(headers: Any) -> Headers:

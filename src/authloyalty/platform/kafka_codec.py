@@ -6,24 +6,32 @@ Each service declares a table: the producer one :class:`Outgoing` row per event 
 
 Values use the Confluent wire format (magic byte 0, 4-byte schema id, message indexes,
 protobuf), subject ``<topic>-value`` (TopicNameStrategy), exactly as the original Go producer.
+On first use of a subject the encoder gives it the ``BACKWARD`` compatibility rule (unless it
+has a rule of its own already) and registers the message's file as ``.proto`` text
+(:mod:`~authloyalty.platform.proto_text`): an incompatible change of a ``.proto`` is refused by
+the registry (409) and its events stay in the outbox until it is resolved.
 Headers: ``event-id``, ``event-type`` (the event's name) and a W3C ``traceparent``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf.message import Message
 
 from authloyalty.platform.bus import Envelope, IntegrationEvent, PermanentEventError
+from authloyalty.platform.proto_text import proto_source
 from authloyalty.platform.settings import KafkaSettings
 
 HEADER_EVENT_ID = "event-id"
@@ -33,6 +41,12 @@ HEADER_TRACEPARENT = "traceparent"
 # position, so a redelivery of the same record is still recognised.
 _POSITION_NAMESPACE = UUID("4f7a3c1e-9b2d-4d6e-8a51-0c3b7e9f2a64")
 _SERDE_CONF = {"use.deprecated.format": False}
+# Consumers with the new schema can read what producers with the previous one wrote.
+COMPATIBILITY = "BACKWARD"
+_SUBJECT_NOT_FOUND = 40401
+# After the registry failed a subject, its other events fail at once for this long instead of
+# each waiting for the registry again (the outbox retries them with its backoff).
+_REGISTRY_RETRY_AFTER_SECONDS = 1.0
 
 Headers = list[tuple[str, str | bytes | None]]
 E = TypeVar("E", bound=IntegrationEvent)
@@ -123,7 +137,13 @@ class EventEncoder:
         self._settings = settings
         self._table = table
         self._registry = registry
-        self._serializers: dict[type[IntegrationEvent], ProtobufSerializer] = {}
+        self._schema_ids: dict[str, int] = {}  # by subject
+        self._failures: dict[str, tuple[float, Exception]] = {}  # by subject: when, what
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the registry client's connections."""
+        self._registry.close()
 
     def topics(self) -> list[str]:
         """Every topic this producer writes to."""
@@ -137,20 +157,39 @@ class EventEncoder:
         """The topic that carries ``event``."""
         return self._table.row(event).topic(self._settings)
 
-    def _serializer(self, row: Outgoing[Any, Any]) -> ProtobufSerializer:
-        if row.event not in self._serializers:
-            self._serializers[row.event] = ProtobufSerializer(row.message, self._registry,
-                                                              _SERDE_CONF)
-        return self._serializers[row.event]
+    def schema_id(self, topic: str, message: type[Message]) -> int:
+        """The registry's id of ``message``'s schema under ``<topic>-value``; the first call
+        sets the subject's rule and registers the schema (raises while the registry cannot be
+        reached or refuses it; later calls answer from memory)."""
+        subject = f"{topic}-value"
+        found = self._schema_ids.get(subject)
+        if found is None:
+            with self._lock:
+                found = self._schema_ids.get(subject)
+                if found is None:
+                    found = self._register(subject, message)
+        return found
+
+    def _register(self, subject: str, message: type[Message]) -> int:
+        failed = self._failures.get(subject)
+        if failed is not None and time.monotonic() - failed[0] < _REGISTRY_RETRY_AFTER_SECONDS:
+            raise failed[1]
+        try:
+            found = register(self._registry, subject, message)
+        except Exception as exc:
+            self._failures[subject] = (time.monotonic(), exc)
+            raise
+        self._failures.pop(subject, None)
+        self._schema_ids[subject] = found
+        return found
 
     def encode(self, envelope: Envelope[Any]) -> tuple[str, bytes, bytes, Headers]:
         """Topic, key, value and headers of ``envelope``."""
         event = envelope.event
         row = self._table.row(event)
         topic = row.topic(self._settings)
-        value = self._serializer(row)(row.to_message(event),
-                                      SerializationContext(topic, MessageField.VALUE))
-        assert value is not None
+        message = row.to_message(event)
+        value = frame(self.schema_id(topic, row.message), message)
         headers: Headers = [
             (HEADER_EVENT_ID, str(envelope.id).encode()),
             (HEADER_EVENT_TYPE, event.name.encode()),
@@ -158,6 +197,51 @@ class EventEncoder:
                                      or new_traceparent(envelope.id)).encode()),
         ]
         return topic, row.key(event).encode(), value, headers
+
+
+def register(registry: SchemaRegistryClient, subject: str, message: type[Message]) -> int:
+    """Give ``subject`` the :data:`COMPATIBILITY` rule unless it has one, register
+    ``message``'s file as ``.proto`` text under it (idempotent) and return the schema id."""
+    if type(registry).__name__ != "MockSchemaRegistryClient":  # ``mock://`` keeps no rules
+        try:
+            registry.get_compatibility(subject)
+        except SchemaRegistryError as exc:
+            if exc.error_code != _SUBJECT_NOT_FOUND and exc.http_status_code != 404:
+                raise
+            registry.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+    source = proto_source(message.DESCRIPTOR.file)
+    return int(registry.register_schema(subject, Schema(source, "PROTOBUF")))
+
+
+def frame(schema_id: int, message: Message) -> bytes:
+    """``message`` in the Confluent wire format: magic byte, schema id, message indexes."""
+    return (b"\x00" + schema_id.to_bytes(4, "big") + _message_indexes(message)
+            + message.SerializeToString())
+
+
+def _message_indexes(message: Message) -> bytes:
+    """The path of the message type in its file: ``[0]`` (the first top-level message) is
+    the single byte 0, otherwise the count and each index as zig-zag varints."""
+    path: list[int] = []
+    descriptor: Any = message.DESCRIPTOR
+    while descriptor.containing_type is not None:
+        parent = descriptor.containing_type
+        path.insert(0, list(parent.nested_types).index(descriptor))
+        descriptor = parent
+    path.insert(0, list(descriptor.file.message_types_by_name.values()).index(descriptor))
+    if path == [0]:
+        return b"\x00"
+    return b"".join(_zigzag_varint(n) for n in [len(path), *path])
+
+
+def _zigzag_varint(value: int) -> bytes:
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
 
 
 class EventDecoder:

@@ -27,7 +27,8 @@ class DatabaseSettings(Section):
     """Where one service keeps its data."""
 
     url: str | None = None
-    # Read-only replica for balance/history reads; writes never go there.
+    # Read-only replica for the reads a replication lag cannot make wrong (loyalty: balance
+    # and history; sso: user profiles); writes never go there.
     read_url: str | None = None
     # PostgreSQL schema used when several services share one database URL.
     schema_name: str | None = Field(default=None, alias="schema")
@@ -71,6 +72,9 @@ class KafkaSettings(Section):
     create_topics: bool = True
     topic_partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # Replicas that must have a record before the broker acknowledges it (producers use
+    # acks=all); each topic gets min(this, its replication factor).
+    min_insync_replicas: int = Field(default=2, ge=1)
     # Revocations only matter while an access token could still be valid.
     sessions_retention_hours: int = Field(default=24, ge=1)
     # Extra librdkafka settings (security.protocol, sasl.*, …) for every client.
