@@ -86,6 +86,18 @@ def loyalty_database(settings: Settings) -> DatabaseTarget:
                           schema=db.schema_name, pool_size=db.pool_size, echo=db.echo)
 
 
+def sso_read_database(settings: Settings) -> DatabaseTarget | None:
+    """sso's read replica, when configured (user profile reads go there: see
+    docs/architecture.md, "Reads: leader or replica")."""
+    db = settings.sso.database
+    if not db.read_url:
+        return None
+    primary = sso_database(settings)
+    return resolve_target("sso", db.read_url, None, settings.data_dir,
+                          schema=primary.schema, pool_size=db.pool_size, echo=db.echo,
+                          replica=True)
+
+
 def loyalty_read_database(settings: Settings) -> DatabaseTarget | None:
     """loyalty's read replica, when configured (balance and history reads go there)."""
     db = settings.loyalty.database
@@ -93,7 +105,8 @@ def loyalty_read_database(settings: Settings) -> DatabaseTarget | None:
         return None
     primary = loyalty_database(settings)
     return resolve_target("loyalty", db.read_url, None, settings.data_dir,
-                          schema=primary.schema, pool_size=db.pool_size, echo=db.echo)
+                          schema=primary.schema, pool_size=db.pool_size, echo=db.echo,
+                          replica=True)
 
 
 def load_keys(settings: Settings) -> KeyStore:
@@ -120,11 +133,14 @@ class SsoContainer:
     keys: KeyStore
     service: AuthService
     relay: OutboxRelay
+    read_database: Database | None = None
 
     async def dispose(self) -> None:
         """Close the database pools."""
         await self.database.dispose()
         await self.engine.dispose()
+        if self.read_database is not None:
+            await self.read_database.dispose()
 
 
 @dataclass
@@ -169,6 +185,8 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     """Wire sso: database, hashing, tokens, use cases and its outbox relay."""
     target = sso_database(settings)
     engine, database = open_databases(target)
+    read_target = sso_read_database(settings)
+    read_database = open_databases(read_target)[1] if read_target else None
     cfg = settings.sso
     relay = OutboxRelay(database, sso_tables.outbox, SSO_EVENTS, publisher,
                         batch_size=settings.events.relay_batch_size,
@@ -183,8 +201,10 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
         "access": cfg.access_token_ttl_seconds, "refresh": cfg.refresh_token_ttl_seconds})
     service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
                           PasswordHasher(cfg.argon2), issuer, verifier, cfg,
-                          read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True))
-    return SsoContainer(cfg, target, engine, database, keys, service, relay)
+                          read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True),
+                          replica_uow=(lambda: SqlSsoUnitOfWork(read_database, read_only=True))
+                          if read_database is not None else None)
+    return SsoContainer(cfg, target, engine, database, keys, service, relay, read_database)
 
 
 def ledger_adapters(coalesce: bool, database: Database, read_database: Database | None,
@@ -329,7 +349,7 @@ class SsoOwnerDirectory:
     async def owner(self, user_id: UUID, access_token: str) -> Owner | None:
         """The owner of ``user_id``; in process, the caller was checked by loyalty already."""
         try:
-            user = await self._service.get_user(user_id)
+            user = await self._service.profile(user_id)
         except UserNotFound:
             return None
         return Owner(user_id=user.id, email=user.email, name=user.name,

@@ -92,3 +92,20 @@ async def test_close_closes_idle_connections() -> None:
     pool.release(second)
     await pool.close()
     assert all(c.closed for c in made)
+
+
+async def test_expire_drops_idle_connections_now_and_lent_ones_when_they_return() -> None:
+    pool, made = lane(3)
+    idle, lent = await pool.acquire(), await pool.acquire()
+    pool.release(idle)
+    pool.expire()  # their server went away or is no longer the leader
+    assert idle.closed
+    assert not lent.closed
+    pool.release(lent)
+    assert lent.closed  # never handed out again
+    fresh = await pool.acquire()
+    assert fresh not in (idle, lent)
+    assert not fresh.closed
+    pool.release(fresh)
+    assert await pool.acquire() is fresh  # made after the expiry: kept
+    assert len(made) == 3

@@ -10,10 +10,15 @@ two drivers:
 * **SQLite (the embedded mode): SQLAlchemy's engine** over aiosqlite, which also gives SQLite
   its write-locking transactions (see :mod:`authloyalty.platform.engines`).
 
-Both translate driver failures into two exceptions callers can act on: :class:`IntegrityViolation`
-(a constraint refused the write: usually a concurrent twin) and :class:`DatabaseUnavailable`
+Both translate driver failures into exceptions callers can act on
+(:mod:`authloyalty.platform.db_errors`): :class:`IntegrityViolation` (a constraint refused the
+write: usually a concurrent twin), :class:`InvalidValue` (422) and :class:`DatabaseUnavailable`
 (the database cannot be reached or refuses work for now: HTTP 503, gRPC UNAVAILABLE, and the
-event consumers retry instead of dead-lettering).
+event consumers retry instead of dead-lettering). A connection that failed with
+:class:`DatabaseUnavailable` is discarded, never handed out again; when the failure says the
+server went away or is no longer the leader (a failover), its idle siblings are dropped too, and
+the pools connect afresh on next use: through HAProxy's write port, or a multi-host URL with
+``target_session_attrs=read-write``, that is the new leader, without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,47 +34,27 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import asyncpg
-from sqlalchemy import make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import (
-    DataError,
-    DBAPIError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
-from authloyalty.platform.engines import DatabaseTarget
-from authloyalty.platform.errors import DomainError, ErrorKind
+from authloyalty.platform.db_errors import (
+    DatabaseUnavailable,
+    IntegrityViolation,
+    InvalidValue,
+    server_lost,
+    translate_pg,
+    translate_sa,
+)
+from authloyalty.platform.engines import DatabaseTarget, asyncpg_dsn
+
+__all__ = ["Connection", "Database", "DatabaseUnavailable", "IntegrityViolation",
+           "InvalidValue", "PgDatabase", "SqlAlchemyDatabase", "open_database"]
 
 Params = Mapping[str, Any] | None
 Row = Mapping[str, Any]
 T = TypeVar("T")
-
-
-class IntegrityViolation(Exception):
-    """A constraint (unique key, check) refused the write."""
-
-
-class InvalidValue(DomainError):
-    """The database refused a value of the request itself (SQLSTATE class 22: a character it
-    cannot store, a number out of range): the caller's mistake, not the server's. Input
-    validation is meant to catch these first; this keeps a gap in it a 4xx, not a 500."""
-
-    kind = ErrorKind.INVALID
-    code = "invalid_value"
-    default_message = "a value of the request cannot be stored"
-
-
-class DatabaseUnavailable(DomainError):
-    """The database cannot be reached, or refuses work for now (restart, failover, overload)."""
-
-    kind = ErrorKind.UNAVAILABLE
-    code = "database_unavailable"
-    default_message = "the database is unavailable; retry shortly"
-    retry_after = 1
 
 
 class Connection(ABC):
@@ -156,41 +142,14 @@ _SELECT_ONE = _select_one()
 
 # --- PostgreSQL through asyncpg ------------------------------------------------------------
 
-# Failures of the connection or of the server's state, not of the statement.
-_PG_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.ReadOnlySQLTransactionError,  # a former primary after a failover
-    asyncpg.TransactionRollbackError,  # deadlock / serialization failure: nothing applied
-    # A pooled connection whose server said goodbye (shutdown, FATAL) while it sat idle, and
-    # whose closing the event loop has not yet processed: it refuses the next query with this.
-    # The connection is terminated (see the callers) and the next one is fresh.
-    asyncpg.InternalClientError,
-)
-
-
-def _translate_pg(exc: BaseException) -> BaseException:
-    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-        return IntegrityViolation(str(exc))
-    if isinstance(exc, asyncpg.DataError):
-        return InvalidValue()
-    if isinstance(exc, _PG_UNAVAILABLE):
-        return DatabaseUnavailable()
-    return exc
-
-
 async def _pg_call(call: Awaitable[T]) -> T:
     try:
         return await call
-    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-            *_PG_UNAVAILABLE) as exc:
-        raise _translate_pg(exc) from exc
+    except Exception as exc:
+        translated = translate_pg(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 class _Compiled:
@@ -217,6 +176,10 @@ class _Lane:
         self._size = size
         self._idle: list[asyncpg.Connection] = []
         self._open = 0  # connections counted against size: idle, lent out or connecting
+        # Connections made before the last expire() are closed when they come back.
+        self._generation = 0
+        self._born: weakref.WeakKeyDictionary[asyncpg.Connection, int] = \
+            weakref.WeakKeyDictionary()
         # A waiter gets a connection, or None: "a slot is free, connect one yourself".
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
 
@@ -245,14 +208,19 @@ class _Lane:
                 return given
         else:
             self._open += 1
+        generation = self._generation
         try:
-            return await self._connect()
+            conn = await self._connect()
         except BaseException:
             self._open -= 1
             self._wake()
             raise
+        self._born[conn] = generation
+        return conn
 
     def release(self, conn: asyncpg.Connection) -> None:
+        if self._born.get(conn, self._generation) != self._generation:
+            conn.terminate()  # made before expire(): its server may be gone or demoted
         if conn.is_closed():
             self._open -= 1
             self._wake()
@@ -273,6 +241,16 @@ class _Lane:
                 waiter.set_result(None)
                 return
 
+    def expire(self) -> None:
+        """Drop the idle connections now and those lent out when they come back (their server
+        went away or is no longer the leader); the next acquire connects afresh."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        self._open -= len(idle)
+        for conn in idle:
+            conn.terminate()
+        self._wake()
+
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
@@ -288,8 +266,7 @@ class PgDatabase(Database):
 
     def __init__(self, target: DatabaseTarget, *, connect_timeout: float = 10.0,
                  fetch_timeout: float = 30.0, cache_size: int = 512) -> None:
-        url = make_url(target.url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        self._dsn = asyncpg_dsn(target.url, leader=not target.replica)
         self._target = target
         self._connect_timeout = connect_timeout
         # A statement of fetch() (one per batch of coalesced requests, so its timer is cheap)
@@ -335,17 +312,37 @@ class PgDatabase(Database):
 
     async def connect(self, *, read_only: bool = False) -> Connection:
         pool = await self._get_pool()
-        # No timeout here: asyncpg implements it with a timer per call, a visible share of a
-        # short request. A request waits for a connection as long as its client does.
-        conn = await _pg_call(pool.acquire())
-        connection = _PgConnection(self, pool, conn)
-        if not read_only:
+        for attempt in (1, 2):
+            # No timeout here: asyncpg implements it with a timer per call, a visible share of
+            # a short request. A request waits for a connection as long as its client does.
+            conn = await _pg_call(pool.acquire())
+            connection = _PgConnection(self, pool, conn)
+            if read_only:
+                return connection
             try:
                 await connection.begin()
+            except DatabaseUnavailable as exc:
+                await connection.close()
+                # A connection whose server went away while it sat in the pool fails at
+                # BEGIN, before any work: the pool was just expired, so one more try runs on
+                # a fresh connection (to the new leader, after a failover).
+                if attempt == 2 or not server_lost(exc):
+                    raise
+                continue
             except BaseException:
                 await connection.close()
                 raise
-        return connection
+            return connection
+        raise AssertionError("unreachable")
+
+    async def discard_siblings(self, failure: BaseException) -> None:
+        """After ``failure`` on one connection: when it says the server went away or is no
+        longer the leader, no idle connection to it is handed out again."""
+        if not server_lost(failure):
+            return
+        self._lane.expire()
+        if self._pool is not None:
+            await self._pool.expire_connections()
 
     async def _connect(self) -> asyncpg.Connection:
         settings = {"search_path": self._target.schema} if self._target.schema else None
@@ -367,13 +364,16 @@ class PgDatabase(Database):
         except BaseException as exc:
             # The server refusing the statement leaves the connection ready for the next one;
             # anything else mid-exchange (the server went away, a cancellation) may leave it
-            # waiting for the rest of an answer: never hand that to the next caller.
-            if not isinstance(exc, asyncpg.PostgresError):
+            # waiting for the rest of an answer, and a connection the database is unavailable
+            # on (a read-only former leader, ...) must not serve again: never hand those on.
+            translated = translate_pg(exc)
+            if not isinstance(exc, asyncpg.PostgresError) or \
+                    isinstance(translated, DatabaseUnavailable):
                 conn.terminate()
             self._lane.release(conn)
-            translated = _translate_pg(exc)
             if translated is exc:
                 raise
+            await self.discard_siblings(exc)
             raise translated from exc
         self._lane.release(conn)
         return rows
@@ -421,59 +421,83 @@ class _PgConnection(Connection):
         return self._conn
 
     async def begin(self) -> None:
-        self._tx = self._open.transaction()
-        await self._call(self._tx.start())
+        self._tx = await self._call(self._start)
 
-    async def _call(self, call: Awaitable[T]) -> T:
+    async def _start(self) -> Any:
+        tx = self._open.transaction()
+        await tx.start()
+        return tx
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` with asyncpg's failures translated. A call, not an awaitable: asyncpg
+        refuses some calls at once (on a connection its pool took back when the socket
+        closed), before there is anything to await."""
         try:
-            return await _pg_call(call)
-        except DatabaseUnavailable:
-            self._broken = True
-            raise
+            return await call()
+        except Exception as exc:
+            translated = translate_pg(exc)
+            if translated is exc:
+                raise
+            if isinstance(translated, DatabaseUnavailable):
+                # Never reused (terminated on close); a COMMIT that fails so has an unknown
+                # outcome: the caller retries (with its Idempotency-Key where there is one).
+                self._broken = True
+                await self._db.discard_siblings(exc)
+            raise translated from exc
 
     async def first(self, statement: Executable, params: Params = None) -> Row | None:
         sql, args = self._db.compile(statement, params)
-        row: Row | None = await self._call(self._open.fetchrow(sql, *args))
+        row: Row | None = await self._call(lambda: self._open.fetchrow(sql, *args))
         return row
 
     async def all(self, statement: Executable, params: Params = None) -> list[Row]:
         sql, args = self._db.compile(statement, params)
-        rows: list[Row] = await self._call(self._open.fetch(sql, *args))
+        rows: list[Row] = await self._call(lambda: self._open.fetch(sql, *args))
         return rows
 
     async def execute(self, statement: Executable, params: Params = None) -> int:
         sql, args = self._db.compile(statement, params)
-        return _rowcount(await self._call(self._open.execute(sql, *args)))
+        return _rowcount(await self._call(lambda: self._open.execute(sql, *args)))
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        nested = self._open.transaction()
-        await self._call(nested.start())
+        nested = await self._call(self._nested)
         try:
             yield
         except BaseException:
-            await self._call(nested.rollback())
+            if not self._broken:  # a broken connection has no transaction left to undo
+                await self._call(nested.rollback)
             raise
-        await self._call(nested.commit())
+        await self._call(nested.commit)
+
+    async def _nested(self) -> Any:
+        nested = self._open.transaction()
+        await nested.start()
+        return nested
 
     async def commit(self) -> None:
         if self._tx is None:
             raise RuntimeError("a read-only connection has nothing to commit")
         tx, self._tx = self._tx, None
-        await self._call(tx.commit())
+        await self._call(tx.commit)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._broken:
-            conn.terminate()
         try:
-            if self._tx is not None and not conn.is_closed():
+            if self._broken:
+                conn.terminate()
+            elif self._tx is not None and not conn.is_closed():
                 tx, self._tx = self._tx, None
                 await tx.rollback()
+        except asyncpg.InterfaceError:
+            # Its socket closed (the server went away) and the pool took it back already:
+            # the proxy refuses every call, and there is nothing left to end.
+            pass
         except Exception:  # a broken connection: the pool replaces it
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
         finally:
             await self._pool.release(conn)
 
@@ -481,22 +505,11 @@ class _PgConnection(Connection):
 # --- SQLite (and anything else) through SQLAlchemy ---------------------------------------
 
 
-def _translate_sa(exc: Exception) -> Exception:
-    if isinstance(exc, IntegrityError):
-        return IntegrityViolation(str(exc.orig))
-    if isinstance(exc, DataError):
-        return InvalidValue()
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated):
-        return DatabaseUnavailable()
-    return exc
-
-
 async def _sa_call(call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
     except (DBAPIError, OSError, TimeoutError) as exc:
-        translated = _translate_sa(exc)
+        translated = translate_sa(exc)
         if translated is exc:
             raise
         raise translated from exc
@@ -511,15 +524,17 @@ class SqlAlchemyDatabase(Database):
 
     async def connect(self, *, read_only: bool = False) -> Connection:
         conn = await _sa_call(self.engine.connect)
+        connection = _SaConnection(conn, self.dialect)
         try:
             if read_only and self.dialect != "sqlite":
-                await _sa_call(lambda: conn.execution_options(isolation_level="AUTOCOMMIT"))
+                await connection.call(
+                    lambda: conn.execution_options(isolation_level="AUTOCOMMIT"))
             else:
-                await _sa_call(conn.begin)
+                await connection.call(conn.begin)
         except BaseException:
-            await conn.close()
+            await connection.close()
             raise
-        return _SaConnection(conn, self.dialect)
+        return connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -529,6 +544,7 @@ class _SaConnection(Connection):
     def __init__(self, conn: AsyncConnection, dialect: str) -> None:
         self._conn: AsyncConnection | None = conn
         self.dialect = dialect
+        self._broken = False  # invalidated on close: the engine's pool never lends it again
 
     @property
     def _open(self) -> AsyncConnection:
@@ -536,46 +552,60 @@ class _SaConnection(Connection):
             raise RuntimeError("connection used after close")
         return self._conn
 
+    async def call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` with the driver's failures translated; an unavailable database marks this
+        connection broken."""
+        try:
+            return await _sa_call(call)
+        except DatabaseUnavailable:
+            self._broken = True
+            raise
+
     async def first(self, statement: Executable, params: Params = None) -> Row | None:
         conn = self._open
-        result = await _sa_call(lambda: conn.execute(statement, params))
+        result = await self.call(lambda: conn.execute(statement, params))
         row = result.first()
         return None if row is None else cast(Row, row._mapping)
 
     async def all(self, statement: Executable, params: Params = None) -> list[Row]:
         conn = self._open
-        result = await _sa_call(lambda: conn.execute(statement, params))
+        result = await self.call(lambda: conn.execute(statement, params))
         return [cast(Row, row._mapping) for row in result.all()]
 
     async def execute(self, statement: Executable, params: Params = None) -> int:
         conn = self._open
-        result = await _sa_call(lambda: conn.execute(statement, params))
+        result = await self.call(lambda: conn.execute(statement, params))
         return int(result.rowcount)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         conn = self._open
-        nested = await _sa_call(conn.begin_nested)
+        nested = await self.call(conn.begin_nested)
         try:
             yield
         except BaseException:
-            await _sa_call(nested.rollback)
+            await self.call(nested.rollback)
             raise
-        await _sa_call(nested.commit)
+        await self.call(nested.commit)
 
     async def commit(self) -> None:
         conn = self._open
         if not conn.in_transaction():
             raise RuntimeError("a read-only connection has nothing to commit")
-        await _sa_call(conn.commit)
+        await self.call(conn.commit)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
-            if conn.in_transaction():
+            if self._broken:
+                await conn.invalidate()
+            elif conn.in_transaction():
                 await conn.rollback()
+        except Exception:  # the rollback of a connection that just broke: never reuse it
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
         finally:
             await conn.close()
 

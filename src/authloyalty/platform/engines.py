@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL
@@ -29,6 +30,8 @@ class DatabaseTarget:
     schema: str | None = None
     pool_size: int = 10
     echo: bool = False
+    # A read replica: any node may answer. Otherwise only the leader may (see asyncpg_dsn).
+    replica: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -41,9 +44,53 @@ class DatabaseTarget:
         return f"{shown} (schema {self.schema})" if self.schema else shown
 
 
+def _multi_host(raw: str) -> str:
+    """A libpq multi-host URL (``postgresql://user@h1:5432,h2:5433/db?...``) in SQLAlchemy's
+    spelling (``postgresql://user@/db?host=h1:5432&host=h2:5433&...``); other URLs as given.
+    Every host gets a port (5432 unless given), as SQLAlchemy's asyncpg dialect requires."""
+    scheme, sep, rest = raw.partition("://")
+    authority, _, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not sep or "," not in hosts:
+        return raw
+    path, _, query = tail.partition("?")
+    pairs = [h if ":" in h else f"{h}:5432" for h in hosts.split(",") if h]
+    params = "&".join(f"host={quote(pair, safe=':')}" for pair in pairs)
+    return f"{scheme}://{userinfo}{at}/{path}?{params}{'&' + query if query else ''}"
+
+
+def asyncpg_dsn(url: str, *, leader: bool = True) -> str:
+    """The DSN asyncpg connects with for a normalised PostgreSQL ``url``: several hosts (a
+    multi-host URL) go back into the authority, where asyncpg, like libpq, reads them and tries
+    each in turn (honouring ``target_session_attrs``).
+
+    A ``leader`` DSN asks for ``target_session_attrs=read-write`` unless the URL chose
+    otherwise: a connection that lands on a standby or a read-only former leader (a proxy that
+    has not noticed a failover yet) is refused when it opens, before it can serve a read that
+    must come from the leader (a session just ended, a refresh token just spent). The check
+    reads what the server reports at start-up (PostgreSQL 14+): no extra round trip."""
+    parsed = make_url(url)
+    if leader and "target_session_attrs" not in parsed.query:
+        parsed = parsed.update_query_dict({"target_session_attrs": "read-write"})
+    hosts = parsed.query.get("host")
+    if not hosts:
+        return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    listed = (hosts,) if isinstance(hosts, str) else tuple(hosts)
+    user = quote(parsed.username or "", safe="")
+    if parsed.password is not None:
+        user += ":" + quote(str(parsed.password), safe="")
+    query = urlencode({k: v for k, v in parsed.query.items() if k != "host"}, doseq=True)
+    return (f"postgresql://{user}{'@' if user else ''}{','.join(listed)}"
+            f"/{quote(parsed.database or '', safe='')}{'?' + query if query else ''}")
+
+
 def normalise_url(raw: str) -> str:
-    """Accept plain ``postgresql://`` / ``sqlite:///`` URLs and pick our async drivers."""
-    url: URL = make_url(raw)
+    """Accept plain ``postgresql://`` / ``sqlite:///`` URLs and pick our async drivers.
+
+    A PostgreSQL URL may name several hosts, as libpq's do
+    (``postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write``): connections
+    go to the first host that answers and matches ``target_session_attrs``."""
+    url: URL = make_url(_multi_host(raw))
     backend = url.get_backend_name()
     if backend in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+asyncpg")
@@ -63,6 +110,7 @@ def resolve_target(
     schema: str | None = None,
     pool_size: int = 10,
     echo: bool = False,
+    replica: bool = False,
 ) -> DatabaseTarget:
     """Pick a service's database: its own URL, a schema in the shared one, or a SQLite file."""
     if own_url:
@@ -77,7 +125,8 @@ def resolve_target(
         schema = None
     if schema is not None and not _SCHEMA_RE.match(schema):
         raise ValueError(f"invalid schema name {schema!r}")
-    return DatabaseTarget(url=url, schema=schema, pool_size=pool_size, echo=echo)
+    return DatabaseTarget(url=url, schema=schema, pool_size=pool_size, echo=echo,
+                          replica=replica)
 
 
 def create_engine(target: DatabaseTarget) -> AsyncEngine:

@@ -69,7 +69,8 @@ class CallerResolver:
         if not scheme:
             raise MissingToken(MISSING)
         if scheme.lower() == "bearer" and credential:
-            user = await self._service.user_info(credential)
+            # Rights are decided on the leader: a promotion counts at once.
+            user = await self._service.user_info(credential, current=True)
             return Caller(user_id=user.id, is_admin=user.is_admin)
         if scheme.lower() == "basic" and credential:
             return self._service_caller(credential)

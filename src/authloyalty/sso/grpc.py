@@ -118,6 +118,7 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
 
     async def IsAdmin(self, request: sso_pb2.IsAdminRequest,
                       context: Context) -> sso_pb2.IsAdminResponse:
+        # A question about rights: answered by the leader, never by a lagging replica.
         user = await self._service.get_user(_user_id(request.user_id))
         return sso_pb2.IsAdminResponse(is_admin=user.is_admin)
 
@@ -138,7 +139,7 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
         caller = await self._callers.caller(_authorization(context))
         user_id = _user_id(request.user_id)
         caller.check_may_read(user_id)
-        user = await self._service.get_user(user_id)
+        user = await self._service.profile(user_id)
         return sso_pb2.GetUserResponse(
             user_id=str(user.id), email=user.email, name=user.name or "",
             birthday=user.birthday.isoformat() if user.birthday else "",

@@ -13,6 +13,7 @@ from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.clock import utcnow
+from authloyalty.platform.database import DatabaseUnavailable
 from authloyalty.platform.errors import InvalidToken, ValidationFailed
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (
@@ -64,10 +65,14 @@ class AuthService:
         settings: SsoSettings,
         clock: Callable[[], datetime] = utcnow,
         read_uow: Callable[[], SsoUnitOfWork] | None = None,
+        replica_uow: Callable[[], SsoUnitOfWork] | None = None,
     ) -> None:
         self._uow = uow
-        # Lookups that write nothing: no BEGIN/ROLLBACK round trips on PostgreSQL.
+        # Lookups that write nothing, on the leader: no BEGIN/ROLLBACK round trips there.
         self._read_uow = read_uow or uow
+        # Lookups a replication lag cannot make wrong (docs/architecture.md, "Reads: leader or
+        # replica"): user profiles, with the leader asked when the replica lacks the row.
+        self._replica_uow = replica_uow
         self._hasher = hasher
         self._issuer = issuer
         self._verifier = verifier
@@ -247,22 +252,44 @@ class AuthService:
             raise InvalidToken("session has ended")
         return claims
 
-    async def user_info(self, access_token: str) -> User:
-        """The user behind an access token."""
+    async def user_info(self, access_token: str, *, current: bool = False) -> User:
+        """The user behind an access token (its session checked on the leader); ``current``
+        reads the profile from the leader too, for decisions on the user's rights."""
         claims = await self.authenticate(access_token)
-        async with self._read_uow() as uow:
-            user = await uow.users.get(claims.user_id)
+        user = await self._user(claims.user_id, current=current)
         if user is None:
             raise InvalidToken("user no longer exists")
         return user
 
     async def get_user(self, user_id: UUID) -> User:
-        """A user by id (for other services)."""
-        async with self._read_uow() as uow:
-            user = await uow.users.get(user_id)
+        """A user by id, from the leader (for decisions on the user's rights)."""
+        user = await self._user(user_id, current=True)
         if user is None:
             raise UserNotFound()
         return user
+
+    async def profile(self, user_id: UUID) -> User:
+        """A user by id for display to other services (a read replica may answer)."""
+        user = await self._user(user_id, current=False)
+        if user is None:
+            raise UserNotFound()
+        return user
+
+    async def _user(self, user_id: UUID, *, current: bool) -> User | None:
+        """The user from the read replica when there is one and ``current`` is not asked;
+        from the leader when the replica lacks the row (registered within the replication
+        lag) or cannot be reached."""
+        if not current and self._replica_uow is not None:
+            try:
+                async with self._replica_uow() as uow:
+                    user = await uow.users.get(user_id)
+                if user is not None:
+                    return user
+            except DatabaseUnavailable:
+                log.warning("read replica unavailable; reading user %s from the leader",
+                            user_id)
+        async with self._read_uow() as uow:
+            return await uow.users.get(user_id)
 
     async def ensure_admin(self, email: str, password: str) -> tuple[UUID, bool]:
         """Create an admin, or promote the existing user; returns (user id, created)."""
