@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # One line per HTTP request (platform/http/middleware.py); off saves its cost per request.
+    access_log: bool = True
     sso: SsoSettings = SsoSettings()
     loyalty: LoyaltySettings = LoyaltySettings()
     events: EventsSettings = EventsSettings()

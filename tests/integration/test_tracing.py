@@ -132,13 +132,13 @@ def test_spans_name_the_service_and_the_replica() -> None:
     assert attributes["service.instance.id"] == "loyalty-2"
 
 
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """The services' JSON log lines (as configure_logging renders them) for one test; the root
-    logger restored after."""
+@pytest.fixture(params=[True], ids=["access_log"])
+def json_logs(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """The services' JSON log lines (as configure_logging renders them, with the access log as
+    the parameter says) for one test; the root logger restored after."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    configure_logging("INFO", "json")
+    configure_logging("INFO", "json", access_log=request.param)
     written = io.StringIO()
     handler = logging.StreamHandler(written)
     handler.setFormatter(root.handlers[0].formatter)
@@ -148,10 +148,11 @@ def json_logs() -> Iterator[io.StringIO]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.getLogger("authloyalty.access").setLevel(logging.NOTSET)
 
 
-async def test_the_access_log_line_names_the_request_and_its_trace(
-        tmp_path: Path, spans: InMemorySpanExporter, json_logs: io.StringIO) -> None:
+async def register_logged(tmp_path: Path, logs: io.StringIO) -> list[dict[str, object]]:
+    """Register through sso's app with an X-Request-Id; the JSON lines logged meanwhile."""
     system = build_embedded(settings_for(tmp_path, sso={"argon2": FAST_ARGON2.model_dump()}))
     await system.migrate()
     try:
@@ -163,9 +164,22 @@ async def test_the_access_log_line_names_the_request_and_its_trace(
         assert r.status_code == 201
     finally:
         await system.stop()
-    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    return [json.loads(line) for line in logs.getvalue().splitlines()]
+
+
+async def test_the_access_log_line_names_the_request_and_its_trace(
+        tmp_path: Path, spans: InMemorySpanExporter, json_logs: io.StringIO) -> None:
+    lines = await register_logged(tmp_path, json_logs)
     [line] = [e for e in lines if e.get("event") == "request"]
     assert line["request_id"] == "req-42"
     assert (line["method"], line["route"], line["status"]) == ("POST", "/auth/registration", 201)
     assert line["trace_id"] == format(trace_of(spans.get_finished_spans(),
                                                "POST /auth/registration"), "032x")
+
+
+@pytest.mark.parametrize("json_logs", [False], ids=["no_access_log"], indirect=True)
+async def test_the_access_log_can_be_switched_off(tmp_path: Path,
+                                                  json_logs: io.StringIO) -> None:
+    lines = await register_logged(tmp_path, json_logs)
+    assert lines  # loyalty's bonus line is still there
+    assert not [e for e in lines if e.get("event") == "request" or "request_id" in e]

@@ -27,8 +27,10 @@ def _add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]
 EXTRA_FIELDS = ("method", "route", "status", "duration_ms")
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Route stdlib and structlog records through one renderer on stderr."""
+def configure_logging(level: str = "INFO", fmt: str = "json", *, access_log: bool = True
+                      ) -> None:
+    """Route stdlib and structlog records through one renderer on stderr; without
+    ``access_log`` no line per HTTP request (nor its ``request_id`` on other lines)."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_trace_ids,
@@ -53,6 +55,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "httpx", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The access log middleware does nothing while its logger is below INFO.
+    logging.getLogger("authloyalty.access").setLevel(logging.NOTSET if access_log
+                                                     else logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
