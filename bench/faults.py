@@ -3,8 +3,8 @@
     python bench/faults.py [--quick] [--duration S] [--logouts N] [--rate R] [--keep]
 
 Brings up the local production stack with ``python -m devstack up`` in a scratch directory
-(2 sso, 2 loyalty, 3 Kafka brokers, PostgreSQL primary + streaming replica, the nginx gateway;
-free ports, no Prometheus), then for ``--duration`` seconds (300; ``--quick`` 90):
+(2 sso, 2 loyalty, 3 Kafka brokers, the Schema Registry, PostgreSQL primary + streaming replica,
+the nginx gateway; free ports, no Prometheus), then for ``--duration`` seconds (300; ``--quick`` 90):
 
 * registers users through the gateway at a steady ``--rate`` (9/s);
 * logs out ``--logouts`` sessions (200; quick 40) spread evenly over the run, each through the
@@ -618,6 +618,7 @@ def stack_up(directory: Path) -> Iterator[None]:
     https, grpc = free_ports(2, {8000, 8001, 8443, 44044})
     argv = [sys.executable, "-m", "devstack", "up", "--dir", str(directory),
             "--sso-replicas", "2", "--loyalty-replicas", "2", "--brokers", "3",
+            "--postgres", "simple",  # the stall targets the plain primary
             "--https-port", str(https), "--http2-grpc-port", str(grpc),
             "--no-prometheus", "--no-443"]
     try:

@@ -1,16 +1,19 @@
 """``python -m devstack``: the local stack and the throwaway infrastructure behind the tests.
 
-    python -m devstack up [--dir DIR] [--sso-replicas 2] [--loyalty-replicas 1] [--brokers 1|3]
+    python -m devstack up [--dir DIR] [--sso-replicas 2] [--loyalty-replicas 1] [--brokers 3|1]
+        [--postgres ha|simple]
         [--https-port 8443] [--http2-grpc-port 44044] [--prometheus-port 9090]
         [--no-prometheus] [--no-jaeger] [--no-443] [--no-install] [--fresh]
     python -m devstack status [--dir DIR] [--json]
-    python -m devstack restart COMPONENT [--dir DIR]       # e.g. sso-1, kafka-2, postgres-replica
+    python -m devstack restart COMPONENT [--dir DIR]       # e.g. sso-1, kafka-2, patroni-2
     python -m devstack stop COMPONENT... [--dir DIR]       # stays stopped; `kafka`: every broker
     python -m devstack start COMPONENT... [--dir DIR]      # start stopped ones, wait until ready
     python -m devstack logs COMPONENT [--dir DIR] [-n 40]
     python -m devstack down [--dir DIR]
     python -m devstack kafka start|status|stop --dir DIR [--brokers N] [--port P] [--heap 512m]
     python -m devstack kafka classpath                     # resolve the broker jars once
+    python -m devstack registry fetch                      # Apicurio Registry, fetched once
+    python -m devstack registry start|stop --dir DIR [--port P]
     python -m devstack postgres start|url|stop --dir DIR [--port P] [--durable]
     python -m devstack nginx render-compose [--check]      # deploy/nginx/nginx.compose.conf
     python -m devstack nginx test --conf FILE              # nginx -t
@@ -47,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     start = with_dir(sub.add_parser("up", help="start the stack; return when it serves"))
     start.add_argument("--sso-replicas", type=int, default=2, metavar="N")
     start.add_argument("--loyalty-replicas", type=int, default=1, metavar="N")
-    start.add_argument("--brokers", type=int, default=1, choices=[1, 3],
-                       help="Kafka brokers: 1, or a 3-node KRaft cluster")
+    start.add_argument("--brokers", type=int, default=3, choices=[1, 3],
+                       help="Kafka brokers: a 3-node KRaft cluster (default; topics replicated "
+                            "3 times, 2 in sync), or 1")
+    start.add_argument("--postgres", default="ha", choices=["ha", "simple"],
+                       help="ha (default): etcd, three Patroni members and HAProxy; simple: a "
+                            "primary and a streaming replica (quicker to start)")
     start.add_argument("--https-port", type=int, metavar="P",
                        help=f"gateway TLS port (default {stack.DEFAULT_HTTPS_PORT}, plus 443 "
                             "when free and permitted)")
@@ -96,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stack.up(stack.Options(
                 directory=directory, sso_replicas=args.sso_replicas,
                 loyalty_replicas=args.loyalty_replicas, brokers=args.brokers,
+                postgres=args.postgres,
                 https_port=args.https_port, grpc_gateway_port=args.http2_grpc_port,
                 prometheus=not args.no_prometheus, prometheus_port=args.prometheus_port,
                 jaeger=not args.no_jaeger,

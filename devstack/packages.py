@@ -24,6 +24,10 @@ STACK_COMMANDS = {
     "mvn": "maven",
 }
 PROMETHEUS_COMMANDS = {"prometheus": "prometheus", "promtool": "prometheus"}
+# The HA PostgreSQL of the stack (devstack/patroni.py): Patroni runs on the system Python.
+HA_POSTGRES_COMMANDS = {"patroni": "patroni", "patronictl": "patroni", "etcd": "etcd-server",
+                        "etcdctl": "etcd-client", "haproxy": "haproxy"}
+HA_POSTGRES_MODULES = {"psycopg2": "python3-psycopg2"}  # module of /usr/bin/python3 -> package
 POSTGRES_PACKAGE = "postgresql"
 PG_ROOT = Path("/usr/lib/postgresql")
 
@@ -72,15 +76,29 @@ def postgres_installed() -> bool:
     return any((d / "initdb").is_file() for d in PG_ROOT.glob("*/bin"))
 
 
-def ensure_packages(commands: Mapping[str, str], *, postgres: bool, install: bool) -> None:
-    """Install what is missing of ``commands`` (and PostgreSQL) when ``install`` and allowed;
-    otherwise fail naming the packages."""
-    missing = sorted({pkg for cmd, pkg in commands.items() if find_command(cmd) is None})
+def system_python_has(module: str) -> bool:
+    """Whether the system Python (``/usr/bin/python3``) imports ``module``."""
+    return subprocess.run(["/usr/bin/python3", "-c", f"import {module}"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def ensure_packages(commands: Mapping[str, str], *, postgres: bool, install: bool,
+                    python_modules: Mapping[str, str] | None = None) -> None:
+    """Install what is missing of ``commands``, ``python_modules`` of the system Python and
+    PostgreSQL when ``install`` and allowed; otherwise fail naming the packages."""
+    missing = sorted({pkg for cmd, pkg in commands.items() if find_command(cmd) is None}
+                     | {pkg for mod, pkg in (python_modules or {}).items()
+                        if not system_python_has(mod)})
     if postgres and not postgres_installed():
         missing.append(POSTGRES_PACKAGE)
     if missing and install and can_apt_install():
         apt_install(missing)
     require_commands(commands)
+    absent = sorted(pkg for mod, pkg in (python_modules or {}).items()
+                    if not system_python_has(mod))
+    if absent:
+        raise DevstackError(f"missing Debian packages {absent}: run `make system-deps` or "
+                            f"`apt-get install {' '.join(absent)}`")
     if postgres and not postgres_installed():
         raise DevstackError(f"no PostgreSQL server binaries under {PG_ROOT}/*/bin: run "
                             f"`make system-deps` or `apt-get install {POSTGRES_PACKAGE}`")

@@ -51,7 +51,8 @@ DEFAULT_PROMETHEUS_PORT = 9090
 UP_TIMEOUT = 300.0
 RESTART_TIMEOUT = 120.0
 # Subdirectories `up --fresh` may delete (never the directory itself, which the user named).
-_OWNED = ("pg", "kafka", "keys", "tls", "config", "nginx", "prometheus", "jaeger", "logs")
+_OWNED = ("pg", "kafka", "keys", "tls", "config", "nginx", "prometheus", "jaeger", "registry",
+          "logs")
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Options:
     directory: Path
     sso_replicas: int = 2
     loyalty_replicas: int = 1
-    brokers: int = 1
+    brokers: int = 3
+    postgres: str = "ha"  # "ha": etcd + 3 Patroni members + HAProxy; "simple": primary+replica
     https_port: int | None = None
     grpc_gateway_port: int | None = None
     prometheus: bool = True
@@ -123,19 +125,27 @@ def _choose_ports(opts: Options, taken: set[int]) -> dict[str, Any]:
     primary = saved_postgres_port(pg / "primary")
     replica = saved_postgres_port(pg / "replica")
     tracing = len(jaeger.PORT_NAMES) if opts.jaeger else 0
-    free = iter(free_ports(2 * opts.sso_replicas + opts.loyalty_replicas + 2 + tracing, taken))
-    return {"https": https, "grpc_gateway": grpc, "prometheus": prom,
+    free = iter(free_ports(2 * opts.sso_replicas + opts.loyalty_replicas + 3 + tracing, taken))
+    return {"https": https, "grpc_gateway": grpc, "prometheus": prom, "registry": next(free),
             "jaeger": {n: next(free) for n in jaeger.PORT_NAMES} if opts.jaeger else None,
             "sso": [[next(free), next(free)] for _ in range(opts.sso_replicas)],
             "loyalty": [next(free) for _ in range(opts.loyalty_replicas)],
-            "postgres_primary": primary or next(free), "postgres_replica": replica or next(free)}
+            # The HA cluster keeps its own ports (devstack.patroni).
+            **({} if opts.postgres == "ha" else
+               {"postgres_primary": primary or next(free),
+                "postgres_replica": replica or next(free)})}
 
 
 def _provision(opts: Options) -> dict[str, str]:
     commands = dict(packages.STACK_COMMANDS)
     if opts.prometheus:
         commands |= packages.PROMETHEUS_COMMANDS
-    packages.ensure_packages(commands, postgres=True, install=opts.install)
+    modules: dict[str, str] = {}
+    if opts.postgres == "ha":
+        commands |= packages.HA_POSTGRES_COMMANDS
+        modules = dict(packages.HA_POSTGRES_MODULES)
+    packages.ensure_packages(commands, postgres=True, install=opts.install,
+                             python_modules=modules)
     tools = require_commands(commands)
     if opts.jaeger:
         tools["jaeger"] = str(jaeger.ensure_binary(report=True))  # built once, then cached
@@ -192,6 +202,7 @@ def _prepare(opts: Options, step: Any) -> Topology:
     if opts.fresh:
         for name in _OWNED:
             shutil.rmtree(directory / name, ignore_errors=True)
+    _check_postgres_shape(directory / "pg", opts.postgres)
     tools = _provision(opts)
     if os.geteuid() == 0:
         directory.chmod(0o755)  # the postgres OS user and nginx's workers reach files in it
@@ -202,7 +213,8 @@ def _prepare(opts: Options, step: Any) -> Topology:
         "version": 2, "status": "starting", "dir": str(directory),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "options": {"sso_replicas": opts.sso_replicas,
-                    "loyalty_replicas": opts.loyalty_replicas, "brokers": opts.brokers},
+                    "loyalty_replicas": opts.loyalty_replicas, "brokers": opts.brokers,
+                    "postgres": opts.postgres},
         "tools": tools, "ports": {"postgres_primary": 0, "postgres_replica": 0},
     }
     topology = Topology(directory, plan)  # Kafka first: its nodes keep ports once formatted
@@ -217,9 +229,20 @@ def _prepare(opts: Options, step: Any) -> Topology:
         run([*authloyalty(), "keys", "generate", "--dir", str(keys)], "keys generate")
     keys.chmod(0o700)
     plan["components"] = topology.write_files()
+    if topology.ha is not None:
+        plan["ports"]["postgres_ha"] = topology.ha.state["ports"]
     write_json(directory / STATE_FILE, plan)
     step(f"configs written to {directory / 'config'}")
     return topology
+
+
+def _check_postgres_shape(pg: Path, wanted: str) -> None:
+    """Refuse to start one PostgreSQL shape on the data of the other."""
+    held = ("ha" if (pg / "ha").is_dir() else
+            "simple" if (pg / "primary").is_dir() else None)
+    if held is not None and held != wanted:
+        raise DevstackError(f"{pg} holds the data of --postgres {held}; use --postgres {held} "
+                            "or --fresh")
 
 
 def _valid_for_a_day(cert: Path, openssl: str) -> bool:
@@ -358,6 +381,15 @@ def status_report(directory: Path) -> dict[str, Any] | None:
     return state
 
 
+def _flat(urls: Any) -> list[str]:
+    """Every URL of a component's (possibly nested) ``urls``, for one line of ``status``."""
+    if isinstance(urls, dict):
+        return [u for v in urls.values() for u in _flat(v)]
+    if isinstance(urls, list):
+        return [u for v in urls for u in _flat(v)]
+    return [str(urls)]
+
+
 def status(directory: Path, as_json: bool = False) -> int:
     """Print what runs and where; exit 0 if everything is alive, 1 if not, 3 if no stack."""
     report = status_report(directory)
@@ -376,7 +408,7 @@ def status(directory: Path, as_json: bool = False) -> int:
         width = max(len(c["name"]) for c in components)
         print(f"  {'NAME':<{width}}  {'STATE':<8}  {'PID':<8}  WHERE")
         for c in components:
-            where = "  ".join(str(v) for v in c.get("urls", {}).values())
+            where = "  ".join(_flat(c.get("urls", {})))
             print(f"  {c['name']:<{width}}  {c['state']:<8}  {c['pid'] or '-'!s:<8}  {where}")
     if not report["supervisor"]["alive"]:
         return 3

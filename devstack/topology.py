@@ -1,10 +1,11 @@
 """The local production topology as a table of components, and the files it runs on.
 
 Every process is one :class:`~devstack.components.Component` in :func:`components`: PostgreSQL
-primary and streaming replica, Kafka node(s), N sso replicas (each runs the outbox relay, which
-uses SKIP LOCKED), the nginx TLS gateway, M loyalty replicas (each its own Kafka
-``instance_id``) and Prometheus. Adding one (Patroni, a schema registry, Jaeger) is one more
-entry: its command, environment, dependencies and readiness check.
+(by default etcd, three Patroni members and HAProxy, see :mod:`devstack.patroni`; with
+``--postgres simple`` a primary and a streaming replica), Kafka node(s), N sso replicas (each
+runs the outbox relay, which uses SKIP LOCKED), the nginx TLS gateway, M loyalty replicas (each
+its own Kafka ``instance_id``) and Prometheus. Adding one (a schema registry, Jaeger) is one
+more entry: its command, environment, dependencies and readiness check.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ from devstack.common import HOST, DevstackError, clean_env, port_open
 from devstack.components import Component
 from devstack.kafka import CLUSTER_FILE, KafkaBroker, KafkaCluster, warm_up
 from devstack.kafka_node import NODE_FILE
+from devstack.patroni import HaPostgres
 from devstack.postgres import STATE_FILE as PG_STATE_FILE
 from devstack.postgres import PostgresCluster
+from devstack.registry import Registry
 from devstack.supervisor import Supervisor
 from devstack.tls import TlsFiles
 
@@ -92,6 +96,15 @@ class Topology:
         self.tls = TlsFiles(*(directory / "tls" / n for n in ("ca.pem", "tls.crt", "tls.key")))
         self.config_dir = directory / "config"
 
+    @cached_property
+    def ha(self) -> HaPostgres | None:
+        """The HA PostgreSQL (etcd, Patroni members, HAProxy), unless ``--postgres simple``."""
+        if self.plan["options"].get("postgres", "simple") != "ha":
+            return None
+        taken = {p for n in self.kafka_nodes() for p in (n.port, n.controller_port)}
+        taken |= set(_ports_in(self.plan["ports"]))
+        return HaPostgres.open(self.dir / "pg" / "ha", taken)
+
     @property
     def primary(self) -> PostgresCluster:
         """The PostgreSQL primary."""
@@ -124,23 +137,17 @@ class Topology:
         kafka = [n.as_component() for n in self.kafka_nodes()]
         kafka_names = [c.name for c in kafka]
         services = _once(self.prepare_services)
-        replica = self.replica
         tracing = self.tracing_components()
-        table = [
-            self.primary.component("postgres-primary", log=logs / "postgres-primary.log"),
-            self.replica.component(
-                "postgres-replica", log=logs / "postgres-replica.log",
-                depends_on=["postgres-primary"], setup=self.prepare_replica,
-                ready=lambda: replica.accepts_connections() and replica.in_recovery()),
-            *kafka,
-            *tracing,
-        ]
+        registry = self.registry_components()
+        table = [*self.database_components(), *kafka, *tracing, *registry]
         tracing_names = [c.name for c in tracing]  # services start after it: no span lost
+        writer, reader = (["haproxy"] * 2 if self.ha is not None
+                          else ["postgres-primary", "postgres-replica"])
         sso_names = [f"sso-{i}" for i in range(1, len(self.sso_ports()) + 1)]
         for name, (http, _) in zip(sso_names, self.sso_ports(), strict=True):
             table.append(self.service(name, "sso", http_ok(f"http://{HOST}:{http}/auth/healthz"),
-                                      ["postgres-primary", *kafka_names, *tracing_names],
-                                      services))
+                                      [writer, *kafka_names, *tracing_names,
+                                       *(c.name for c in registry)], services))
         https, grpc_h2c = ports["https"], ports["grpc_gateway"]
         table.append(Component(
             "nginx", [tools["nginx"], "-p", f"{self.dir / 'nginx'}/", "-c", str(self.nginx_conf),
@@ -155,7 +162,7 @@ class Topology:
             table.append(self.service(
                 f"loyalty-{i}", "loyalty", http_ok(f"http://{HOST}:{http}/loyalty/healthz"),
                 # loyalty fetches the JWKS through the gateway and reads from the replica.
-                ["nginx", "postgres-replica", *kafka_names, *tracing_names], services,
+                ["nginx", reader, *kafka_names, *tracing_names], services,
                 env={"SSL_CERT_FILE": str(self.tls.ca)}))
         if ports.get("prometheus"):
             address = f"{HOST}:{ports['prometheus']}"
@@ -167,6 +174,32 @@ class Topology:
                 depends_on=loyalty_names, cwd=self.dir / "prometheus",
                 setup=lambda: _check_prometheus(conf, tools["promtool"])))
         return table
+
+    def database_components(self) -> list[Component]:
+        """PostgreSQL: etcd, the Patroni members and HAProxy; or a primary and a replica."""
+        if self.ha is not None:
+            return self.ha.components(self.plan["tools"], self.logs)
+        replica = self.replica
+        return [
+            self.primary.component("postgres-primary", log=self.logs / "postgres-primary.log"),
+            replica.component(
+                "postgres-replica", log=self.logs / "postgres-replica.log",
+                depends_on=["postgres-primary"], setup=self.prepare_replica,
+                ready=lambda: replica.accepts_connections() and replica.in_recovery()),
+        ]
+
+    @cached_property
+    def registry(self) -> Registry | None:
+        """The Schema Registry (Apicurio, in memory), unless the plan predates it."""
+        port = self.plan["ports"].get("registry")
+        if not port:
+            return None
+        return Registry(self.dir / "registry", int(port), supervisor=self.supervisor,
+                        log=self.logs / "registry.log")
+
+    def registry_components(self) -> list[Component]:
+        """The registry: sso's relays register the event schemas there on first use."""
+        return [] if self.registry is None else [self.registry.component()]
 
     def tracing_components(self) -> list[Component]:
         """Jaeger, unless the stack runs without it (``--no-jaeger``)."""
@@ -213,6 +246,8 @@ class Topology:
 
     def prepare_services(self) -> None:
         """Migrations (need only PostgreSQL) and a Kafka warm-up, before the first service."""
+        if self.ha is not None:
+            self.ha.create_databases(DATABASES)
         run([*authloyalty(), "migrate", "--config", str(self.config_dir / "sso-1.yaml")],
             "migrate")
         warm_up(self.kafka.bootstrap_servers)
@@ -229,19 +264,21 @@ class Topology:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         ports = self.plan["ports"]
         gateway_url = f"https://localhost:{ports['https'][0]}"
+        write, read = self.database_urls()
         base: dict[str, Any] = {
             "mode": "production", "log_level": "INFO", "log_format": "json",
             "sso": {"http_host": HOST, "signing_keys_dir": str(self.dir / "keys"),
-                    "database": {"url": self.primary.url("sso", driver=None)},
+                    "database": {"url": write["sso"], "read_url": read["sso"]},
                     # X-Forwarded-For is believed only from the gateway.
                     "trusted_proxies": [f"{HOST}/32"]},
             "loyalty": {"http_host": HOST,
-                        "database": {"url": self.primary.url("loyalty", driver=None),
-                                     "read_url": self.replica.url("loyalty", driver=None)},
+                        "database": {"url": write["loyalty"], "read_url": read["loyalty"]},
                         "jwks_url": f"{gateway_url}/.well-known/jwks.json",
                         "sso_grpc_target": f"{HOST}:{ports['grpc_gateway']}"},
             "events": {"backend": "kafka", "kafka": {
                 "bootstrap_servers": self.kafka.bootstrap_servers,
+                **({"schema_registry_url": self.registry.ccompat_url}
+                   if self.registry is not None else {}),
                 "replication_factor": min(3, self.plan["options"]["brokers"])}},
         }
         described: dict[str, dict[str, Any]] = {}
@@ -271,16 +308,24 @@ class Topology:
                      "grpc_tls": [f"localhost:{p}" for p in ports["https"]],
                      "grpc_h2c": f"{HOST}:{ports['grpc_gateway']}"},
             "config": str(self.nginx_conf), "ca": str(self.tls.ca)}
-        for name, cluster in (("postgres-primary", self.primary),
-                              ("postgres-replica", self.replica)):
-            described[name] = {"ports": {"postgres": cluster.port},
-                               "urls": {db: cluster.url(db, driver=None) for db in DATABASES}}
+        if self.ha is not None:
+            self.ha.write_files()
+            described |= self.ha.describe(DATABASES)
+        else:
+            for name, cluster in (("postgres-primary", self.primary),
+                                  ("postgres-replica", self.replica)):
+                described[name] = {"ports": {"postgres": cluster.port},
+                                   "urls": {db: cluster.url(db, driver=None) for db in DATABASES}}
         for node in self.kafka_nodes():
             described[node.name] = {"ports": {"kafka": node.port},
                                     "urls": {"bootstrap": self.kafka.bootstrap_servers}}
         if ports.get("prometheus"):
             described["prometheus"] = {"ports": {"http": ports["prometheus"]},
                                        "urls": {"http": f"http://{HOST}:{ports['prometheus']}"}}
+        if self.registry is not None:
+            described["registry"] = {"ports": {"http": self.registry.port},
+                                     "urls": {"http": self.registry.url,
+                                              "ccompat": self.registry.ccompat_url}}
         if ports.get("jaeger"):
             self.jaeger_conf.parent.mkdir(parents=True, exist_ok=True)
             self.jaeger_conf.write_text(
@@ -305,6 +350,14 @@ class Topology:
         return {"telemetry": {"enabled": True, "otlp_endpoint": jaeger.urls(ports)["otlp_http"],
                               "service_name": service, "instance_id": replica,
                               "sample_ratio": 1.0}}
+
+    def database_urls(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The services' write and read URL of each database."""
+        if self.ha is not None:
+            return ({db: self.ha.url(db) for db in DATABASES},
+                    {db: self.ha.url(db, write=False) for db in DATABASES})
+        return ({db: self.primary.url(db, driver=None) for db in DATABASES},
+                {db: self.replica.url(db, driver=None) for db in DATABASES})
 
     def _write_config(self, name: str, cfg: dict[str, Any]) -> None:
         (self.config_dir / f"{name}.yaml").write_text(
@@ -356,6 +409,15 @@ def saved_postgres_port(base: Path) -> int | None:
     """The port of the cluster set up in ``base`` before, if any."""
     path = base / PG_STATE_FILE
     return int(json.loads(path.read_text())["port"]) if path.is_file() else None
+
+
+def _ports_in(value: Any) -> list[int]:
+    """Every port number in a (nested) ports entry of the plan."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _ports_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _ports_in(v)]
+    return [value] if isinstance(value, int) and value > 0 else []
 
 
 def _check_prometheus(conf: Path, promtool: str) -> None:

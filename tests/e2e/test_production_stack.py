@@ -1,6 +1,7 @@
 """The production topology on this machine, used over HTTPS through the nginx gateway.
 
-`python -m devstack up` starts PostgreSQL (primary + streaming replica), Kafka, two sso
+`python -m devstack up --postgres simple` starts PostgreSQL (primary + streaming replica; the
+quick shape, the HA cluster has tests/e2e/test_ha_failover.py), Kafka, two sso
 replicas, loyalty and nginx under supervisord; a client that only knows the gateway registers,
 logs in, sees the bonus, withdraws, gets an admin deposit and logs out; one sso replica is
 SIGKILLed while requests keep coming, and none fails; `restart sso-1` brings it back; `down`
@@ -40,7 +41,7 @@ def stack() -> Iterator[StackHandle]:
     directory = scratch_dir("authloyalty-stack-")
     started = time.monotonic()
     result = devstack("up", "--dir", str(directory), "--sso-replicas", "2",
-                    "--loyalty-replicas", "1", "--brokers", "1",
+                    "--loyalty-replicas", "1", "--brokers", "1", "--postgres", "simple",
                     "--https-port", str(free_port()), "--http2-grpc-port", str(free_port()),
                     "--no-prometheus")
     try:
