@@ -38,7 +38,7 @@ system-deps:
 kafka-jars: venv system-deps
 	@$(BIN)/python -m devstack kafka classpath >/dev/null
 
-# Jaeger v2 built from the Go module proxy (~15 min the first time, cached under
+# Jaeger v2 built from the Go module proxy (4-15 min the first time, then cached under
 # ~/.cache/authloyalty), before any test: the local stack traces into it.
 jaeger: venv
 	@$(BIN)/python -m devstack jaeger build >/dev/null
