@@ -8,6 +8,7 @@ to a read-only node, and a standby promoted behind a multi-host URL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
+import grpc
 import httpx
 import pytest
 from sqlalchemy import text
@@ -29,6 +31,9 @@ from authloyalty.platform.database import (
     SqlAlchemyDatabase,
 )
 from authloyalty.platform.engines import normalise_url
+from authloyalty.platform.grpc import stop_server
+from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
+from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import Registration
 from devstack.common import DevstackError
 from devstack.postgres import PostgresCluster, scratch_dir
@@ -224,22 +229,53 @@ async def test_a_lost_commit_is_unavailable_and_its_connection_never_used_again(
         pg_cluster.drop_database(name)
 
 
+async def grpc_login(port: int, email: str) -> grpc.StatusCode:
+    """The status of sso's gRPC ``Login`` for ``email``."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            await sso_pb2_grpc.AuthStub(channel).Login(
+                sso_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
 async def test_a_server_killed_and_restarted_answers_503_then_200_without_a_restart(
         tmp_path: Path, own_cluster: PostgresCluster) -> None:
     url = own_cluster.create_database("crash")
     async with serving(url, tmp_path) as c:
-        assert (await c.withdraw()).status_code == 201
-        stop_immediately(own_cluster)
-        for reply in (await c.balance(), await c.withdraw(), await c.withdraw("while-down"),
-                      await c.login(), await c.info(), await c.register(),
-                      await c.loyalty.get("/loyalty/ready")):
-            assert reply.status_code == 503, reply.text
-            assert reply.json()["code"] == "database_unavailable"
-        assert unavailable(await c.withdraw())
-        own_cluster.start()  # crash recovery, then it accepts connections again
-        for reply in (await c.balance(), await c.withdraw(), await c.withdraw("while-down"),
-                      await c.login(), await c.info(), await c.register()):
-            assert reply.status_code in (200, 201), reply.text
+        server, port = build_grpc_server(c.system.sso.service, "127.0.0.1", 0)
+        await server.start()
+        relay = asyncio.create_task(c.system.sso.relay.run_forever())
+        try:
+            assert (await c.withdraw()).status_code == 201
+            stop_immediately(own_cluster)
+            for reply in (await c.balance(), await c.withdraw(), await c.withdraw("while-down"),
+                          await c.login(), await c.info(), await c.register(),
+                          await c.loyalty.get("/loyalty/ready"), await c.sso.get("/auth/ready")):
+                assert unavailable(reply), reply.text
+            assert await grpc_login(port, c.email) == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(1)  # the relay fails a pass or two meanwhile
+            own_cluster.start()  # crash recovery, then it accepts connections again
+            for reply in (await c.balance(), await c.withdraw(), await c.withdraw("while-down"),
+                          await c.login(), await c.info()):
+                assert reply.status_code in (200, 201), reply.text
+            assert await grpc_login(port, c.email) == grpc.StatusCode.OK
+            # The relay goes on by itself: a registration now gets its welcome bonus.
+            newcomer = await c.register()
+            assert newcomer.status_code == 201
+            auth = {"Authorization": f"Bearer {newcomer.json()['access_token']}"}
+            for _ in range(100):
+                bonus = await c.loyalty.get("/loyalty/me", headers=auth)
+                if bonus.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert bonus.json()["balance"] == 1_000_000
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            await stop_server(server, grace=0)
 
 
 async def test_a_write_url_leading_to_a_read_only_node_is_503_and_recovers(

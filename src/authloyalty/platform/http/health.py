@@ -29,7 +29,8 @@ def health_router(prefix: str) -> APIRouter:
         try:
             await container.database.ping()
         except Exception:
-            return error_response(503, "database_unavailable", "database is unreachable")
+            return error_response(503, "database_unavailable", "database is unreachable",
+                                  {"Retry-After": "1"})
         not_ready: Callable[[], DomainError | None] | None = getattr(container, "not_ready",
                                                                      None)
         problem = not_ready() if not_ready is not None else None
