@@ -22,9 +22,11 @@ def test_every_login_outcome_is_exported_before_the_first_login() -> None:
 
 
 def test_revocations_complete_follows_the_replicas_gate() -> None:
+    # Labelled: a process that holds no revocations (sso) exports no such series at all.
+    key = ("authloyalty_revocations_complete", frozenset({("service", "loyalty")}))
     revoked = RevokedSessions(complete=False)
-    assert _samples()[("authloyalty_revocations_complete", frozenset())] == 0
+    assert _samples()[key] == 0
     revoked.set_complete(True)
-    assert _samples()[("authloyalty_revocations_complete", frozenset())] == 1
+    assert _samples()[key] == 1
     revoked.set_complete(False)
-    assert _samples()[("authloyalty_revocations_complete", frozenset())] == 0
+    assert _samples()[key] == 0

@@ -34,7 +34,7 @@ class RevokedSessions:
     def __init__(self, *, complete: bool = True) -> None:
         self._until: dict[UUID, datetime] = {}
         self._complete = complete
-        metrics.REVOCATIONS_COMPLETE.set(int(complete))
+        metrics.REVOCATIONS_COMPLETE.labels("loyalty").set(int(complete))
 
     @property
     def complete(self) -> bool:
@@ -44,7 +44,7 @@ class RevokedSessions:
     def set_complete(self, complete: bool) -> None:
         """Open (True) or close (False) the gate in front of authentication."""
         self._complete = complete
-        metrics.REVOCATIONS_COMPLETE.set(int(complete))
+        metrics.REVOCATIONS_COMPLETE.labels("loyalty").set(int(complete))
 
     def add(self, session_id: UUID, until: datetime) -> None:
         """Refuse ``session_id`` until ``until``."""

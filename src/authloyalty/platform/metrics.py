@@ -45,10 +45,13 @@ OUTBOX_OLDEST_AGE = Gauge(
 REVOKED_SESSIONS_CACHED = Gauge(
     "authloyalty_revoked_sessions_cached", "Revoked sessions loyalty currently refuses"
 )
+# Labelled so that only a process holding revocations (loyalty) exports it: an unlabelled gauge
+# would read 0 in sso too.
 REVOCATIONS_COMPLETE = Gauge(
     "authloyalty_revocations_complete",
     "1 once this loyalty replica knows every session revocation published before it started "
     "(it authenticates nobody until then), 0 while it is still reading them",
+    ["service"],
 )
 DEAD_LETTERS = Counter(
     "authloyalty_dead_letters_total", "Records moved to a dead-letter topic", ["topic"]
