@@ -267,6 +267,15 @@ def test_both_prometheus_configs_scrape_the_same_jobs() -> None:
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
 
 
+def test_compose_patroni_timing_matches_the_local_stack() -> None:
+    from devstack.patroni import DCS  # the local stack's Patroni settings
+
+    dcs = yaml.safe_load((DEPLOY / "patroni" / "patroni.yml").read_text())["bootstrap"]["dcs"]
+    for key in ("ttl", "loop_wait", "retry_timeout", "synchronous_mode",
+                "synchronous_mode_strict", "maximum_lag_on_failover"):
+        assert dcs[key] == DCS[key], key
+
+
 # -- Grafana --------------------------------------------------------------------------------------
 
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
