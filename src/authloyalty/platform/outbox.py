@@ -49,7 +49,7 @@ from authloyalty.platform.bus import (
     event_payload,
 )
 from authloyalty.platform.clock import as_utc, utcnow
-from authloyalty.platform.database import Connection, Database
+from authloyalty.platform.database import Connection, Database, DatabaseUnavailable
 from authloyalty.platform.kafka_codec import OutgoingTable
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,9 @@ class OutboxRelay:
                     measured = time.monotonic()
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                # A failover or a restart: expected, and over by itself; no traceback per poll.
+                log.warning("outbox relay pass: database unavailable; retrying")
             except Exception:
                 log.exception("outbox relay pass failed; retrying")
             with contextlib.suppress(TimeoutError):
