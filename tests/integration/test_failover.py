@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from authloyalty.platform.grpc import stop_server
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import Registration
-from devstack.common import DevstackError
+from devstack.common import DevstackError, free_port
 from devstack.postgres import PostgresCluster, scratch_dir
 from tests.conftest import FAST_ARGON2, settings_for
 
@@ -387,3 +390,75 @@ async def test_the_sqlalchemy_driver_maps_and_discards_alike(pg_cluster: Postgre
     finally:
         await database.dispose()
         pg_cluster.drop_database(name)
+
+
+HAPROXY_CFG = """global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30m
+    timeout server 30m
+    timeout check 1s
+listen write
+    bind 127.0.0.1:{port}
+    option pgsql-check user postgres
+    default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions
+    server leader 127.0.0.1:{leader} check
+    server standby 127.0.0.1:{standby} check backup
+"""
+
+
+@contextlib.contextmanager
+def haproxy(base: Path, leader: int, standby: int) -> Iterator[int]:
+    """HAProxy's write port: the leader while it answers, then the standby (a proxy whose
+    checks cannot tell a leader from a standby: the services must tell); every session to a
+    server marked down is cut, as the production proxy does."""
+    port = free_port()
+    config = base / "haproxy.cfg"
+    config.write_text(HAPROXY_CFG.format(port=port, leader=leader, standby=standby))
+    process = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-f",
+                                str(config), "-db"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_through_haproxy_a_killed_leader_is_503_until_the_standby_is_promoted(
+        tmp_path: Path, own_cluster: PostgresCluster) -> None:
+    own_cluster.create_database("viaproxy")
+    base = scratch_dir("authloyalty-test-haproxy-")
+    standby = own_cluster.start_replica(base)
+    try:
+        with haproxy(tmp_path, own_cluster.port, standby.port) as port:
+            url = f"postgresql://postgres@127.0.0.1:{port}/viaproxy"
+            async with serving(url, tmp_path) as c:
+                assert (await c.withdraw("before")).status_code == 201
+                await replayed(standby, "viaproxy",
+                               "SELECT count(*) FROM loyalty.idempotency_keys")
+                before = (await c.balance()).json()["balance"]
+                stop_immediately(own_cluster)
+                await asyncio.sleep(0.5)  # the proxy marks the leader down, routes to standby
+                # Connections now open on the standby: refused (it is not read-write), so no
+                # leader-only read is answered from it and no write is attempted.
+                for reply in (await c.balance(), await c.withdraw(), await c.login(),
+                              await c.info(), await c.register()):
+                    assert unavailable(reply), reply.text
+                standby._run([standby.bin("pg_ctl"), "promote", "-D", standby.data_dir, "-w"])
+                assert (await c.balance()).json()["balance"] == before
+                replay = await c.withdraw("before")
+                assert replay.status_code == 201
+                assert replay.json()["balance"] == before
+                assert (await c.withdraw()).json()["balance"] == before - 1
+                for reply in (await c.login(), await c.info(), await c.register()):
+                    assert reply.status_code in (200, 201), reply.text
+    finally:
+        standby.stop()
+        shutil.rmtree(base, ignore_errors=True)
