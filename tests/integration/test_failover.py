@@ -236,7 +236,7 @@ async def grpc_login(port: int, email: str) -> grpc.StatusCode:
     """The status of sso's gRPC ``Login`` for ``email``."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
-            await sso_pb2_grpc.AuthStub(channel).Login(
+            await sso_pb2_grpc.AuthStub(channel).Login(  # type: ignore[no-untyped-call]
                 sso_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10)
         except grpc.aio.AioRpcError as exc:
             return exc.code()
