@@ -10,7 +10,7 @@ FAULTS_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: help venv system-deps kafka-jars jaeger registry run test lint typecheck unit bench bench-profile faults clean \
-        stack-up stack-down stack-status stack-restart stack-logs
+        stack-up stack-down stack-status stack-restart stack-stop stack-start stack-logs
 
 help:
 	@echo "make run        start sso (:8000) and loyalty (:8001) with embedded storage in ./var"
@@ -21,6 +21,7 @@ help:
 	@echo "                (FAULTS_ARGS=--quick: 90 s), results in bench/results/faults-latest.md"
 	@echo "make stack-up   the production topology on this machine (ARGS=\"--brokers 3\" ...), in var/stack"
 	@echo "make stack-status | stack-down | stack-restart C=sso-1 | stack-logs C=nginx"
+	@echo "make stack-stop C=kafka | stack-start C=kafka   (an outage to rehearse the alerts)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -93,6 +94,14 @@ stack-down: venv
 stack-restart: venv
 	@test -n "$(C)" || { echo "usage: make stack-restart C=<component> (see make stack-status)" >&2; exit 2; }
 	$(BIN)/python -m devstack restart $(C) --dir $(STACK_DIR)
+
+stack-stop: venv
+	@test -n "$(C)" || { echo "usage: make stack-stop C=<component or group> (see make stack-status)" >&2; exit 2; }
+	$(BIN)/python -m devstack stop $(C) --dir $(STACK_DIR)
+
+stack-start: venv
+	@test -n "$(C)" || { echo "usage: make stack-start C=<component or group>" >&2; exit 2; }
+	$(BIN)/python -m devstack start $(C) --dir $(STACK_DIR)
 
 stack-logs: venv
 	@test -n "$(C)" || { echo "usage: make stack-logs C=<component>" >&2; exit 2; }
