@@ -104,6 +104,14 @@ async def test_a_new_field_is_accepted_and_events_still_flow(
     assert len(registry.get_versions(subject)) == 2
 
 
+async def test_a_subject_registered_before_without_a_rule_gets_it(
+        kafka_settings: KafkaSettings, registry: SchemaRegistryClient) -> None:
+    subject = f"{kafka_settings.registration_topic}-value"
+    registry.register_schema(subject, Schema(REGISTRATION_PROTO.read_text(), "PROTOBUF"))
+    await publish_one_of_each(kafka_settings)
+    assert registry.get_compatibility(subject) == "BACKWARD"
+
+
 async def test_a_rule_set_by_an_operator_is_kept(kafka_settings: KafkaSettings,
                                                  registry: SchemaRegistryClient) -> None:
     subject = f"{kafka_settings.registration_topic}-value"

@@ -7,7 +7,7 @@ Each service declares a table: the producer one :class:`Outgoing` row per event 
 Values use the Confluent wire format (magic byte 0, 4-byte schema id, message indexes,
 protobuf), subject ``<topic>-value`` (TopicNameStrategy), exactly as the original Go producer.
 On first use of a subject the encoder gives it the ``BACKWARD`` compatibility rule (unless it
-has a rule of its own already) and registers the message's file as ``.proto`` text
+has another rule than ``NONE`` already) and registers the message's file as ``.proto`` text
 (:mod:`~authloyalty.platform.proto_text`): an incompatible change of a ``.proto`` is refused by
 the registry (409) and its events stay in the outbox until it is resolved.
 Headers: ``event-id``, ``event-type`` (the event's name) and a W3C ``traceparent``.
@@ -200,14 +200,19 @@ class EventEncoder:
 
 
 def register(registry: SchemaRegistryClient, subject: str, message: type[Message]) -> int:
-    """Give ``subject`` the :data:`COMPATIBILITY` rule unless it has one, register
-    ``message``'s file as ``.proto`` text under it (idempotent) and return the schema id."""
+    """Give ``subject`` the :data:`COMPATIBILITY` rule unless it has another one, register
+    ``message``'s file as ``.proto`` text under it (idempotent) and return the schema id.
+
+    Apicurio answers ``NONE`` (its global default) for a subject without a rule of its own, a
+    Confluent registry 404: both count as no rule (a deliberate ``NONE`` is replaced too)."""
     if type(registry).__name__ != "MockSchemaRegistryClient":  # ``mock://`` keeps no rules
         try:
-            registry.get_compatibility(subject)
+            level: str | None = registry.get_compatibility(subject)
         except SchemaRegistryError as exc:
             if exc.error_code != _SUBJECT_NOT_FOUND and exc.http_status_code != 404:
                 raise
+            level = None
+        if level in (None, "NONE"):
             registry.set_compatibility(subject_name=subject, level=COMPATIBILITY)
     source = proto_source(message.DESCRIPTOR.file)
     return int(registry.register_schema(subject, Schema(source, "PROTOBUF")))
