@@ -3,8 +3,9 @@
     python bench/faults.py [--quick] [--duration S] [--logouts N] [--rate R] [--keep]
 
 Brings up the local production stack with ``python -m devstack up`` in a scratch directory
-(2 sso, 2 loyalty, 3 Kafka brokers, the Schema Registry, PostgreSQL primary + streaming replica,
-the nginx gateway; free ports, no Prometheus), then for ``--duration`` seconds (300; ``--quick`` 90):
+(2 sso, 2 loyalty, 3 Kafka brokers, the Schema Registry, PostgreSQL primary + streaming
+replica, the nginx gateway; free ports, no Prometheus), then for ``--duration`` seconds (300;
+``--quick`` 90):
 
 * registers users through the gateway at a steady ``--rate`` (9/s);
 * logs out ``--logouts`` sessions (200; quick 40) spread evenly over the run, each through the
