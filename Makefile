@@ -8,14 +8,30 @@ BENCH_MODE  ?= short
 BENCH_ARGS  ?=
 FAULTS_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
+RUN_STAMP   := $(VENV)/.run-installed
 
-.PHONY: help venv system-deps kafka-jars jaeger registry run test lint typecheck unit bench bench-profile faults clean \
+# Python dependencies are locked in uv.lock and installed with uv (PyPI `uv`, the version pinned
+# here), itself installed once into a small virtualenv under ~/.cache/authloyalty; UV=uv uses
+# your own. `make lock` after editing pyproject.toml's dependencies.
+CACHE_DIR  := $(or $(AUTHLOYALTY_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/authloyalty)
+UV_VERSION := 0.13.9
+UV_HOME    := $(CACHE_DIR)/uv-$(UV_VERSION)
+UV         ?= $(UV_HOME)/bin/uv
+export UV_CACHE_DIR ?= $(CACHE_DIR)/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+# --inexact: `make run` after `make test` keeps the dev tools; --frozen: exactly uv.lock.
+UV_SYNC    := $(UV) sync --frozen --inexact --python $(PYTHON)
+PYTHON_CHECK := 'import sys; sys.exit(sys.version_info < (3, 11) and "$(PYTHON) is Python " + sys.version.split()[0] + ": 3.11+ required (make PYTHON=python3.11 ...)")'
+
+.PHONY: help venv lock system-deps kafka-jars jaeger registry run test lint typecheck unit bench bench-profile faults clean \
         stack-up stack-down stack-status stack-restart stack-stop stack-start stack-logs
 
 help:
 	@echo "make run        start sso (:8000) and loyalty (:8001) with embedded storage in ./var"
 	@echo "make test       lint, type-check and run the whole suite (starts its own PostgreSQL)"
 	@echo "make unit       fast unit tests only"
+	@echo "make lock       re-resolve uv.lock after editing the dependencies in pyproject.toml"
 	@echo "make bench      throughput/latency vs. ceilings (BENCH_MODE=short|full), results in bench/results"
 	@echo "make faults     kills, broker kills and a database stall under load; logout and bonus checks"
 	@echo "                (FAULTS_ARGS=--quick: 90 s), results in bench/results/faults-latest.md"
@@ -23,14 +39,32 @@ help:
 	@echo "make stack-status | stack-down | stack-restart C=sso-1 | stack-logs C=nginx"
 	@echo "make stack-stop C=kafka | stack-start C=kafka   (an outage to rehearse the alerts)"
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	@touch $(STAMP)
+$(UV_HOME)/bin/uv:
+	@$(PYTHON) -c $(PYTHON_CHECK)
+	@echo "installing uv $(UV_VERSION) into $(UV_HOME) (once)"
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --disable-pip-version-check uv==$(UV_VERSION)
+
+# The virtualenv (with pip, for those who add a package by hand), then uv.lock's packages and the
+# project itself, editable: the runtime ones for `make run`, the dev extra for the rest.
+$(BIN)/python: | $(filter $(UV_HOME)/bin/uv,$(UV))
+	@$(PYTHON) -c $(PYTHON_CHECK)
+	$(UV) venv --clear --seed --python $(PYTHON) $(VENV)
+
+$(RUN_STAMP): pyproject.toml uv.lock | $(BIN)/python
+	@echo "installing the runtime dependencies from uv.lock into $(VENV)"
+	$(UV_SYNC)
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml uv.lock | $(BIN)/python
+	@echo "installing the runtime and dev dependencies from uv.lock into $(VENV)"
+	$(UV_SYNC) --extra dev
+	@touch $(STAMP) $(RUN_STAMP)
 
 venv: $(STAMP)
+
+lock: | $(filter $(UV_HOME)/bin/uv,$(UV))
+	$(UV) lock --python $(PYTHON)
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -49,11 +83,14 @@ jaeger: venv
 registry: venv system-deps
 	@$(BIN)/python -m devstack registry fetch >/dev/null
 
-run: venv
+run: $(RUN_STAMP)
 	$(BIN)/authloyalty up $(ARGS)
 
+# uv.lock must match pyproject.toml; the workflows in .github/workflows pass actionlint.
 lint: venv
+	@$(UV) lock --check --python $(PYTHON) || { echo "uv.lock is out of date with pyproject.toml: run make lock and commit uv.lock" >&2; exit 1; }
 	$(BIN)/ruff check src tests devstack
+	bash scripts/actionlint.sh
 
 typecheck: venv
 	$(BIN)/mypy
@@ -64,8 +101,8 @@ unit: venv
 test: venv system-deps kafka-jars jaeger registry lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
+	$(UV_SYNC) --extra dev --extra bench
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) system-deps
