@@ -1,4 +1,5 @@
-"""Command line: ``authloyalty up | sso | loyalty | relay | migrate | admin | keys``."""
+"""The ``authloyalty`` command: run the services, migrate their databases, manage admins and
+signing keys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -18,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from authloyalty import __version__
 from authloyalty.bootstrap import (
     EmbeddedSystem,
     build_embedded,
@@ -30,6 +34,7 @@ from authloyalty.bootstrap import (
     sso_app,
     sso_database,
 )
+from authloyalty.loyalty.settings import LoyaltySettings
 from authloyalty.platform import telemetry
 from authloyalty.platform.bus import InProcessBus
 from authloyalty.platform.engines import create_engine
@@ -43,6 +48,18 @@ from authloyalty.settings import Settings, load_settings
 from authloyalty.sso.email_twins import find_twins
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.service import AuthService
+from authloyalty.sso.settings import SsoSettings
+from authloyalty.startup import (
+    Listener,
+    StartupError,
+    check_data_dir,
+    check_data_dir_path,
+    check_database_urls,
+    check_ports,
+    connection_problem,
+    has_data,
+    uses_data_dir,
+)
 
 log = logging.getLogger("authloyalty")
 
@@ -55,21 +72,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authloyalty", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sso, loyalty = SsoSettings(), LoyaltySettings()
+    parser = argparse.ArgumentParser(
+        prog="authloyalty",
+        description="authloyalty: a loyalty-points platform with its own authorization "
+                    "service (sso).",
+        epilog="Run authloyalty COMMAND --help for a command's options. The production "
+               "topology on one machine runs with make stack-up (python -m devstack).")
+    parser.add_argument("--version", action="version", version=f"authloyalty {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run sso and loyalty in one process")
     _common(up)
     up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    up.add_argument("--sso-port", type=int)
-    up.add_argument("--loyalty-port", type=int)
-    up.add_argument("--grpc-port", type=int)
-    up.add_argument("--admin-email")
-    up.add_argument("--admin-password")
+    up.add_argument("--sso-port", type=int, metavar="N",
+                    help=f"sso's HTTP port (default {sso.http_port}; 0 picks a free one)")
+    up.add_argument("--loyalty-port", type=int, metavar="N",
+                    help=f"loyalty's HTTP port (default {loyalty.http_port}; 0 picks a free one)")
+    up.add_argument("--grpc-port", type=int, metavar="N",
+                    help=f"sso's gRPC port (default {sso.grpc_port}; 0 picks a free one)")
+    up.add_argument("--admin-email", metavar="EMAIL",
+                    help="create or promote this admin at start (with --admin-password)")
+    up.add_argument("--admin-password", metavar="PASSWORD",
+                    help="the start-up admin's password when it is created")
 
     migrate = sub.add_parser("migrate", help="apply the services' migrations")
     _common(migrate)
-    migrate.add_argument("--service", choices=["sso", "loyalty", "all"], default="all")
+    migrate.add_argument("--service", choices=["sso", "loyalty", "all"], default="all",
+                         help="whose migrations (default all)")
 
     for name, text in (("sso", "run the sso service alone (Kafka relay included)"),
                        ("loyalty", "run the loyalty service alone (Kafka consumer included)"),
@@ -78,25 +108,34 @@ def _parser() -> argparse.ArgumentParser:
         _common(service)
         if name == "sso":
             service.add_argument("--no-relay", action="store_true",
-                                 help="leave the outbox to `authloyalty relay` processes")
+                                 help="leave the outbox to authloyalty relay processes")
 
     admin = sub.add_parser("admin", help="manage admins")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     create = admin_sub.add_parser("create", help="create an admin or promote a user")
     _common(create)
-    create.add_argument("--email", required=True)
-    create.add_argument("--password", required=True)
+    create.add_argument("--email", required=True, help="the admin's email (their login)")
+    create.add_argument("--password", required=True,
+                        help=f"the new admin's password (at least {sso.password_min_length} "
+                             "characters); an existing user's stays unless --reset-password")
+    create.add_argument("--reset-password", action="store_true",
+                        help="set an existing user's password to --password")
+    create.add_argument("--init", action="store_true",
+                        help="initialise a data dir that holds no authloyalty data yet")
 
     revoke = admin_sub.add_parser("revoke-sessions",
                                   help="end every session of a user (all services refuse them)")
     _common(revoke)
-    revoke.add_argument("--email", required=True)
+    revoke.add_argument("--email", required=True, help="the user's email")
 
     keys = sub.add_parser("keys", help="manage token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="add a signing key (the newest signs)")
-    generate.add_argument("--dir", type=Path, required=True)
-    generate.add_argument("--algorithm", choices=["EdDSA", "ES256", "RS256"], default="EdDSA")
+    generate.add_argument("--dir", type=Path, required=True,
+                          help="directory of the signing keys, created if missing "
+                               "(sso.signing_keys_dir)")
+    generate.add_argument("--algorithm", choices=["EdDSA", "ES256", "RS256"], default="EdDSA",
+                          help="signature algorithm (default EdDSA)")
     return parser
 
 
@@ -152,10 +191,25 @@ def _banner(settings: Settings, system: EmbeddedSystem) -> str:
         f"  sso gRPC {settings.sso.http_host}:{settings.sso.grpc_port}   (service auth.Auth)",
         f"  sso database:     {system.sso.target.describe()}",
         f"  loyalty database: {system.loyalty.target.describe()}",
-        "Create an admin:  authloyalty admin create --email E --password P"
+        f"Create an admin:  {_self_command()} admin create --email E --password P"
         f" --data-dir {settings.data_dir}",
         "Stop with Ctrl+C.",
     ])
+
+
+def _self_command() -> str:
+    """How to run this command again from the same directory: ``authloyalty`` when that name
+    on PATH is this program, else the path it was started by (``.venv/bin/authloyalty``)."""
+    started = sys.argv[0]
+    on_path = shutil.which("authloyalty")
+    if Path(started).name != "authloyalty":
+        return f"{sys.executable} -m authloyalty.cli"
+    if on_path and Path(on_path).resolve() == Path(started).resolve():
+        return "authloyalty"
+    if not os.path.isabs(started):
+        return started  # as typed, relative to the directory it was typed in
+    relative = os.path.relpath(started)
+    return started if relative.startswith("..") else relative
 
 
 # Young-generation collections every 50,000 net allocations instead of 700, and older
@@ -210,6 +264,12 @@ async def _grpc(service: AuthService, settings: Settings) -> AsyncIterator[int]:
 
 
 async def _up(settings: Settings) -> int:
+    check_ports([Listener("sso HTTP", settings.sso.http_host, settings.sso.http_port,
+                          "--sso-port"),
+                 Listener("loyalty HTTP", settings.loyalty.http_host,
+                          settings.loyalty.http_port, "--loyalty-port"),
+                 Listener("gRPC", settings.sso.http_host, settings.sso.grpc_port,
+                          "--grpc-port")])
     telemetry.configure(settings.telemetry, "authloyalty")
     system = build_embedded(settings)
     await system.start()
@@ -228,6 +288,10 @@ async def _up(settings: Settings) -> int:
 
 
 async def _run_sso(settings: Settings, relay: bool) -> int:
+    check_ports([Listener("sso HTTP", settings.sso.http_host, settings.sso.http_port,
+                          "sso.http_port in the config"),
+                 Listener("gRPC", settings.sso.http_host, settings.sso.grpc_port,
+                          "sso.grpc_port in the config")])
     telemetry.configure(settings.telemetry, "authloyalty-sso")
     process = build_sso_process(settings, run_relay=relay)
     try:
@@ -245,6 +309,8 @@ async def _run_sso(settings: Settings, relay: bool) -> int:
 
 
 async def _run_loyalty(settings: Settings) -> int:
+    check_ports([Listener("loyalty HTTP", settings.loyalty.http_host,
+                          settings.loyalty.http_port, "loyalty.http_port in the config")])
     telemetry.configure(settings.telemetry, "authloyalty-loyalty")
     process = build_loyalty_process(settings)
     try:
@@ -299,26 +365,55 @@ async def _email_twins(engine: AsyncEngine) -> list[list[UUID]]:
         return await conn.run_sync(find_twins)
 
 
-async def _admin_create(settings: Settings, email: str, password: str) -> int:
+async def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
+    email, password, reset = args.email, args.password, args.reset_password
     if settings.events.backend == "kafka":
         # Production: write to sso only; the running relay delivers the registration event.
         sso = build_sso(settings, InProcessBus(), load_keys(settings))
         try:
             await ensure_current("sso", sso.engine)
-            user_id, created = await sso.service.ensure_admin(email, password)
+            change = await sso.service.make_admin(email, password, reset_password=reset)
         finally:
             await sso.dispose()
     else:
         system = build_embedded(settings)
         try:
             await system.migrate()
-            user_id, created = await system.sso.service.ensure_admin(email, password)
+            change = await system.sso.service.make_admin(email, password, reset_password=reset)
             # Deliver the registration event now, so the new admin's account opens at once.
             await system.sso.relay.run_once()
         finally:
             await system.stop()
-    print(f"{'created' if created else 'promoted'} admin {email} (user_id {user_id})")
+    print(_admin_report(email, change.user_id, change.outcome, change.password_reset))
     return 0
+
+
+def _admin_report(email: str, user_id: UUID, outcome: str, password_reset: bool) -> str:
+    """What ``admin create`` did, in one line."""
+    who = f"{email} (user_id {user_id})"
+    if outcome == "created":
+        return f"created admin {who}"
+    done = f"{who} is already an admin" if outcome == "already an admin" else \
+        f"promoted {who} to admin"
+    if password_reset:
+        return f"{done}; password reset"
+    return f"{done}; password unchanged (use --reset-password to set it)"
+
+
+def _preflight(args: argparse.Namespace, settings: Settings) -> None:
+    """The checks made before a command touches anything (each failure is one line)."""
+    check_database_urls(settings)
+    data_dir = Path(settings.data_dir)
+    if args.command == "admin" and uses_data_dir(settings, keys=False) \
+            and not has_data(settings) and not getattr(args, "init", False):
+        check_data_dir_path(data_dir)
+        init = " (or pass --init to create one there)" if args.admin_command == "create" else ""
+        raise StartupError(
+            f"no authloyalty data in {data_dir.resolve()}: pass the data dir of your server "
+            f"with --data-dir{init}")
+    if args.command in ("up", "migrate", "admin") \
+            and uses_data_dir(settings, keys=args.command != "migrate"):
+        check_data_dir(data_dir)
 
 
 async def _admin_revoke(settings: Settings, email: str) -> int:
@@ -358,7 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"configuration error: {line}", file=sys.stderr)
+        return 2
+    try:
+        _preflight(args, settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     from authloyalty.platform.errors import DomainError
@@ -376,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_loop(_run_relay(settings))
         if args.admin_command == "revoke-sessions":
             return asyncio.run(_admin_revoke(settings, args.email))
-        return asyncio.run(_admin_create(settings, args.email, args.password))
+        return asyncio.run(_admin_create(settings, args))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -385,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        problem = connection_problem(exc, settings)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     finally:
         telemetry.shutdown()
 

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+import yaml
+from pydantic import ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -117,5 +118,22 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
 
     try:
         return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_problems(exc))) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot be read"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """One line per bad key: ``sso.http_port: Input should be a valid integer``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{key}: {message}")
+    return lines

@@ -1,6 +1,8 @@
-"""``authloyalty admin create`` against the data dir of a running server."""
+"""``authloyalty admin create`` against the data dir of a running server, and without one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jwt
 import pytest
@@ -41,9 +43,12 @@ def test_admin_create_promotes_an_existing_user(api: Api, server: Server) -> Non
     result = run_cli("admin", "create", "--email", user.email.upper(), "--password",
                      "some other password", "--data-dir", str(server.data_dir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "promoted admin" in result.stdout
-    assert user.user_id in result.stdout
-    # Same user, same password; a new login carries the admin flag.
+    assert result.stdout == (f"promoted {user.email.upper()} (user_id {user.user_id}) to admin; "
+                             "password unchanged (use --reset-password to set it)\n")
+    # Same user, same password (not the one given); a new login carries the admin flag.
+    r = api.sso("POST", "/auth/login",
+                json={"email": user.email, "password": "some other password"})
+    assert r.status_code == 401, r.text
     promoted = api.login(user.email, user.password)
     assert promoted.user_id == user.user_id
     r = api.sso("GET", "/auth/info", headers=promoted.auth)
@@ -85,3 +90,60 @@ def test_admin_revoke_sessions_is_enforced_by_the_running_server(
     assert poll(lambda: api.loy("GET", "/loyalty/me", headers=account.auth).status_code == 401,
                 2.0)
     assert api.sso("GET", "/auth/info", headers=account.auth).status_code == 401
+
+
+def test_admin_create_twice_says_already_an_admin(api: Api, server: Server) -> None:
+    user = api.user()
+    args = ("admin", "create", "--email", user.email, "--password", "another password",
+            "--data-dir", str(server.data_dir))
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == (f"{user.email} (user_id {user.user_id}) is already an admin; "
+                            "password unchanged (use --reset-password to set it)\n")
+    assert api.login(user.email, user.password).user_id == user.user_id
+
+
+def test_admin_create_reset_password_sets_it(api: Api, server: Server) -> None:
+    user = api.user()
+    new_password = "a brand new password"
+    result = run_cli("admin", "create", "--email", user.email, "--password", new_password,
+                     "--reset-password", "--data-dir", str(server.data_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == (f"promoted {user.email} (user_id {user.user_id}) to admin; "
+                             "password reset\n")
+    r = api.sso("POST", "/auth/login", json={"email": user.email, "password": user.password})
+    assert r.status_code == 401, r.text
+    admin = api.login(user.email, new_password)
+    r = api.sso("GET", "/auth/info", headers=admin.auth)
+    assert r.json()["is_admin"] is True
+    # A reset still obeys the password rules.
+    short = run_cli("admin", "create", "--email", user.email, "--password", "short",
+                    "--reset-password", "--data-dir", str(server.data_dir))
+    assert short.returncode != 0
+    assert short.stderr == "error: password: must be at least 8 characters\n"
+    api.login(user.email, new_password)
+
+
+@pytest.mark.parametrize("command", ["create", "revoke-sessions"])
+def test_admin_refuses_a_data_dir_without_data(tmp_path: Path, command: str) -> None:
+    """A mistyped --data-dir (or none, in the wrong directory) gets no empty database."""
+    data_dir = tmp_path / "vra"
+    extra = ["--password", PASSWORD] if command == "create" else []
+    result = run_cli("admin", command, "--email", "boss@example.com", *extra,
+                     "--data-dir", str(data_dir))
+    assert result.returncode != 0
+    init = " (or pass --init to create one there)" if command == "create" else ""
+    assert result.stdout + result.stderr == (
+        f"error: no authloyalty data in {data_dir}: pass the data dir of your server with "
+        f"--data-dir{init}\n")
+    assert not data_dir.exists()
+
+
+def test_admin_create_init_creates_the_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    result = run_cli("admin", "create", "--email", "boss@example.com", "--password", PASSWORD,
+                     "--data-dir", str(data_dir), "--init")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("created admin boss@example.com (user_id ")
+    assert (data_dir / "sso.db").is_file()

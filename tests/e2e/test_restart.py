@@ -38,7 +38,7 @@ def test_restart_keeps_everything(own_server: Server) -> None:
     srv = own_server
     # An admin created with the CLI before the first start (on a fresh data dir).
     result = run_cli("admin", "create", "--email", CLI_ADMIN[0], "--password", CLI_ADMIN[1],
-                     "--data-dir", str(srv.data_dir))
+                     "--data-dir", str(srv.data_dir), "--init")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "created admin" in result.stdout
     srv.start()

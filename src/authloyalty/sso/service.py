@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Literal
 from uuid import UUID, uuid4
 
 from authloyalty.events import SessionRevoked, UserRegistered
@@ -33,6 +34,19 @@ from authloyalty.sso.settings import SsoSettings
 log = logging.getLogger(__name__)
 
 REUSE = "refresh_token_reuse"
+
+
+AdminOutcome = Literal["created", "promoted", "already an admin"]
+
+
+@dataclass(frozen=True)
+class AdminChange:
+    """What ``make_admin`` did: the user, how they became an admin, whether the password
+    was set anew."""
+
+    user_id: UUID
+    outcome: AdminOutcome
+    password_reset: bool
 
 
 @dataclass(frozen=True)
@@ -293,15 +307,29 @@ class AuthService:
 
     async def ensure_admin(self, email: str, password: str) -> tuple[UUID, bool]:
         """Create an admin, or promote the existing user; returns (user id, created)."""
+        change = await self.make_admin(email, password)
+        return change.user_id, change.outcome == "created"
+
+    async def make_admin(self, email: str, password: str, *,
+                         reset_password: bool = False) -> AdminChange:
+        """Create an admin with ``password``, or make the existing user one; an existing
+        user's password changes only with ``reset_password``."""
+        if reset_password:
+            self._check_registration(Registration(email=email, password=password))
         async with self._uow() as uow:
             user = await uow.users.by_email(email)
             if user is not None:
-                await uow.users.set_admin(user.id, True)
+                if reset_password:
+                    await uow.users.set_password_hash(user.id,
+                                                      await self._hasher.hash(password))
+                if not user.is_admin:
+                    await uow.users.set_admin(user.id, True)
                 await uow.commit()
-                return user.id, False
+                outcome: AdminOutcome = "already an admin" if user.is_admin else "promoted"
+                return AdminChange(user.id, outcome, reset_password)
         issued = await self.register(Registration(email=email, password=password),
                                      is_admin=True)
-        return issued.user_id, True
+        return AdminChange(issued.user_id, "created", False)
 
     async def purge_login_failures(self) -> int:
         """Drop failures that fell out of the throttling window."""
