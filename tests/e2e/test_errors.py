@@ -295,7 +295,9 @@ def test_missing_and_garbage_authorization(api: Api) -> None:
 
 def test_bare_and_lowercase_bearer_token_accepted(api: Api) -> None:
     user = api.user()
-    for value in (user.access, f"bearer {user.access}", f"Bearer   {user.access}"):
+    # "Bearer Bearer <jwt>": a "Bearer <jwt>" pasted into Swagger UI's Authorize dialog.
+    for value in (user.access, f"bearer {user.access}", f"Bearer   {user.access}",
+                  f"Bearer Bearer {user.access}"):
         r = api.sso("GET", "/auth/info", headers={"Authorization": value})
         assert r.status_code == 200, (value[:20], r.text)
         assert r.json()["user_id"] == user.user_id

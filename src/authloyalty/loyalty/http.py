@@ -29,7 +29,7 @@ from authloyalty.platform.http.auth import BearerToken, bearer_token
 from authloyalty.platform.http.fast import FastRoute
 from authloyalty.platform.http.health import health_router
 from authloyalty.platform.http.responses import NO_STORE, PrivateJSONResponse
-from authloyalty.platform.schemas import ERRORS
+from authloyalty.platform.schemas import BODY_ERRORS, errors
 
 
 class _Caller(BearerToken):
@@ -103,7 +103,7 @@ def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> HistoryO
 
 def _router(route_class: type[APIRoute] = APIRoute) -> APIRouter:
     # Every answer of these routes is personal: PrivateJSONResponse says no-store.
-    return APIRouter(prefix="/loyalty", tags=["loyalty"], responses=ERRORS,
+    return APIRouter(prefix="/loyalty", tags=["loyalty"],
                      default_response_class=PrivateJSONResponse, route_class=route_class)
 
 
@@ -114,21 +114,23 @@ router = _router()
 hot_router = _router(FastRoute)
 
 
-@hot_router.get("/me", response_model=BalanceOut)
+@hot_router.get("/me", response_model=BalanceOut, responses=errors(401, 404, 503))
 async def my_balance(user: CurrentUser, service: Service) -> BalanceOut:
     """Your balance (404 until the welcome event has been processed)."""
     account = await service.balance(user, user.user_id)
     return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
-@hot_router.post("/me/withdrawals", status_code=201, response_model=MovementOut)
+@hot_router.post("/me/withdrawals", status_code=201, response_model=MovementOut,
+                 responses=errors(*BODY_ERRORS, 401, 404, 409, 503))
 async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
                         key: IdempotencyKey = None) -> MovementOut | Response:
     """Spend your points."""
     return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
 
 
-@router.get("/me/transactions", response_model=HistoryOut)
+@router.get("/me/transactions", response_model=HistoryOut,
+            responses=errors(401, 404, 422, 503))
 async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
                      cursor: Cursor = None) -> HistoryOut:
     """Your history, newest first; pass ``next_cursor`` back for the next page."""
@@ -136,7 +138,8 @@ async def my_history(user: CurrentUser, service: Service, limit: Limit = 20,
     return _history(page.items, page.next_cursor)
 
 
-@router.get("/admin/accounts/{uuid}", response_model=AdminAccountOut)
+@router.get("/admin/accounts/{uuid}", response_model=AdminAccountOut,
+            responses=errors(401, 403, 404, 422, 503))
 async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
                         request: Request) -> AdminAccountOut:
     """Any account's balance and its owner (``owner_status`` says whether sso answered)."""
@@ -152,21 +155,24 @@ async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
                            owner=owner, owner_status=view.owner_status)
 
 
-@router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut)
+@router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut,
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
 async def admin_deposit(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
                         key: IdempotencyKey = None) -> MovementOut | Response:
     """Credit points to an account."""
     return await _move(service, admin, uuid, "deposit", body, key, "admin/deposit")
 
 
-@router.post("/admin/accounts/{uuid}/withdrawals", status_code=201, response_model=MovementOut)
+@router.post("/admin/accounts/{uuid}/withdrawals", status_code=201, response_model=MovementOut,
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
 async def admin_withdrawal(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
                            key: IdempotencyKey = None) -> MovementOut | Response:
     """Debit points from an account."""
     return await _move(service, admin, uuid, "withdrawal", body, key, "admin/withdrawal")
 
 
-@router.get("/admin/accounts/{uuid}/transactions", response_model=HistoryOut)
+@router.get("/admin/accounts/{uuid}/transactions", response_model=HistoryOut,
+            responses=errors(401, 403, 404, 422, 503))
 async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: Limit = 20,
                         cursor: Cursor = None) -> HistoryOut:
     """Any account's history, newest first."""
@@ -177,7 +183,8 @@ async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: L
 _SEED_KINDS: dict[Literal["w", "d"], Kind] = {"w": "withdrawal", "d": "deposit"}
 
 
-@router.post("", response_model=BalanceOut)
+@router.post("", response_model=BalanceOut, summary="Withdraw or deposit (original API)",
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
 async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Service,
                          key: IdempotencyKey = None) -> BalanceOut | Response:
     """The original API: admins act on ``uuid``; users withdraw from their own account."""
@@ -191,7 +198,8 @@ async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Serv
     return _seed_out(await service.operate(op, idem))
 
 
-@router.get("/{uuid}", response_model=BalanceOut)
+@router.get("/{uuid}", response_model=BalanceOut, summary="Account balance (original API)",
+            responses=errors(401, 403, 404, 422, 503))
 async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> BalanceOut:
     """The original API: an account's balance, for its owner or an admin."""
     account = await service.balance(user, uuid)

@@ -83,6 +83,27 @@ class ErrorOut(BaseModel):
         json_schema_extra=lambda schema: schema.pop("default", None))] = None
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 429)
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "No access token, or one that is invalid, expired or of an ended session",
+    403: "The token is valid but its user may not do this",
+    404: "No such account or user",
+    409: "A conflict: the email is taken, too few points, or the Idempotency-Key was used "
+         "for another request",
+    413: "The body is larger than the limit",
+    422: "A field is missing or invalid (`fields` says which)",
+    429: "Too many failed attempts; `Retry-After` says when to try again",
+    503: "The database, or loyalty's view of ended sessions, is not available yet; "
+         "`Retry-After` says when to try again",
 }
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: the error envelope for each status it can answer with
+    (and only those, so Swagger UI lists no error a route cannot return)."""
+    return {code: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]}
+            for code in sorted(codes)}
+
+
+# A route that reads a JSON body can also answer: malformed JSON, too large, invalid fields.
+BODY_ERRORS = (400, 413, 422)

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from authloyalty.platform.http.auth import BearerToken
 from authloyalty.platform.http.health import health_router
 from authloyalty.platform.http.responses import json_response, private_success, success
-from authloyalty.platform.schemas import ERRORS, StatusOut
+from authloyalty.platform.schemas import BODY_ERRORS, StatusOut, errors
 from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn, TokensOut, UserInfoOut
 from authloyalty.sso.service import AuthService, IssuedTokens, Registration
 
@@ -53,7 +53,8 @@ def _is_trusted(peer: str, trusted: list[str]) -> bool:
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.post("/registration", status_code=201, response_model=TokensOut, responses=ERRORS)
+@router.post("/registration", status_code=201, response_model=TokensOut,
+             responses=errors(*BODY_ERRORS, 409, 503))
 async def register(body: RegisterIn, service: Service) -> Response:
     """Create a user; the answer already carries a session's tokens."""
     issued = await service.register(Registration(
@@ -62,26 +63,27 @@ async def register(body: RegisterIn, service: Service) -> Response:
     return _tokens(201, issued)
 
 
-@router.post("/login", response_model=TokensOut, responses=ERRORS)
+@router.post("/login", response_model=TokensOut,
+             responses=errors(*BODY_ERRORS, 401, 429, 503))
 async def login(body: LoginIn, request: Request, service: Service) -> Response:
     """Exchange email and password for a new session's tokens."""
     return _tokens(200, await service.login(body.email, body.password, client_address(request)))
 
 
-@router.post("/refresh", response_model=TokensOut, responses=ERRORS)
+@router.post("/refresh", response_model=TokensOut, responses=errors(*BODY_ERRORS, 401, 503))
 async def refresh(body: TokenIn, service: Service) -> Response:
     """Spend a refresh token for a new pair."""
     return _tokens(200, await service.refresh(body.token))
 
 
-@router.post("/logout", response_model=StatusOut, responses=ERRORS)
+@router.post("/logout", response_model=StatusOut, responses=errors(*BODY_ERRORS, 401, 503))
 async def logout(body: TokenIn, service: Service) -> Response:
     """End the session of the given access or refresh token."""
     await service.logout(body.token)
     return success(200)
 
 
-@router.get("/info", response_model=UserInfoOut, responses=ERRORS)
+@router.get("/info", response_model=UserInfoOut, responses=errors(401, 503))
 async def info(token: AccessToken, service: Service) -> Response:
     """The authenticated user's profile."""
     user = await service.user_info(token)

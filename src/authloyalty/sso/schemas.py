@@ -18,12 +18,14 @@ from authloyalty.platform.schemas import (
 )
 from authloyalty.sso.domain import canonical_email, email_problem
 
-Email = Annotated[str, Field(strict=True, max_length=254, examples=["ann@example.com"])]
+# Examples prefill Swagger UI's "Try it out"; a neutral address, not the README's.
+Email = Annotated[str, Field(strict=True, max_length=254,
+                             examples=["alex.morgan@example.com"])]
 Password = Annotated[str, Field(strict=True, min_length=1, max_length=128,
                                 examples=["correct horse battery"]),
                      AfterValidator(unicode_text)]
-Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True,
-                                                            max_length=100),
+Name = Annotated[str, Field(strict=True),
+                 StringConstraints(strip_whitespace=True, max_length=100),
                  AfterValidator(single_line_text)]
 
 
@@ -42,7 +44,7 @@ class RegisterIn(Body):
 
     email: Email
     password: Password
-    name: Name | None = None
+    name: Annotated[Name | None, Field(examples=["Alex Morgan"])] = None
     birthday: Annotated[StrictText | None, Field(examples=["1990-05-17"],
                                                  description="YYYY-MM-DD, in the past")] = None
 

@@ -10,6 +10,10 @@ from starlette.types import Scope
 
 from authloyalty.platform.errors import MissingToken
 
+# Shown in Swagger UI's Authorize dialog.
+AUTHORIZE_HELP = ("Paste the `access_token` of a `POST /auth/registration` or "
+                  "`POST /auth/login` answer (the token alone; `Bearer <token>` works too).")
+
 
 class BearerToken(HTTPBearer):
     """``Authorization: Bearer <jwt>`` or, as the original accepted, a bare ``<jwt>``.
@@ -20,7 +24,7 @@ class BearerToken(HTTPBearer):
     def __init__(self) -> None:
         # One scheme name for subclasses too (loyalty's caller dependency is one).
         super().__init__(auto_error=False, scheme_name="BearerToken",
-                         description="Access token from /auth/login")
+                         description=AUTHORIZE_HELP)
 
     async def __call__(self, request: HTTPConnection) -> Any:  # returns the raw token
         return bearer_token(request.scope)
@@ -28,7 +32,11 @@ class BearerToken(HTTPBearer):
 
 def bearer_token(scope: Scope) -> str:
     """The token of the ``Authorization`` header (``Bearer <jwt>`` or a bare ``<jwt>``), read
-    straight from the ASGI scope; :class:`MissingToken` without one."""
+    straight from the ASGI scope; :class:`MissingToken` without one.
+
+    One more ``Bearer `` prefix is dropped too: Swagger UI's Authorize dialog adds its own, so
+    a pasted ``Bearer <jwt>`` arrives as ``Bearer Bearer <jwt>``. A JWT holds no space, so
+    nothing that could be a token loses anything."""
     header = ""
     for key, value in scope["headers"]:
         if key == b"authorization":  # ASGI servers lower-case header names
@@ -36,6 +44,9 @@ def bearer_token(scope: Scope) -> str:
             break
     scheme, _, rest = header.partition(" ")
     token = rest.strip() if scheme.lower() == "bearer" else header
+    scheme, space, rest = token.partition(" ")
+    if space and scheme.lower() == "bearer":
+        token = rest.strip()
     if not token:
         raise MissingToken()
     return token
