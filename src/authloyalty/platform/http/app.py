@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from authloyalty.platform.http.docs import install_swagger_ui
 from authloyalty.platform.http.errors import install_error_handlers
 from authloyalty.platform.http.middleware import (
     AccessLogMiddleware,
@@ -19,7 +20,7 @@ def create_app(title: str, description: str, service: str, version: str) -> Fast
         title=title,
         description=description,
         version=version,
-        docs_url="/swagger",
+        docs_url=None,  # served from the installed package: install_swagger_ui
         redoc_url=None,
         openapi_url="/openapi.json",
         swagger_ui_parameters={"persistAuthorization": True},
@@ -28,6 +29,7 @@ def create_app(title: str, description: str, service: str, version: str) -> Fast
         # every request (environment reads included) to find them unset.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    install_swagger_ui(app)
     install_error_handlers(app)
     install_metrics(app, service)
     app.add_middleware(AccessLogMiddleware)
