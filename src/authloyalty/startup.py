@@ -7,8 +7,10 @@ traceback.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import tempfile
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +144,10 @@ def _check_port(listener: Listener) -> None:
 
 def connection_problem(exc: BaseException, settings: Settings) -> str | None:
     """The line for a failure to reach PostgreSQL, or None if ``exc`` is something else."""
-    reason = next(filter(None, map(_connect_reason, _chain(exc))), None)
-    if reason is None:
-        return None
+    chain = list(_chain(exc))
+    reason = next(filter(None, map(_connect_reason, chain)), None)
+    if reason is None or not any(map(_raised_in_asyncpg, chain)):
+        return None  # e.g. a Kafka broker refusing: not PostgreSQL's line
     hosts = []
     for _, url in database_urls(settings):
         if url.startswith(("postgres://", "postgresql")):
@@ -170,6 +173,12 @@ def _connect_reason(exc: BaseException) -> str | None:
                         asyncpg.InvalidCatalogNameError, asyncpg.InvalidPasswordError)):
         return str(exc)
     return None
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    """Whether ``exc`` passed through the PostgreSQL driver (connecting, or a query)."""
+    return any(f"{os.sep}asyncpg{os.sep}" in frame.f_code.co_filename
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
