@@ -20,6 +20,7 @@ from uuid import UUID
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from authloyalty import __version__
 from authloyalty.bootstrap import (
@@ -62,6 +63,8 @@ from authloyalty.startup import (
 )
 
 log = logging.getLogger("authloyalty")
+# Commands that run one service: their log lines name it (the others' name the CLI).
+SERVICES = frozenset({"sso", "loyalty", "relay"})
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -165,20 +168,31 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to us (two run in one loop)."""
+    """A uvicorn server of one service that leaves signal handling to us (two run in one
+    loop); every line logged while it serves names its service."""
+
+    def __init__(self, config: uvicorn.Config, service: str) -> None:
+        super().__init__(config)
+        self.service = service
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
         yield
 
+    async def serve_as_service(self) -> None:
+        """Serve, with ``service`` bound for this task and the tasks it starts."""
+        bind_contextvars(service=self.service)  # the task's own copy of the context
+        await self.serve()
 
-def _server(app: FastAPI, host: str, port: int, headers: RequestHeaderLimits) -> _Server:
+
+def _server(app: FastAPI, service: str, host: str, port: int,
+            headers: RequestHeaderLimits) -> _Server:
     # The protocol refuses request heads over the limits before buffering them (httpserver).
     protocol = limited_protocol(HeadLimits(headers.max_bytes, headers.max_fields))
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             lifespan="off", server_header=False, http=protocol,
                             h11_max_incomplete_event_size=headers.max_bytes)
-    return _Server(config)
+    return _Server(config, service)
 
 
 def _banner(settings: Settings, system: EmbeddedSystem) -> str:
@@ -233,11 +247,13 @@ async def _serve(servers: list[_Server], banner: str) -> bool:
 
     def _exit() -> None:
         for server in servers:
+            # A second Ctrl+C stops waiting for open connections (uvicorn's own rule).
+            server.force_exit = server.should_exit
             server.should_exit = True
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _exit)
-    serving = [asyncio.create_task(s.serve()) for s in servers]
+    serving = [asyncio.create_task(s.serve_as_service()) for s in servers]
     while not all(s.started for s in servers):
         if any(t.done() for t in serving):
             break
@@ -248,6 +264,12 @@ async def _serve(servers: list[_Server], banner: str) -> bool:
     else:
         _exit()
     await asyncio.gather(*serving, return_exceptions=True)
+    # After a forced stop, requests still running are cancelled now, while their databases
+    # are open, rather than when the event loop closes.
+    unanswered = [task for server in servers for task in server.server_state.tasks]
+    for task in unanswered:
+        task.cancel()
+    await asyncio.gather(*unanswered, return_exceptions=True)
     return started
 
 
@@ -272,11 +294,12 @@ async def _up(settings: Settings) -> int:
                           "--grpc-port")])
     telemetry.configure(settings.telemetry, "authloyalty")
     system = build_embedded(settings)
-    await system.start()
+    with bound_contextvars(service="sso"):  # the bootstrap admin, sso's background jobs
+        await system.start()
     servers = [
-        _server(sso_app(system.sso), settings.sso.http_host, settings.sso.http_port,
+        _server(sso_app(system.sso), "sso", settings.sso.http_host, settings.sso.http_port,
                 settings.sso.request_headers),
-        _server(loyalty_app(system.loyalty), settings.loyalty.http_host,
+        _server(loyalty_app(system.loyalty), "loyalty", settings.loyalty.http_host,
                 settings.loyalty.http_port, settings.loyalty.request_headers),
     ]
     try:
@@ -299,7 +322,7 @@ async def _run_sso(settings: Settings, relay: bool) -> int:
         cfg = settings.sso
         async with _grpc(process.sso.service, settings) as grpc_port:
             started = await _serve(
-                [_server(sso_app(process.sso), cfg.http_host, cfg.http_port,
+                [_server(sso_app(process.sso), "sso", cfg.http_host, cfg.http_port,
                          cfg.request_headers)],
                 f"sso listening on http://{cfg.http_host}:{cfg.http_port}, "
                 f"gRPC on {cfg.http_host}:{grpc_port}")
@@ -317,7 +340,7 @@ async def _run_loyalty(settings: Settings) -> int:
         await process.start()
         cfg = settings.loyalty
         started = await _serve(
-            [_server(loyalty_app(process.loyalty), cfg.http_host, cfg.http_port,
+            [_server(loyalty_app(process.loyalty), "loyalty", cfg.http_host, cfg.http_port,
                      cfg.request_headers)],
             f"loyalty listening on http://{cfg.http_host}:{cfg.http_port}")
     finally:
@@ -461,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log,
+                      service=args.command if args.command in SERVICES else "cli")
     from authloyalty.platform.errors import DomainError
 
     try:

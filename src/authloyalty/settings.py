@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # One URL for both services; each gets its own schema (PostgreSQL) or file (SQLite).
     database_url: str | None = None
     log_level: str = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    # auto: readable console lines on a terminal, JSON lines otherwise (platform/logging.py).
+    log_format: Literal["auto", "json", "console"] = "auto"
     # One line per HTTP request (platform/http/middleware.py); off saves its cost per request.
     access_log: bool = True
     sso: SsoSettings = SsoSettings()

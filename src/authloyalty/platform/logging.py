@@ -1,60 +1,201 @@
-"""Structured logs: one JSON object per line (or readable console lines), via structlog.
+"""Structured logs: one JSON object per line, or readable console lines on a terminal.
 
-Every line written inside a span carries its ``trace_id`` and ``span_id``; every line written
-while a request is served carries the gateway's ``request_id`` (bound by the access log
+Every line names the ``service`` that wrote it (sso, loyalty, relay, or the command itself:
+``cli``). Every line written inside a span carries its ``trace_id`` and ``span_id``; every line
+written while a request is served carries its ``request_id`` (bound by the access log
 middleware), so a line, its request and its trace can be found from one another."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from functools import lru_cache
+from typing import Any, TextIO
 
 import structlog
 
 from authloyalty.platform import telemetry
 
+EventDict = MutableMapping[str, Any]
 
-def _add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]
-                   ) -> MutableMapping[str, Any]:
+
+def _add_trace_ids(_logger: Any, _method: str, event: EventDict) -> EventDict:
     event.update(telemetry.log_ids())
     return event
 
 
 # Fields passed with ``extra=`` that become keys of the JSON line (the access log's,
-# platform/http/middleware.py); others (uvicorn's colour copies) are left out.
-EXTRA_FIELDS = ("method", "route", "status", "duration_ms")
+# platform/http/middleware.py, and ``service`` set by _UvicornLines); others (uvicorn's
+# colour copies) are left out.
+EXTRA_FIELDS = ("method", "route", "status", "duration_ms", "service")
+
+# Loggers whose lines belong to one service wherever they run (in ``authloyalty up`` the relay
+# delivers to loyalty's handlers in its own task). Other lines take the service bound to the
+# task that wrote them (cli.py binds each HTTP server's), else the process's own.
+SERVICE_OF_LOGGER = {
+    "authloyalty.sso": "sso",
+    "authloyalty.loyalty": "loyalty",
+    "authloyalty.platform.outbox": "relay",
+    "authloyalty.platform.bus": "relay",
+    "authloyalty.platform.grpc": "sso",
+    "authloyalty.platform.jwks": "loyalty",
+    "authloyalty.platform.kafka_reader": "loyalty",
+}
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", *, access_log: bool = True
-                      ) -> None:
-    """Route stdlib and structlog records through one renderer on stderr; without
-    ``access_log`` no line per HTTP request (nor its ``request_id`` on other lines)."""
+@lru_cache(maxsize=256)
+def service_of_logger(name: str) -> str | None:
+    """The service a logger's lines always belong to, if any (longest dotted prefix)."""
+    while name:
+        if name in SERVICE_OF_LOGGER:
+            return SERVICE_OF_LOGGER[name]
+        name = name.rpartition(".")[0]
+    return None
+
+
+class _ServiceNamer:
+    """Processor: set ``service`` from the logger, else the task's binding, else the process."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+
+    def __call__(self, _logger: Any, _method: str, event: EventDict) -> EventDict:
+        owner = service_of_logger(str(event.get("logger", "")))
+        if owner is not None:
+            event["service"] = owner
+        elif not event.get("service"):
+            event["service"] = self.default
+        return event
+
+
+class _UvicornLines(logging.Filter):
+    """Two of uvicorn's lines, as a user should read them.
+
+    uvicorn logs "Started/Finished server process [pid]" once per server; ``authloyalty up``
+    runs two servers in one process, so the second copy is dropped and the first is the
+    process's own line. A request cancelled because the server was stopped without waiting
+    for it (a second Ctrl+C) is one warning, not uvicorn's traceback of the cancellation."""
+
+    PROCESS_LINES = frozenset({"Started server process [%d]", "Finished server process [%d]"})
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            record.msg, record.args, record.exc_info = CANCELLED_REQUEST, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+        if record.msg not in self.PROCESS_LINES:
+            return True
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        record.service = self.service
+        return True
+
+
+CANCELLED_REQUEST = "request cancelled: the server was stopped before it was answered"
+
+
+def _for_console(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    """Console lines: an access line reads ``POST /auth/registration 201 12.3 ms``; the
+    logger's name is left to the JSON lines."""
+    event.pop("logger", None)
+    if event.get("event") == "request" and "route" in event:
+        event["event"] = (f"{event.pop('method', '?')} {event.pop('route')} "
+                          f"{event.pop('status', '?')} {event.pop('duration_ms', '?')} ms")
+    return event
+
+
+def wants_colors(stream: TextIO) -> bool:
+    """Colours on a terminal unless ``NO_COLOR`` is set (https://no-color.org)."""
+    return _isatty(stream) and not os.environ.get("NO_COLOR")
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def resolve_format(fmt: str, stream: TextIO) -> str:
+    """``auto`` is ``console`` on a terminal and ``json`` otherwise (a file, a pipe, a
+    supervisor, a container's log collector)."""
+    if fmt == "auto":
+        return "console" if _isatty(stream) else "json"
+    return fmt
+
+
+def _console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
+    dev = structlog.dev
+    styles = dev.ConsoleRenderer.get_default_level_styles(colors=colors)
+    reset = dev.RESET_ALL if colors else ""
+    plain = dev.KeyValueColumnFormatter(key_style=None, value_style="", reset_style="",
+                                        value_repr=str)
+    dim = dev.DIM if colors else ""
+    bright = dev.BRIGHT if colors else ""
+    return dev.ConsoleRenderer(
+        colors=colors,
+        exception_formatter=dev.plain_traceback,  # never locals: they may hold secrets
+        columns=[
+            dev.Column("timestamp", dev.KeyValueColumnFormatter(
+                key_style=None, value_style=dim, reset_style=reset, value_repr=str)),
+            dev.Column("level", lambda _key, level: (
+                f"{styles.get(str(level), '')}{level!s:<7}{reset}")),
+            dev.Column("service", dev.KeyValueColumnFormatter(
+                key_style=None, value_style=bright, reset_style=reset, value_repr=str,
+                width=7)),
+            dev.Column("event", plain),
+            dev.Column("", dev.KeyValueColumnFormatter(
+                key_style=dim, value_style="", reset_style=reset, value_repr=str)),
+        ])
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: bool = True,
+                      service: str = "cli", stream: TextIO | None = None) -> None:
+    """Route stdlib and structlog records through one renderer on ``stream`` (stderr):
+    ``json``, ``console`` or ``auto`` (console on a terminal); lines of no service are
+    ``service``'s. Without ``access_log`` no line per HTTP request (nor its ``request_id``
+    on other lines)."""
+    stream = sys.stderr if stream is None else stream
+    console = resolve_format(fmt, stream) == "console"
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_trace_ids,
         structlog.stdlib.ExtraAdder(allow=EXTRA_FIELDS),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _ServiceNamer(service),
+        (structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False) if console
+         else structlog.processors.TimeStamper(fmt="iso", utc=True)),
     ]
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: list[structlog.types.Processor] = (
+        [_for_console, _console_renderer(wants_colors(stream))] if console
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "httpx", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.filters[:] = [f for f in uvicorn_error.filters
+                                if not isinstance(f, _UvicornLines)]
+    uvicorn_error.addFilter(_UvicornLines(service))
     # The access log middleware does nothing while its logger is below INFO.
     logging.getLogger("authloyalty.access").setLevel(logging.NOTSET if access_log
                                                      else logging.WARNING)

@@ -32,6 +32,7 @@ def create_app(title: str, description: str, service: str, version: str) -> Fast
     install_swagger_ui(app)
     install_error_handlers(app)
     install_metrics(app, service)
-    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(BodyLimitMiddleware)
+    # Outermost (added last): a body refused with 413 gets its access line too.
+    app.add_middleware(AccessLogMiddleware)
     return app

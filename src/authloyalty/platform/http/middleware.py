@@ -4,6 +4,8 @@ metrics by route and the access log."""
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import time
 
 from fastapi import FastAPI
@@ -119,9 +121,11 @@ _UNLOGGED_ROUTES = frozenset({"/metrics", "/auth/healthz", "/auth/ready", "/loya
 class AccessLogMiddleware:
     """One log line per request: method, route template, status and duration. Every line
     logged while the request is served carries the gateway's ``X-Request-Id`` as
-    ``request_id``, and, since this runs inside the request's server span, its trace_id and
-    span_id (platform/logging.py): the gateway's access log (request id) leads to the trace
-    and back. The route template, never the raw path: paths hold ids."""
+    ``request_id`` (one made here, and sent back as ``X-Request-Id``, when the request came
+    without a usable one, as when nothing stands in front of the service), and, since this
+    runs inside the request's server span, its trace_id and span_id (platform/logging.py):
+    the gateway's access log (request id) leads to the trace and back. The route template,
+    never the raw path: paths hold ids."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -132,15 +136,21 @@ class AccessLogMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        request_id = _request_id(scope)
+        made_here = request_id is None
+        if request_id is None:
+            request_id = secrets.token_hex(16)
 
         async def observing_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if made_here:
+                    message["headers"] = [*message.get("headers", ()),
+                                          (b"x-request-id", request_id.encode())]
             await send(message)
 
-        request_id = _request_id(scope)
-        bound = bind_contextvars(request_id=request_id) if request_id else {}
+        bound = bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, observing_send)
         finally:
@@ -152,10 +162,15 @@ class AccessLogMiddleware:
             reset_contextvars(**bound)
 
 
+# The gateway's rule for a client's request id (deploy/nginx/gateway.conf.template): anything
+# else, control characters included, never reaches a log line.
+_USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
 def _request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            return str(value[:128].decode("latin-1"))
+            return value.decode() if _USABLE_REQUEST_ID.fullmatch(value) else None
     return None
 
 
