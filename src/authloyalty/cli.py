@@ -479,13 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
+    # Before the checks: their warnings (a data dir others may read) are log lines too.
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log,
+                      service=args.command if args.command in SERVICES else "cli")
     try:
         _preflight(args, settings)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log,
-                      service=args.command if args.command in SERVICES else "cli")
     from authloyalty.platform.errors import DomainError
 
     try:
