@@ -72,7 +72,8 @@ class Run:
                    "--sso-port", str(sso_port), "--loyalty-port", str(loyalty_port),
                    "--grpc-port", str(grpc_port)]
         env = server_env(**self.env)
-        env.pop("NO_COLOR", None)  # colours as a user sees them; the reader strips them
+        if "NO_COLOR" not in self.env:
+            env.pop("NO_COLOR", None)  # colours as a user sees them; the reader strips them
         if self.tty:
             main, child = pty.openpty()
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=child,
@@ -113,10 +114,13 @@ class Run:
         reader.start()
         self._readers.append(reader)
 
+    def raw(self, name: str) -> str:
+        """What was written to ``name`` so far, byte for byte."""
+        return b"".join(self._chunks.get(name, [])).decode(errors="replace")
+
     def text(self, name: str) -> str:
         """What was written to ``name`` so far, as a user reads it (no colours, no CR)."""
-        raw = b"".join(self._chunks.get(name, [])).decode(errors="replace")
-        return ANSI.sub("", raw).replace("\r\n", "\n")
+        return ANSI.sub("", self.raw(name)).replace("\r\n", "\n")
 
     def everything(self) -> str:
         return "\n".join(f"--- {name}\n{self.text(name)}" for name in self._chunks)
@@ -246,6 +250,7 @@ def test_a_terminal_shows_one_readable_line_per_event_naming_its_service(run: Ru
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(run: Run) -> None:
+    run.env = {"NO_COLOR": "1"}
     run.start()
     sso_port = int(run.sso.rsplit(":", 1)[1])
     # A request whose body never finishes: the first Ctrl+C waits for it.
@@ -265,6 +270,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(run: Run) -> None:
 
     terminal = run.text("terminal")
     assert_no_alarm(terminal)
+    assert terminal == run.raw("terminal").replace("\r\n", "\n"), "colours despite NO_COLOR"
     lines = log_lines(terminal)
     assert all(CONSOLE_LINE.match(line) for line in lines), terminal
     waiting = [CONSOLE_LINE.match(line) for line in lines

@@ -142,8 +142,8 @@ def _console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
                                         value_repr=str)
     dim = dev.DIM if colors else ""
     bright = dev.BRIGHT if colors else ""
+    # The columns carry the colours (none without ``colors``).
     return dev.ConsoleRenderer(
-        colors=colors,
         exception_formatter=dev.plain_traceback,  # never locals: they may hold secrets
         columns=[
             dev.Column("timestamp", dev.KeyValueColumnFormatter(
