@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,15 @@ def require_commands(commands: Mapping[str, str]) -> dict[str, str]:
             f"missing commands {missing}: run `make system-deps` (scripts/install-system-deps.sh)"
             f" or `apt-get install {packages}`")
     return {cmd: str(path) for cmd, path in found.items()}
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing): one process at a time
+    fills a shared cache."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,15 +16,13 @@ in-memory storage, OTLP gRPC and HTTP receivers, the query API, and the health e
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from devstack.common import HOST, DevstackError, find_command, tail
+from devstack.common import HOST, DevstackError, file_lock, find_command, tail
 from devstack.kafka_jars import cache_root
 from devstack.nginx import deploy_dir
 
@@ -93,7 +91,7 @@ def ensure_binary(report: bool = False) -> Path:
         return binary
     go = find_go()
     binary.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(binary.parent / ".lock"):
+    with file_lock(binary.parent / ".lock"):
         if _runnable(binary):
             return binary
         if report:
@@ -104,16 +102,6 @@ def ensure_binary(report: bool = False) -> Path:
         if report:
             print(f"Jaeger built in {time.monotonic() - started:.0f} s", flush=True)
     return binary
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _runnable(binary: Path) -> bool:

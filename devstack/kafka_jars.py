@@ -15,17 +15,15 @@ runs as a plain JVM. Environment:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
-from devstack.common import REPO_ROOT, DevstackError, require_commands, tail
+from devstack.common import REPO_ROOT, DevstackError, file_lock, require_commands, tail
 
 CACHE_ENV = "AUTHLOYALTY_CACHE_DIR"
 POM_ENV = "AUTHLOYALTY_KAFKA_POM"
@@ -90,16 +88,6 @@ def find_java() -> str:
     return java
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_classpath(pom: Path | None = None) -> Path:
     """Resolve the broker jars into ``<cache>/kafka-<version>/lib`` (once) and return that dir.
 
@@ -120,7 +108,7 @@ def ensure_classpath(pom: Path | None = None) -> Path:
         return lib
     mvn = require_commands({"mvn": "maven"})["mvn"]
     lib.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(lib.parent / ".lock"):
+    with file_lock(lib.parent / ".lock"):
         if complete():
             return lib
         shutil.rmtree(lib, ignore_errors=True)

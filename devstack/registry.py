@@ -25,9 +25,17 @@ from typing import Self
 
 import httpx
 
-from devstack.common import HOST, DevstackError, free_port, require_commands, tail, tail_file
+from devstack.common import (
+    HOST,
+    DevstackError,
+    file_lock,
+    free_port,
+    require_commands,
+    tail,
+    tail_file,
+)
 from devstack.components import Component
-from devstack.kafka_jars import _file_lock, cache_root, find_java
+from devstack.kafka_jars import cache_root, find_java
 from devstack.supervisor import Supervisor
 
 VERSION = "2.6.13.Final"
@@ -64,7 +72,7 @@ def ensure_registry() -> Path:
     if (home / _MARKER).is_file():
         return home
     home.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(home.parent / f".apicurio-{VERSION}.lock"):
+    with file_lock(home.parent / f".apicurio-{VERSION}.lock"):
         if (home / _MARKER).is_file():
             return home
         tarball = fetch_tarball()

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from devstack.supervisor import Supervisor
+from tests.e2e.full_stack import alive
 
 PASSWORD = "correct horse battery"
 DEPOSIT = 1_000_000  # far more than the load can withdraw, so no withdrawal is refused
@@ -307,16 +308,8 @@ def kill_member(directory: Path, entry: dict[str, Any], timeout: float = 10.0) -
     os.kill(postmaster, signal.SIGKILL)
     give_up = killed + timeout
     while (Supervisor(directory).all_info()[entry["name"]]["statename"] == "RUNNING"
-           or _alive(postmaster)):
+           or alive(postmaster)):
         if time.monotonic() > give_up:
             raise AssertionError(f"{entry['name']} survived SIGKILL")
         time.sleep(0.02)
     return killed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
