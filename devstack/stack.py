@@ -86,9 +86,13 @@ def load_state(directory: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Serialise ``up``, ``restart`` and ``down`` on one directory."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _locked(directory: Path, *, create: bool = False) -> Iterator[None]:
+    """Serialise ``up``, ``restart``, ``stop``, ``start`` and ``down`` on one directory; only
+    ``up`` (``create``) makes the directory, the others refuse one that holds no stack."""
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    elif load_state(directory) is None:
+        raise DevstackError(f"no stack in {directory}")
     with (directory / ".stack.lock").open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,7 +169,7 @@ def up(opts: Options) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
-    with _locked(directory):
+    with _locked(directory, create=True):
         topology: Topology | None = None
         try:
             topology = _prepare(opts, step)
