@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.e2e_helpers import AUTHLOYALTY, PASSWORD, Server, free_port, run_cli, server_env
+from devstack.common import free_port
+from tests.e2e.e2e_helpers import AUTHLOYALTY, PASSWORD, Server, run_cli, server_env
 
 pytestmark = pytest.mark.e2e
 
