@@ -113,12 +113,13 @@ def read_only_dir() -> Iterator[Path]:
 
 
 def _as_unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the command as ``nobody`` when we are root (root may write anywhere)."""
+    """Run the command without root's power to ignore file permissions when we are root (the
+    same user, so a checkout only root may read, e.g. under /root, still runs)."""
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
-        assert setpriv, "setpriv (util-linux) is needed to drop root"
-        prefix = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        assert setpriv, "setpriv (util-linux) is needed to drop root's file capabilities"
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
     return subprocess.run([*prefix, AUTHLOYALTY, *args], capture_output=True, text=True,
                           timeout=60, env=server_env(), check=False)
 
