@@ -53,6 +53,7 @@ from authloyalty.platform.kafka import (
 )
 from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder
 from authloyalty.platform.kafka_reader import KafkaTopicReader
+from authloyalty.platform.loop_lag import LOOP_LAG_INTERVAL_SECONDS, watch_loop_lag
 from authloyalty.platform.migrations import ensure_current, upgrade
 from authloyalty.platform.outbox import OutboxRelay
 from authloyalty.platform.settings import ConfigError
@@ -297,6 +298,7 @@ class EmbeddedSystem:
     loyalty: LoyaltyContainer
     bus: InProcessBus
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loop_lag_interval: float = LOOP_LAG_INTERVAL_SECONDS
 
     async def migrate(self) -> None:
         """Apply both services' migrations."""
@@ -319,6 +321,9 @@ class EmbeddedSystem:
                                        self._maintenance, "maintenance")),
             asyncio.create_task(_every(self.settings.sso.keys_reload_seconds,
                                        self._reload_keys, "keys")),
+            # One loop serves both services: its lag is each one's.
+            asyncio.create_task(watch_loop_lag(("sso", "loyalty"), self.loop_lag_interval),
+                                name="loop-lag"),
         ]
 
     async def _reload_keys(self) -> None:
@@ -405,6 +410,7 @@ class SsoProcess:
             MAINTENANCE_INTERVAL_SECONDS, self.sso.service.purge_login_failures, "purge")))
         self.tasks.append(asyncio.create_task(_every(
             self.settings.sso.keys_reload_seconds, self._reload_keys, "keys")))
+        self.tasks.append(asyncio.create_task(watch_loop_lag(("sso",)), name="loop-lag"))
 
     async def _reload_keys(self) -> None:
         await reload_keys(self.sso.keys)
@@ -447,6 +453,7 @@ class LoyaltyProcess:
         self.tasks.append(asyncio.create_task(self.jwks.refresh_forever()))
         self.tasks.append(asyncio.create_task(_every(
             MAINTENANCE_INTERVAL_SECONDS, self._maintenance, "maintenance")))
+        self.tasks.append(asyncio.create_task(watch_loop_lag(("loyalty",)), name="loop-lag"))
 
     async def _maintenance(self) -> None:
         await self.loyalty.service.purge_idempotency_keys()

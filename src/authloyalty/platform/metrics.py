@@ -13,6 +13,13 @@ HTTP_LATENCY = Histogram(
     ["service", "method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+EVENT_LOOP_LAG = Histogram(
+    "authloyalty_event_loop_lag_seconds",
+    "How late the event loop woke a task sleeping a fixed interval: how long every request "
+    "in flight waited for the loop then (see platform.loop_lag)",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 REGISTRATIONS = Counter("authloyalty_registrations_total", "Users registered")
 LOGINS = Counter("authloyalty_logins_total", "Login attempts by outcome", ["outcome"])
 LOGIN_OUTCOMES = ("success", "invalid_credentials", "throttled")
