@@ -5,7 +5,8 @@
 Builds loyalty's app from the source tree ``SRC`` (default: this checkout's ``src``) with its
 use cases and token check stubbed (a withdrawal answers at once, every token is a known
 caller), then calls it directly as an ASGI app: middlewares, routing, resolution, validation,
-the endpoint and rendering, nothing else. ``--standard`` sends every request through FastAPI's
+the endpoint and rendering, nothing else; the original's routes (``GET /loyalty/{uuid}``,
+``POST /loyalty``) beside the two they equal. ``--standard`` sends every request through FastAPI's
 own resolution (``platform.http.fast.standard_resolution``) to price the fast routes. Reports
 the median and the minimum over the runs, in µs of process CPU per request: steadier than
 ``bench/ab.py`` (no database, no batching) for changes of a few µs at the edge.
@@ -25,6 +26,7 @@ from typing import Any
 from uuid import uuid4
 
 BODY = b'{"amount":30,"comment":"coffee"}'
+SEED_BODY = b'{"operation":"w","balance":30,"comment":"coffee"}'
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
@@ -39,8 +41,9 @@ def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
             "client": ("127.0.0.1", 1), "server": ("loyalty", 80)}
 
 
-def build(standard: bool) -> Any:
-    """loyalty's app over stubs, from whichever tree is first on ``sys.path``."""
+def build(standard: bool) -> tuple[Any, Any]:
+    """loyalty's app over stubs, from whichever tree is first on ``sys.path``, and the id of
+    the caller every token stands for."""
     from authloyalty.loyalty import http as loyalty_http
     from authloyalty.loyalty.domain import Account, LedgerEntry, Principal
     from authloyalty.platform.http import create_app
@@ -68,8 +71,8 @@ def build(standard: bool) -> Any:
     loyalty_http.install(app)
     if standard:
         from authloyalty.platform.http.fast import standard_resolution
-        return standard_resolution(app)
-    return app
+        return standard_resolution(app), user.user_id
+    return app, user.user_id
 
 
 async def _request(app: Any, method: str, path: str, body: bytes) -> int:
@@ -101,10 +104,13 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, args.src)
-    app = build(args.standard)
+    app, user_id = build(args.standard)
     for name, method, path, body, expected in (
             ("balance", "GET", "/loyalty/me", b"", 200),
-            ("withdrawal", "POST", "/loyalty/me/withdrawals", BODY, 201)):
+            ("withdrawal", "POST", "/loyalty/me/withdrawals", BODY, 201),
+            # The original's routes: the same use cases as the two above.
+            ("balance (original)", "GET", f"/loyalty/{user_id}", b"", 200),
+            ("withdrawal (original)", "POST", "/loyalty", SEED_BODY, 200)):
         assert await _request(app, method, path, body) == expected
         runs = []
         for _ in range(args.runs):
@@ -112,7 +118,7 @@ async def main() -> int:
             for _ in range(args.requests):
                 await _request(app, method, path, body)
             runs.append((time.process_time() - started) / args.requests * 1e6)
-        print(f"{name:<10} median {statistics.median(runs):5.1f} µs  min {min(runs):5.1f} µs",
+        print(f"{name:<22} median {statistics.median(runs):5.1f} µs  min {min(runs):5.1f} µs",
               flush=True)
     return 0
 

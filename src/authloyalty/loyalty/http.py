@@ -108,7 +108,7 @@ def _router(route_class: type[APIRoute] = APIRoute) -> APIRouter:
 
 
 router = _router()
-# The two hottest routes skip FastAPI's per-request dependency resolution; everything else
+# The hottest routes skip FastAPI's per-request dependency resolution; everything else
 # about them (documentation, validation, answers) comes from their declaration, as for the
 # others (platform.http.fast). Included first: /me must match before /{uuid}.
 hot_router = _router(FastRoute)
@@ -127,6 +127,36 @@ async def my_withdrawal(body: MovementIn, user: CurrentUser, service: Service,
                         key: IdempotencyKey = None) -> MovementOut | Response:
     """Spend your points."""
     return await _move(service, user, user.user_id, "withdrawal", body, key, "me/withdrawal")
+
+
+# The original's routes take the same fast path as the two above: existing clients of the
+# original call them as often as new clients call /me. Declared after /me, which must match
+# first.
+_SEED_KINDS: dict[Literal["w", "d"], Kind] = {"w": "withdrawal", "d": "deposit"}
+
+
+@hot_router.post("", response_model=BalanceOut,
+                 summary="Withdraw or deposit (original API)",
+                 responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
+async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Service,
+                         key: IdempotencyKey = None) -> BalanceOut | Response:
+    """The original API: admins act on ``uuid``; users withdraw from their own account."""
+    if user.is_admin and body.uuid is None:
+        raise ValidationFailed("uuid: required for admin operations")
+    account_id = body.uuid or user.user_id
+    op = Operation(actor=user, account_id=account_id, kind=_SEED_KINDS[body.operation],
+                   amount=body.balance, comment=body.comment)
+    idem = (Idempotency.of(key, "seed", account_id, body.model_dump(mode="json"))
+            if key else None)
+    return _seed_out(await service.operate(op, idem))
+
+
+@hot_router.get("/{uuid}", response_model=BalanceOut,
+                summary="Account balance (original API)", responses=errors(401, 403, 404, 422, 503))
+async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> BalanceOut:
+    """The original API: an account's balance, for its owner or an admin."""
+    account = await service.balance(user, uuid)
+    return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
 @router.get("/me/transactions", response_model=HistoryOut,
@@ -178,32 +208,6 @@ async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: L
     """Any account's history, newest first."""
     page = await service.history(admin, uuid, limit, cursor)
     return _history(page.items, page.next_cursor)
-
-
-_SEED_KINDS: dict[Literal["w", "d"], Kind] = {"w": "withdrawal", "d": "deposit"}
-
-
-@router.post("", response_model=BalanceOut, summary="Withdraw or deposit (original API)",
-             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
-async def seed_operation(body: SeedOperationIn, user: CurrentUser, service: Service,
-                         key: IdempotencyKey = None) -> BalanceOut | Response:
-    """The original API: admins act on ``uuid``; users withdraw from their own account."""
-    if user.is_admin and body.uuid is None:
-        raise ValidationFailed("uuid: required for admin operations")
-    account_id = body.uuid or user.user_id
-    op = Operation(actor=user, account_id=account_id, kind=_SEED_KINDS[body.operation],
-                   amount=body.balance, comment=body.comment)
-    idem = (Idempotency.of(key, "seed", account_id, body.model_dump(mode="json"))
-            if key else None)
-    return _seed_out(await service.operate(op, idem))
-
-
-@router.get("/{uuid}", response_model=BalanceOut, summary="Account balance (original API)",
-            responses=errors(401, 403, 404, 422, 503))
-async def seed_balance(uuid: UUID, user: CurrentUser, service: Service) -> BalanceOut:
-    """The original API: an account's balance, for its owner or an admin."""
-    account = await service.balance(user, uuid)
-    return BalanceOut(uuid=str(account.user_id), balance=account.balance)
 
 
 def install(app: FastAPI) -> None:
