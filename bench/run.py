@@ -11,6 +11,8 @@ scenario next to its ceiling, in the same run on the same machine:
 scenario            load                                    ceiling
 ==================  ======================================  ===================================
 balance             wrk: GET /loyalty/me, random users      bare GET /loyalty/healthz (+pgbench)
+ceiling_bare_       wrk: bare GET /loyalty/healthz          Go net/http answering the same JSON
+  loyalty                                                     (bench/go_ceiling.go)
 withdrawal          wrk: POST /loyalty/me/withdrawals       pgbench: the withdrawal's SQL
 seed_withdrawal     wrk: POST /loyalty {operation: "w"}     pgbench: the withdrawal's SQL
 refresh             wrk: POST /auth/refresh (chained)       bare GET /auth/healthz
@@ -44,9 +46,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
-from benchlib import coalescing, drivers, loadgen, report, sqlcheck, tokencost
+from benchlib import coalescing, drivers, goceiling, loadgen, report, sqlcheck, tokencost
 from benchlib import seed as seeding
-from benchlib.cpu import NCPU, CpuWindow, machine_times, pid_group, postgres_group
+from benchlib.cpu import NCPU, CpuWindow, Group, machine_times, pid_group, postgres_group
 from benchlib.deploy import Deployment, deploy
 from benchlib.stack import PASSWORD, log
 
@@ -113,13 +115,14 @@ class Runner:
     def stack(self) -> Any:
         return self.dep.stack
 
-    def window(self) -> CpuWindow:
+    def window(self, *extra: Group) -> CpuWindow:
         stack = self.stack
         return CpuWindow([
             pid_group("sso", lambda: stack.pids("sso")),
             pid_group("loyalty", lambda: stack.pids("loyalty")),
             postgres_group(stack.postmaster_pid),
             pid_group("kafka", stack.kafka_pids),
+            *extra,
         ])
 
     def settle(self) -> None:
@@ -165,13 +168,18 @@ class Runner:
 
     def wrk(self, name: str, title: str, kind: str, script: str, url: str, ok: set[int],
             env: dict[str, str], connections: int | None = None,
-            before_measure: Callable[[], None] | None = None, **extra: Any) -> None:
+            before_measure: Callable[[], None] | None = None,
+            server: tuple[int, Group] | None = None, **extra: Any) -> None:
+        """Measure ``url`` with wrk; ``server``: a server outside the stack, its port and
+        process group, instead of the stack's processes of the service."""
         if not self.wanted(name):
             return
         self.settle()
         conns = connections or self.opts.connections
         # Several processes of the service: one wrk thread (at least) per process.
         ports = self.stack.sso_ports if "/auth/" in url else self.stack.loyalty_ports
+        if server is not None:
+            ports = [server[0]]
         threads = max(self.opts.wrk_threads, len(ports))
         env = {**env, "BENCH_PORTS": ",".join(map(str, ports)) if len(ports) > 1 else ""}
         self.stack.checkpoint()
@@ -180,9 +188,9 @@ class Runner:
                             threads=threads, env=env, cpus=self.opts.wrk_cpus)
         if before_measure is not None:
             before_measure()
-        served_by = self.stack.loyalty_urls if "/loyalty" in url else []
+        served_by = self.stack.loyalty_urls if "/loyalty" in url and server is None else []
         batches_before = coalescing.snapshot(served_by)
-        window = self.window().start()
+        window = self.window(*([server[1]] if server else [])).start()
         raw = loadgen.run_wrk(script, url, duration=self.opts.mode.duration, connections=conns,
                               threads=threads, env=env, cpus=self.opts.wrk_cpus)
         window.stop()
@@ -196,6 +204,17 @@ class Runner:
                 "request": f"{extra.pop('method', 'GET')} {path}",
                 "connections": conns, "threads": threads, "processes": len(ports), **extra}
         self.record(base, result, window, "wrk")
+
+    def go_ceiling(self) -> None:
+        """Go's net/http answering the bare endpoint's JSON (bench/go_ceiling.go), measured
+        like the bare endpoint right after it: the HTTP stack's ceiling."""
+        name = "ceiling_go_http"
+        if not self.wanted(name):
+            return
+        with goceiling.serving() as go:
+            self.wrk(name, "Go net/http answering the same health JSON (no framework)",
+                     "ceiling", "bare", go.url, {200}, {},
+                     server=(go.port, pid_group("go", lambda: [go.pid])))
 
     def prime_tokens(self, url: str, env: dict[str, str]) -> None:
         """Every loyalty process sees every seeded access token once (``lua/prime.lua``)
@@ -293,6 +312,7 @@ class Runner:
 
         self.wrk("ceiling_bare_loyalty", "Bare GET /loyalty/healthz (same stack, no auth, no DB)",
                  "ceiling", "bare", f"{loyalty}/loyalty/healthz", {200}, {})
+        self.go_ceiling()
         self.pgbench("ceiling_pg_balance", "pgbench: SQL of the balance read", "balance")
         self.prime_tokens(f"{loyalty}/loyalty/me", users)
         self.wrk("balance", "Authenticated balance read", "scenario", "balance",

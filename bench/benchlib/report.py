@@ -14,6 +14,7 @@ CEILINGS: dict[str, list[str]] = {
     "seed_withdrawal": ["ceiling_pg_withdrawal"],
     "refresh": ["ceiling_bare_sso"],
     "login": ["ceiling_argon2"],
+    "ceiling_bare_loyalty": ["ceiling_go_http"],
 }
 LOGOUT_DEADLINE_MS = 1000.0  # SPEC §3.1: refused by sso and loyalty within 1 s
 LOGINS_PER_CORE = 30.0
@@ -68,6 +69,16 @@ def finish(document: dict[str, Any]) -> None:
            records.get("withdrawal", {}).get("ratio"), 0.5, unit="x")
     target("balance_vs_bare", "balance read ≥ 0.5 x bare endpoint of the same stack",
            records.get("balance", {}).get("ratio"), 0.5, unit="x")
+    bare, go = records.get("ceiling_bare_loyalty"), records.get("ceiling_go_http")
+    target("bare_vs_go", "bare endpoint ≥ 0.5 x Go net/http answering the same JSON",
+           bare.get("ratio") if bare else None, 0.5, unit="x")
+    if bare and go:
+        bare_cpu = bare["cpu"]["cpu_seconds"].get("loyalty") or 0.0
+        go_cpu = go["cpu"]["cpu_seconds"].get("go") or 0.0
+        if bare_cpu and go_cpu:
+            # Requests per CPU-second of the server: what the stack costs, whatever the load.
+            bare["ratio_per_cpu_second"] = round(
+                (bare["requests"] / bare_cpu) / (go["requests"] / go_cpu), 3)
     target("logins_per_core",
            f"≥ {LOGINS_PER_CORE:g} password logins/s per core ({cpus} cores)",
            login.get("logins_per_core") if login else None, LOGINS_PER_CORE, unit="/s/core")
@@ -278,8 +289,13 @@ def markdown(document: dict[str, Any]) -> str:
             f"{_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | "
             f"{_fmt(lat.get('max'))} | {_fmt(rec['errors'])} | "
             f"{_fmt(rec.get('generator_cpu_pct'))} % | {_other(rec)} |")
-    groups = ["wrk", "pgbench", "argon2", "bench-driver", "sso", "loyalty", "postgres", "kafka",
-              "other"]
+    bare = next((r for r in records if r["name"] == "ceiling_bare_loyalty"), None)
+    if bare and bare.get("ratio") is not None:
+        lines += ["", f"Bare endpoint ÷ Go net/http: {_fmt(bare['ratio'], 3)} x the "
+                  f"throughput, {_fmt(bare.get('ratio_per_cpu_second'), 3)} x the requests per "
+                  "CPU-second of the server process(es)."]
+    groups = ["wrk", "pgbench", "argon2", "bench-driver", "sso", "loyalty", "go", "postgres",
+              "kafka", "other"]
     lines += [
         "",
         "## Where the CPU went",
