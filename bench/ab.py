@@ -1,6 +1,7 @@
 """A quick A/B of loyalty's hot routes: two source trees, one PostgreSQL, alternating rounds.
 
     python bench/ab.py --tree before=/tmp/old/src --tree after=src [--rounds 3] [--duration 8]
+                       [--routes balance,withdrawal,seed_balance,seed_withdrawal]
 
 Each tree runs ``authloyalty up`` (embedded mode, coalescing on) on a database of its own in one
 throwaway PostgreSQL; 50 registered users get 10^6 points each; then, round after round and
@@ -35,7 +36,9 @@ sys.path.insert(0, str(REPO))  # devstack/ (not installed)
 from devstack.common import free_port  # noqa: E402
 
 LUA_DIR = REPO / "bench" / "lua"
-ROUTES = {"balance": "/loyalty/me", "withdrawal": "/loyalty/me/withdrawals"}
+# The scripts of bench/lua this can run: /me routes, and the original's twins of them.
+ROUTES = {"balance": "GET /loyalty/me", "withdrawal": "POST /loyalty/me/withdrawals",
+          "seed_balance": "GET /loyalty/{uuid}", "seed_withdrawal": "POST /loyalty"}
 PASSWORD = "bench password 123"
 
 
@@ -135,7 +138,12 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--routes", default="balance,withdrawal",
+                        help=f"comma-separated, of: {', '.join(ROUTES)}")
     args = parser.parse_args()
+    routes = args.routes.split(",")
+    if unknown := set(routes) - set(ROUTES):
+        parser.error(f"unknown routes: {', '.join(sorted(unknown))}")
     sys.path.insert(0, str(REPO / "src"))
     from devstack.postgres import PostgresCluster, scratch_dir
 
@@ -154,16 +162,16 @@ def main() -> int:
             service.seed(args.users, work / f"{service.name}.users")
         for round_no in range(args.rounds):
             for service in services:
-                for route in ROUTES:
+                for route in routes:
                     result = run_wrk(service, route, work / f"{service.name}.users",
                                      args.duration, args.connections)
                     results.setdefault((service.name, route), []).append(result)
-                    print(f"round {round_no + 1} {service.name:>8} {route:<10} "
+                    print(f"round {round_no + 1} {service.name:>8} {route:<15} "
                           f"{result['rps']:8.0f} req/s {result['cpu_us']:7.0f} µs CPU/req "
                           f"errors {result['errors']}", flush=True)
         print("\nmedian over rounds:")
         for (name, route), runs in results.items():
-            print(f"{name:>8} {route:<10} "
+            print(f"{name:>8} {route:<15} "
                   f"{statistics.median(r['rps'] for r in runs):8.0f} req/s "
                   f"{statistics.median(r['cpu_us'] for r in runs):7.0f} µs CPU/req "
                   f"(rps range {min(r['rps'] for r in runs):.0f}-"
