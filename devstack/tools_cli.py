@@ -156,12 +156,17 @@ def _registry(args: argparse.Namespace) -> int:
     if args.dir is None:
         raise SystemExit("--dir is required")
     port_file = args.dir.absolute() / "registry-port"
-    if args.action == "stop":
-        if port_file.is_file():
-            Registry(args.dir, int(port_file.read_text())).close()
+    saved = int(port_file.read_text()) if port_file.is_file() else None
+    if args.action == "stop":  # its supervisord, whether or not it ever became ready
+        Registry(args.dir, saved).close()
         return 0
-    port = args.port or (int(port_file.read_text()) if port_file.is_file() else None)
-    registry = Registry(args.dir, port).start()  # supervisord keeps it running after we exit
-    port_file.write_text(f"{registry.port}\n")
+    registry = Registry(args.dir, args.port or saved)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    port_file.write_text(f"{registry.port}\n")  # before starting: `stop` must find it
+    try:
+        registry.start()  # supervisord keeps it running after we exit
+    except BaseException:
+        registry.close()
+        raise
     print(registry.ccompat_url)
     return 0

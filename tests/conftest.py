@@ -96,8 +96,8 @@ def schema_registry() -> Iterator[Registry]:
     topics, hence subjects (``<topic>-value``), are its own."""
     base = scratch_dir("authloyalty-test-registry-")
     registry = Registry(base)
-    registry.start()
     try:
+        registry.start()
         yield registry
     finally:
         registry.close()
@@ -136,7 +136,7 @@ def default_ports_held() -> Iterator[list[int]]:
 # Markers per infrastructure, from the fixtures a test uses (directly or through others), so
 # `pytest -m "not kafka and not stack"` is the fast loop without anyone marking tests by hand.
 _INFRASTRUCTURE = {
-    "postgres": {"pg_cluster"},
+    "postgres": {"pg_cluster", "own_cluster"},
     "kafka": {"kafka_broker", "kafka_cluster", "broker", "schema_registry"},
     "stack": {"full_stack"},
 }

@@ -65,6 +65,7 @@ def test_status_json_summarises_the_endpoints_of_the_default_topology(
     # Every URL answers: each sso and loyalty replica, and Prometheus.
     for url in [*endpoints["sso"], *endpoints["loyalty"]]:
         assert httpx.get(f"{url}/metrics", timeout=5.0).status_code == 200, url
+    assert len(endpoints["patroni"]) == 3, endpoints["patroni"]
     for member, url in endpoints["patroni"].items():
         assert httpx.get(f"{url}/metrics", timeout=5.0).status_code == 200, member
 

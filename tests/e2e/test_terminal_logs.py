@@ -295,8 +295,8 @@ def json_lines(text: str) -> list[dict[str, object]]:
 
 def test_without_a_terminal_every_log_line_is_json(tmp_path: Path) -> None:
     run = Run(tmp_path / "data", tty=False)
-    run.start()
     try:
+        run.start()
         user_id, calls = use_the_api(run)
         time.sleep(0.3)
         run.signal(signal.SIGTERM)  # as a supervisor stops it
