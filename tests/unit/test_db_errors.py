@@ -147,3 +147,22 @@ def test_server_lost_tells_a_gone_or_demoted_server_from_a_refused_statement(
     translated = translate_pg(exc)
     translated.__cause__ = exc
     assert server_lost(translated) is lost
+
+
+@pytest.mark.parametrize("message", [
+    "the server expects 2 arguments for this query, 1 was passed",
+    "cannot perform operation: another operation is in progress",
+    "cannot call Connection.fetch(): connection has been released back to the pool",
+])
+def test_misusing_the_driver_is_a_bug_not_an_outage(message: str) -> None:
+    # asyncpg says so with an InterfaceError; it must stay a 500 and keep the pool's connections.
+    exc = asyncpg.InterfaceError(message)
+    assert translate_pg(exc) is exc
+    assert not server_lost(exc)
+
+
+@pytest.mark.parametrize("message", ["connection is closed", "pool is closed"])
+def test_a_closed_connection_or_pool_is_unavailable(message: str) -> None:
+    exc = asyncpg.InterfaceError(message)
+    assert isinstance(translate_pg(exc), DatabaseUnavailable)
+    assert isinstance(translate_sa(wrapped_by_sqlalchemy(exc)), DatabaseUnavailable)

@@ -61,11 +61,21 @@ _UNAVAILABLE_CODES = frozenset({"25006", "25P03"})
 # Of those, the ones that say the server itself went away or is not the leader any more.
 _SERVER_LOST_CODES = frozenset({"57P01", "57P02", "57P03", "25006"})
 
-# Failures raised by the client side, with no SQLSTATE: the socket, the protocol, a
-# connection asyncpg already knows to be closed, no host matching target_session_attrs
-# (TargetServerAttributeNotMatched is an InternalClientError).
+# Failures raised by the client side, with no SQLSTATE: the socket, the protocol, no host
+# matching target_session_attrs (TargetServerAttributeNotMatched is an InternalClientError).
 _CLIENT_SIDE: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    OSError, TimeoutError, asyncpg.InternalClientError)
+# asyncpg's InterfaceError is mostly our own misuse (wrong argument count, a connection used
+# after release, two operations at once): only these say the connection or pool is gone.
+_GONE_MESSAGES = ("connection is closed", "pool is closed", "pool is closing")
+
+
+def _client_side(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a client-side failure of the connection, not of the statement."""
+    if isinstance(exc, _CLIENT_SIDE):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and any(
+        m in str(exc) for m in _GONE_MESSAGES)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -91,7 +101,7 @@ def server_lost(exc: BaseException) -> bool:
     if code is not None:
         return code[:2] == "08" or code in _SERVER_LOST_CODES
     orig = getattr(cause, "orig", None)
-    return isinstance(cause, _CLIENT_SIDE) or isinstance(orig, _CLIENT_SIDE) or (
+    return _client_side(cause) or _client_side(orig) or (
         isinstance(cause, DBAPIError) and cause.connection_invalidated)
 
 
@@ -101,7 +111,7 @@ def translate_pg(exc: BaseException) -> BaseException:
         return IntegrityViolation(str(exc))
     if isinstance(exc, asyncpg.DataError):
         return InvalidValue()
-    if isinstance(exc, _CLIENT_SIDE) or _unavailable_state(sqlstate_of(exc)):
+    if _client_side(exc) or _unavailable_state(sqlstate_of(exc)):
         return DatabaseUnavailable()
     return exc
 
@@ -118,7 +128,7 @@ def translate_sa(exc: BaseException) -> BaseException:
     if _unavailable_state(code) or isinstance(
             exc, OperationalError | InterfaceError | OSError | TimeoutError) or (
             isinstance(exc, DBAPIError) and (
-                exc.connection_invalidated or isinstance(exc.orig, _CLIENT_SIDE)
-                or isinstance(exc.orig.__cause__ if exc.orig else None, _CLIENT_SIDE))):
+                exc.connection_invalidated or _client_side(exc.orig)
+                or _client_side(exc.orig.__cause__ if exc.orig else None))):
         return DatabaseUnavailable()
     return exc
