@@ -79,7 +79,7 @@ class FakeSessions:
             return False
         self._s.sessions[session_id] = replace(
             session, refresh_token_id=successor, previous_refresh_token_id=presented,
-            rotated_at=now)
+            rotated_at=now, last_used_at=now)
         return True
 
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
@@ -91,8 +91,9 @@ class FakeSessions:
 
 
     async def active_for_user(self, user_id: UUID) -> list[Session]:
-        return [copy.copy(s) for s in self._s.sessions.values()
-                if s.user_id == user_id and s.active]
+        found = [copy.copy(s) for s in self._s.sessions.values()
+                 if s.user_id == user_id and s.active]
+        return sorted(found, key=lambda s: (s.created_at, s.id), reverse=True)
 
 
 class FakeLoginFailures:

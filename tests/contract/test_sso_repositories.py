@@ -78,6 +78,28 @@ async def test_session_rotation_is_compare_and_set(sso_uow: Callable[[], Any]) -
     assert ended.revoke_reason == "logout"
 
 
+async def test_sessions_keep_their_origin_and_list_newest_first(
+        sso_uow: Callable[[], Any]) -> None:
+    user = new_user("origin@example.com")
+    older = Session(id=uuid4(), user_id=user.id, created_at=NOW, refresh_token_id=uuid4(),
+                    user_agent="curl/8.5", ip="203.0.113.7", last_used_at=NOW)
+    newer = Session(id=uuid4(), user_id=user.id, created_at=NOW + timedelta(seconds=1),
+                    refresh_token_id=uuid4())
+    later = NOW + timedelta(minutes=5)
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+        await uow.sessions.add(older)
+        await uow.sessions.add(newer)
+        assert await uow.sessions.rotate(older.id, older.refresh_token_id, uuid4(), later)
+        await uow.commit()
+    async with sso_uow() as uow:
+        listed = await uow.sessions.active_for_user(user.id)
+    assert [s.id for s in listed] == [newer.id, older.id]
+    assert (listed[1].user_agent, listed[1].ip, listed[1].last_used_at) == (
+        "curl/8.5", "203.0.113.7", later)
+    assert (listed[0].user_agent, listed[0].ip, listed[0].last_used_at) == (None, None, None)
+
+
 async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:
     async with sso_uow() as uow:
         for minutes in (1, 2, 20):

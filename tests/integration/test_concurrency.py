@@ -91,6 +91,6 @@ async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:
 
     await system.migrate()
     assert await current_revision("sso", system.sso.engine) == head_revision("sso") \
-        == "sso_0002"
+        == "sso_0003"
     assert await current_revision("loyalty", system.loyalty.engine) \
         == head_revision("loyalty") == "loyalty_0002"

@@ -17,9 +17,15 @@ from authloyalty.platform.tokens import (
     TokenVerifier,
     generate_private_key,
 )
-from authloyalty.sso.domain import InvalidCredentials, TokenReused, TooManyAttempts, UserExists
+from authloyalty.sso.domain import (
+    InvalidCredentials,
+    SessionNotFound,
+    TokenReused,
+    TooManyAttempts,
+    UserExists,
+)
 from authloyalty.sso.passwords import PasswordHasher
-from authloyalty.sso.service import AuthService, Registration
+from authloyalty.sso.service import AuthService, Origin, Registration
 from authloyalty.sso.settings import SsoSettings, ThrottleSettings
 from tests.conftest import FAST_ARGON2
 from tests.fakes import FakeSsoStore
@@ -250,3 +256,57 @@ async def test_admin_revokes_every_session_of_a_user(
                if isinstance(e.event, SessionRevoked)]
     assert reasons == ["admin", "admin"]
     assert await service.revoke_user_sessions("m@example.com") == 0
+
+
+async def test_password_change_ends_every_session_in_the_commit_that_opens_the_new_one(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    first = await service.register(Registration("pw@example.com", "long enough"))
+    second = await service.login("pw@example.com", "long enough", "x", "Agent/1")
+    changed = await service.change_password(first.tokens.access_token, "long enough",
+                                            "another long one", Origin("y", "Agent/2"))
+    for old in (first, second):
+        with pytest.raises(InvalidToken):
+            await service.authenticate(old.tokens.access_token)
+    revoked = [e.event for e in store.state.outbox if isinstance(e.event, SessionRevoked)]
+    assert sorted(e.reason for e in revoked) == ["password_changed"] * 2
+    claims = await service.authenticate(changed.tokens.access_token)
+    listed = await service.sessions(changed.tokens.access_token)
+    assert [(s.id, s.ip, s.user_agent) for s in listed.sessions] == [
+        (claims.session_id, "y", "Agent/2")]
+    with pytest.raises(InvalidCredentials):
+        await service.login("pw@example.com", "long enough", "x")
+    await service.login("pw@example.com", "another long one", "x")
+
+
+async def test_password_change_refused_writes_nothing_but_the_failure(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    issued = await service.register(Registration("pw2@example.com", "long enough"))
+    hash_before = store.state.users[issued.user_id].password_hash
+    with pytest.raises(InvalidCredentials):
+        await service.change_password(issued.tokens.access_token, "wrong one",
+                                      "another long one", Origin("x"))
+    with pytest.raises(ValidationFailed, match="new_password"):
+        await service.change_password(issued.tokens.access_token, "long enough", "short",
+                                      Origin("x"))
+    assert store.state.users[issued.user_id].password_hash == hash_before
+    assert len(store.state.failures) == 1
+    assert not [e for e in store.state.outbox if isinstance(e.event, SessionRevoked)]
+    await service.authenticate(issued.tokens.access_token)
+
+
+async def test_ending_sessions_touches_only_the_callers_own(
+    service: AuthService, store: FakeSsoStore
+) -> None:
+    mine = await service.register(Registration("own@example.com", "long enough"))
+    other_mine = await service.login("own@example.com", "long enough", "x")
+    theirs = await service.register(Registration("their@example.com", "long enough"))
+    their_session = (await service.authenticate(theirs.tokens.access_token)).session_id
+    with pytest.raises(SessionNotFound):
+        await service.end_session(mine.tokens.access_token, their_session)
+    assert await service.end_other_sessions(mine.tokens.access_token) == 1
+    with pytest.raises(InvalidToken):
+        await service.authenticate(other_mine.tokens.access_token)
+    await service.authenticate(mine.tokens.access_token)
+    await service.authenticate(theirs.tokens.access_token)

@@ -87,7 +87,7 @@ ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON",
     401: "No access token, or one that is invalid, expired or of an ended session",
     403: "The token is valid but its user may not do this",
-    404: "No such account or user",
+    404: "No such account, user or session",
     409: "A conflict: the email is taken, too few points, or the Idempotency-Key was used "
          "for another request",
     413: "The body is larger than the limit",

@@ -68,6 +68,11 @@ class Session:
     rotated_at: datetime | None = None
     revoked_at: datetime | None = None
     revoke_reason: str | None = None
+    # Where the session was opened (for the user's list of sessions) and when it was last
+    # refreshed or opened: access-token use does not count (it would cost a write a request).
+    user_agent: str | None = None
+    ip: str | None = None
+    last_used_at: datetime | None = None
 
     @property
     def active(self) -> bool:
@@ -115,6 +120,14 @@ class TooManyAttempts(SsoError):
         self.retry_after = max(1, retry_after)
 
 
+class SessionNotFound(SsoError):
+    """No active session with that id among the caller's."""
+
+    kind = ErrorKind.NOT_FOUND
+    code = "session_not_found"
+    default_message = "session not found"
+
+
 class UserNotFound(SsoError):
     """No user with that id."""
 
@@ -150,7 +163,7 @@ class Sessions(Protocol):
         """End the session; False if it was already ended or does not exist."""
 
     async def active_for_user(self, user_id: UUID) -> list[Session]:
-        """The user's sessions that have not ended."""
+        """The user's sessions that have not ended, newest first."""
 
 
 class LoginFailures(Protocol):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -12,8 +14,19 @@ from authloyalty.platform.http.auth import BearerToken
 from authloyalty.platform.http.health import health_router
 from authloyalty.platform.http.responses import json_response, private_success, success
 from authloyalty.platform.schemas import BODY_ERRORS, StatusOut, errors
-from authloyalty.sso.schemas import LoginIn, RegisterIn, TokenIn, TokensOut, UserInfoOut
-from authloyalty.sso.service import AuthService, IssuedTokens, Registration
+from authloyalty.sso.domain import Session
+from authloyalty.sso.schemas import (
+    EndedOut,
+    LoginIn,
+    PasswordChangedOut,
+    PasswordChangeIn,
+    RegisterIn,
+    SessionsOut,
+    TokenIn,
+    TokensOut,
+    UserInfoOut,
+)
+from authloyalty.sso.service import AuthService, IssuedTokens, Origin, Registration
 
 AccessToken = Annotated[str, Depends(BearerToken())]
 
@@ -50,16 +63,31 @@ def _is_trusted(peer: str, trusted: list[str]) -> bool:
     return any(address in ip_network(net, strict=False) for net in trusted)
 
 
+def origin(request: Request) -> Origin:
+    """Where a session-opening request came from: its client address and User-Agent."""
+    return Origin(client_address(request), request.headers.get("User-Agent") or None)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _session_item(session: Session, current: UUID) -> dict[str, Any]:
+    return {"id": str(session.id), "created_at": _iso(session.created_at),
+            "last_used_at": _iso(session.last_used_at), "user_agent": session.user_agent,
+            "ip": session.ip, "current": session.id == current}
+
+
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 @router.post("/registration", status_code=201, response_model=TokensOut,
              responses=errors(*BODY_ERRORS, 409, 503))
-async def register(body: RegisterIn, service: Service) -> Response:
+async def register(body: RegisterIn, request: Request, service: Service) -> Response:
     """Create a user; the answer already carries a session's tokens."""
     issued = await service.register(Registration(
         email=body.email, password=body.password, name=body.name,
-        birthday=body.birthday_date()))
+        birthday=body.birthday_date()), origin=origin(request))
     return _tokens(201, issued)
 
 
@@ -67,7 +95,9 @@ async def register(body: RegisterIn, service: Service) -> Response:
              responses=errors(*BODY_ERRORS, 401, 429, 503))
 async def login(body: LoginIn, request: Request, service: Service) -> Response:
     """Exchange email and password for a new session's tokens."""
-    return _tokens(200, await service.login(body.email, body.password, client_address(request)))
+    where = origin(request)
+    return _tokens(200, await service.login(body.email, body.password, where.ip or "unknown",
+                                            where.user_agent))
 
 
 @router.post("/refresh", response_model=TokensOut, responses=errors(*BODY_ERRORS, 401, 503))
@@ -90,6 +120,41 @@ async def info(token: AccessToken, service: Service) -> Response:
     return private_success(200, user_id=str(user.id), email=user.email, name=user.name,
                            birthday=user.birthday.isoformat() if user.birthday else None,
                            is_admin=user.is_admin)
+
+
+@router.get("/sessions", response_model=SessionsOut, responses=errors(401, 503))
+async def list_sessions(token: AccessToken, service: Service) -> Response:
+    """The caller's active sessions, newest first; ``current`` marks this token's."""
+    found = await service.sessions(token)
+    return private_success(200, items=[_session_item(s, found.current)
+                                       for s in found.sessions])
+
+
+@router.delete("/sessions/{session_id}", response_model=StatusOut,
+               responses=errors(401, 404, 422, 503))
+async def end_session(session_id: UUID, token: AccessToken, service: Service) -> Response:
+    """End one of the caller's sessions, as a logout of it would; an id that is not one of
+    the caller's active sessions answers 404 ``session_not_found``, one that is not a UUID
+    422 (as every UUID in a path)."""
+    await service.end_session(token, session_id)
+    return success(200)
+
+
+@router.delete("/sessions", response_model=EndedOut, responses=errors(401, 503))
+async def end_other_sessions(token: AccessToken, service: Service) -> Response:
+    """End every session of the caller except the current one."""
+    return success(200, ended=await service.end_other_sessions(token))
+
+
+@router.post("/password", response_model=PasswordChangedOut,
+             responses=errors(*BODY_ERRORS, 401, 429, 503))
+async def change_password(body: PasswordChangeIn, token: AccessToken, request: Request,
+                          service: Service) -> Response:
+    """Change the password: every session of the user ends, the answer opens a new one."""
+    issued = await service.change_password(token, body.current_password, body.new_password,
+                                           origin(request))
+    return private_success(200, access_token=issued.tokens.access_token,
+                           refresh_token=issued.tokens.refresh_token)
 
 
 def install(app: FastAPI) -> None:

@@ -24,7 +24,8 @@ _ROTATE = (
            sessions.c.refresh_token_id == bindparam("b_presented"),
            sessions.c.revoked_at.is_(None))
     .values(refresh_token_id=bindparam("b_successor"),
-            previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now")))
+            previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now"),
+            last_used_at=bindparam("b_now")))
 _ADD_SESSION = insert(sessions)
 _ADD_USER = insert(users)
 _SET_ADMIN = update(users).where(users.c.id == bindparam("b_id")).values(
@@ -35,8 +36,9 @@ _REVOKE = (
     update(sessions)
     .where(sessions.c.id == bindparam("b_id"), sessions.c.revoked_at.is_(None))
     .values(revoked_at=bindparam("b_now"), revoke_reason=bindparam("b_reason")))
-_ACTIVE_FOR_USER = select(sessions).where(sessions.c.user_id == bindparam("b_user"),
-                                          sessions.c.revoked_at.is_(None))
+_ACTIVE_FOR_USER = select(sessions).where(
+    sessions.c.user_id == bindparam("b_user"), sessions.c.revoked_at.is_(None)).order_by(
+    sessions.c.created_at.desc(), sessions.c.id.desc())
 _ADD_FAILURE = insert(login_failures)
 _FAILURES = select(func.count().label("n"), func.min(login_failures.c.created_at).label("oldest"))
 _FAILURES_FOR_EMAIL = _FAILURES.where(
@@ -67,6 +69,8 @@ def _session(row: Mapping[str, Any]) -> Session:
         rotated_at=as_utc(row["rotated_at"]) if row["rotated_at"] else None,
         revoked_at=as_utc(row["revoked_at"]) if row["revoked_at"] else None,
         revoke_reason=row["revoke_reason"],
+        user_agent=row["user_agent"], ip=row["ip"],
+        last_used_at=as_utc(row["last_used_at"]) if row["last_used_at"] else None,
     )
 
 
@@ -119,7 +123,8 @@ class SqlSessions:
         """Insert a new session."""
         await self._db.execute(_ADD_SESSION, {
             "id": session.id, "user_id": session.user_id, "created_at": session.created_at,
-            "refresh_token_id": session.refresh_token_id})
+            "refresh_token_id": session.refresh_token_id, "user_agent": session.user_agent,
+            "ip": session.ip, "last_used_at": session.last_used_at})
 
     async def get(self, session_id: UUID) -> Session | None:
         """The session with ``session_id``."""
@@ -140,7 +145,7 @@ class SqlSessions:
             "b_id": session_id, "b_now": now, "b_reason": reason}) == 1
 
     async def active_for_user(self, user_id: UUID) -> list[Session]:
-        """The user's sessions that have not ended."""
+        """The user's sessions that have not ended, newest first."""
         return [_session(r) for r in await self._db.all(_ACTIVE_FOR_USER, {"b_user": user_id})]
 
 

@@ -109,3 +109,44 @@ class UserInfoOut(BaseModel):
     name: str | None
     birthday: str | None
     is_admin: bool
+
+
+class SessionOut(BaseModel):
+    """One of the caller's active sessions."""
+
+    id: str
+    created_at: str
+    last_used_at: str | None = Field(description="When the session was opened or last "
+                                                 "refreshed (access-token use does not count)")
+    user_agent: str | None
+    ip: str | None
+    current: bool = Field(description="True for the session of the token making the request")
+
+
+class SessionsOut(BaseModel):
+    """``GET /auth/sessions``: newest first."""
+
+    status: str = "Success"
+    items: list[SessionOut]
+
+
+class EndedOut(BaseModel):
+    """``DELETE /auth/sessions``."""
+
+    status: str = "Success"
+    ended: int
+
+
+class PasswordChangeIn(Body):
+    """``POST /auth/password``."""
+
+    current_password: Password
+    new_password: Password
+
+
+class PasswordChangedOut(BaseModel):
+    """``POST /auth/password``: the tokens of the new session."""
+
+    status: str = "Success"
+    access_token: str
+    refresh_token: str

@@ -20,6 +20,7 @@ from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, Tok
 from authloyalty.sso.domain import (
     InvalidCredentials,
     Session,
+    SessionNotFound,
     SsoUnitOfWork,
     TokenReused,
     TooManyAttempts,
@@ -60,6 +61,25 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a request that opens a session came from, as shown in the user's session list."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+USER_AGENT_MAX = 256
+
+
+@dataclass(frozen=True)
+class SessionList:
+    """The caller's active sessions, newest first, and which one the caller is."""
+
+    current: UUID
+    sessions: list[Session]
+
+
+@dataclass(frozen=True)
 class IssuedTokens:
     """What register/login/refresh return."""
 
@@ -97,11 +117,15 @@ class AuthService:
         problem = email_problem(reg.email)
         if problem:
             raise ValidationFailed(f"email: {problem}")
-        minimum = self._settings.password_min_length
-        if len(reg.password) < minimum:
-            raise ValidationFailed(f"password: must be at least {minimum} characters")
+        self._check_password("password", reg.password)
 
-    async def register(self, reg: Registration, *, is_admin: bool = False) -> IssuedTokens:
+    def _check_password(self, field: str, password: str) -> None:
+        minimum = self._settings.password_min_length
+        if len(password) < minimum:
+            raise ValidationFailed(f"{field}: must be at least {minimum} characters")
+
+    async def register(self, reg: Registration, *, is_admin: bool = False,
+                       origin: Origin | None = None) -> IssuedTokens:
         """Create the user and a session; announce ``user_registered`` in the same commit."""
         self._check_registration(reg)
         password_hash = await self._hasher.hash(reg.password)
@@ -110,15 +134,20 @@ class AuthService:
                     created_at=now, name=reg.name, birthday=reg.birthday, is_admin=is_admin)
         async with self._uow() as uow:
             await uow.users.add(user)
-            session = await self._open_session(uow, user, now)
+            session = await self._open_session(uow, user, now, origin)
             await uow.outbox.add(Envelope(UserRegistered(user.id), occurred_at=now,
                                           headers=telemetry.current_headers()))
             await uow.commit()
         metrics.REGISTRATIONS.inc()
         return IssuedTokens(user.id, self._pair(user, session))
 
-    async def _open_session(self, uow: SsoUnitOfWork, user: User, now: datetime) -> Session:
-        session = Session(id=uuid4(), user_id=user.id, created_at=now, refresh_token_id=uuid4())
+    async def _open_session(self, uow: SsoUnitOfWork, user: User, now: datetime,
+                            origin: Origin | None = None) -> Session:
+        origin = origin or Origin()
+        agent = origin.user_agent[:USER_AGENT_MAX] if origin.user_agent else None
+        ip = origin.ip[:64] if origin.ip else None
+        session = Session(id=uuid4(), user_id=user.id, created_at=now, refresh_token_id=uuid4(),
+                          user_agent=agent, ip=ip, last_used_at=now)
         await uow.sessions.add(session)
         return session
 
@@ -126,7 +155,8 @@ class AuthService:
         return self._issuer.issue_pair(user.id, session.id, user.is_admin, self._now(),
                                        refresh_token_id=session.refresh_token_id)
 
-    async def login(self, email: str, password: str, client: str) -> IssuedTokens:
+    async def login(self, email: str, password: str, client: str,
+                    user_agent: str | None = None) -> IssuedTokens:
         """Check the password (throttled per email and per client) and open a session."""
         async with self._read_uow() as uow:
             email_failures = await self._check_throttle(uow, email, client)
@@ -144,7 +174,7 @@ class AuthService:
                 await uow.login_failures.clear_email(email)
             if self._hasher.needs_rehash(user.password_hash):
                 await uow.users.set_password_hash(user.id, await self._hasher.hash(password))
-            session = await self._open_session(uow, user, now)
+            session = await self._open_session(uow, user, now, Origin(client, user_agent))
             await uow.commit()
         metrics.LOGINS.labels("success").inc()
         return IssuedTokens(user.id, self._pair(user, session))
@@ -243,6 +273,67 @@ class AuthService:
             if not await self._revoke(uow, session, "logout", now):
                 raise InvalidToken("session has already ended")
             await uow.commit()
+
+    async def sessions(self, access_token: str) -> SessionList:
+        """The caller's active sessions, newest first."""
+        claims = await self.authenticate(access_token)
+        async with self._read_uow() as uow:
+            found = await uow.sessions.active_for_user(claims.user_id)
+        return SessionList(claims.session_id, found)
+
+    async def end_session(self, access_token: str, session_id: UUID) -> None:
+        """End one of the caller's sessions, as a logout of it would."""
+        claims = await self.authenticate(access_token)
+        now = self._now()
+        async with self._uow() as uow:
+            session = await uow.sessions.get(session_id)
+            # Another user's session is indistinguishable from none at all.
+            if session is None or session.user_id != claims.user_id:
+                raise SessionNotFound()
+            if not await self._revoke(uow, session, "logout", now):
+                raise SessionNotFound()
+            await uow.commit()
+
+    async def end_other_sessions(self, access_token: str) -> int:
+        """End every session of the caller but the current one; returns how many ended."""
+        claims = await self.authenticate(access_token)
+        now = self._now()
+        async with self._uow() as uow:
+            ended = 0
+            for session in await uow.sessions.active_for_user(claims.user_id):
+                if session.id != claims.session_id:
+                    ended += await self._revoke(uow, session, "logout", now)
+            await uow.commit()
+        return ended
+
+    async def change_password(self, access_token: str, current: str, new: str,
+                              origin: Origin) -> IssuedTokens:
+        """Check the current password (throttled as login is), store the new one, end every
+        session of the user and open a new one."""
+        claims = await self.authenticate(access_token)
+        client = origin.ip or "unknown"
+        async with self._read_uow() as uow:
+            user = await uow.users.get(claims.user_id)
+            if user is None:
+                raise InvalidToken("user no longer exists")
+            email_failures = await self._check_throttle(uow, user.email, client)
+        now = self._now()
+        if not await self._hasher.verify(user.password_hash, current):
+            async with self._uow() as uow:
+                await uow.login_failures.record(user.email, client, now)
+                await uow.commit()
+            raise InvalidCredentials("invalid password")
+        self._check_password("new_password", new)
+        password_hash = await self._hasher.hash(new)
+        async with self._uow() as uow:
+            if email_failures:
+                await uow.login_failures.clear_email(user.email)
+            await uow.users.set_password_hash(user.id, password_hash)
+            for session in await uow.sessions.active_for_user(user.id):
+                await self._revoke(uow, session, "password_changed", now)
+            session = await self._open_session(uow, user, now, origin)
+            await uow.commit()
+        return IssuedTokens(user.id, self._pair(user, session))
 
     async def revoke_user_sessions(self, email: str, reason: str = "admin") -> int:
         """End every session of the user (an admin action); returns how many ended."""

@@ -46,6 +46,9 @@ sessions = Table(
     Column("rotated_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("revoke_reason", String(32), nullable=True),
+    Column("user_agent", String(256), nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
     Index("ix_sessions_user_id", "user_id"),
 )
 
