@@ -19,7 +19,7 @@ from authloyalty.loyalty.domain import (
     Movement,
 )
 from authloyalty.platform.bus import Envelope
-from authloyalty.sso.domain import Session, User, UserExists, normalise_email
+from authloyalty.sso.domain import Session, User, UserExists, UserQuery, normalise_email
 
 
 @dataclass
@@ -35,6 +35,22 @@ class SsoState:
 class FakeUsers:
     def __init__(self, state: SsoState) -> None:
         self._s = state
+
+    async def page(self, query: UserQuery, limit: int, after: UUID | None) -> list[User]:
+        found = sorted(self._s.users.values(), key=lambda u: u.email_normalized)
+        if query.user_id is not None:
+            found = [u for u in found if u.id == query.user_id]
+        if query.email_prefix is not None:
+            prefix = normalise_email(query.email_prefix)
+            found = [u for u in found if u.email_normalized.startswith(prefix)]
+        if after is not None:
+            anchor = self._s.users.get(after)
+            found = [u for u in found
+                     if anchor is not None and u.email_normalized > anchor.email_normalized]
+        return [copy.copy(u) for u in found[:limit]]
+
+    async def lock_admins(self) -> list[UUID]:
+        return sorted(u.id for u in self._s.users.values() if u.is_admin)
 
     async def add(self, user: User) -> None:
         if any(u.email_normalized == user.email_normalized for u in self._s.users.values()):
@@ -59,6 +75,20 @@ class FakeUsers:
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
         if user_id in self._s.users:
             self._s.users[user_id].password_hash = password_hash
+
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
+        user = self._s.users.get(user_id)
+        if user is None or user.deleted_at is not None:
+            return False
+        user.deleted_at = now
+        return True
+
+    async def restore(self, user_id: UUID) -> bool:
+        user = self._s.users.get(user_id)
+        if user is None or user.deleted_at is None or user.purged_at is not None:
+            return False
+        user.deleted_at = None
+        return True
 
 
 class FakeSessions:

@@ -100,6 +100,32 @@ async def test_sessions_keep_their_origin_and_list_newest_first(
     assert (listed[0].user_agent, listed[0].ip, listed[0].last_used_at) == (None, None, None)
 
 
+async def test_soft_deletion_and_restore_are_conditional(sso_uow: Callable[[], Any]) -> None:
+    user = new_user("deleted@example.com")
+    later = NOW + timedelta(minutes=1)
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+        assert not await uow.users.restore(user.id)  # not deleted
+        assert await uow.users.mark_deleted(user.id, later)
+        assert not await uow.users.mark_deleted(user.id, NOW)  # already deleted: kept
+        assert not await uow.users.mark_deleted(uuid4(), NOW)
+        await uow.commit()
+    async with sso_uow() as uow:
+        deleted = await uow.users.by_email("DELETED@example.com")
+        # The email stays taken while the user is deleted.
+        with pytest.raises(UserExists):
+            await uow.users.add(new_user("deleted@example.com"))
+        assert await uow.users.restore(user.id)
+        assert not await uow.users.restore(user.id)
+        await uow.commit()
+    async with sso_uow() as uow:
+        restored = await uow.users.get(user.id)
+    assert deleted is not None
+    assert (deleted.deleted_at, deleted.purged_at) == (later, None)
+    assert restored is not None
+    assert restored.deleted_at is None
+
+
 async def test_login_failures_window(sso_uow: Callable[[], Any]) -> None:
     async with sso_uow() as uow:
         for minutes in (1, 2, 20):

@@ -91,6 +91,6 @@ async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:
 
     await system.migrate()
     assert await current_revision("sso", system.sso.engine) == head_revision("sso") \
-        == "sso_0003"
+        == "sso_0004"
     assert await current_revision("loyalty", system.loyalty.engine) \
         == head_revision("loyalty") == "loyalty_0002"

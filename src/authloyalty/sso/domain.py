@@ -49,6 +49,8 @@ class User:
     name: str | None = None
     birthday: date | None = None
     is_admin: bool = False
+    deleted_at: datetime | None = None
+    purged_at: datetime | None = None
 
     @property
     def email_normalized(self) -> str:
@@ -136,8 +138,32 @@ class UserNotFound(SsoError):
     default_message = "user not found"
 
 
+class LastAdmin(SsoError):
+    """Revoking this admin's right would leave no admin."""
+
+    kind = ErrorKind.CONFLICT
+    code = "last_admin"
+    default_message = "the last admin cannot lose the admin right"
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """Which users an admin is looking for: an email prefix (matched case-insensitively,
+    as ``normalise_email`` has it) or an exact id; neither means everyone."""
+
+    email_prefix: str | None = None
+    user_id: UUID | None = None
+
+
 class Users(Protocol):
     """Persistence of users."""
+
+    async def page(self, query: UserQuery, limit: int, after: UUID | None) -> list[User]:
+        """Users matching ``query`` ordered by normalised email, after the user ``after``."""
+
+    async def lock_admins(self) -> list[UUID]:
+        """The admins' ids, locked until the transaction ends (so that two revocations of
+        different admins cannot both see the other one still an admin)."""
 
     async def add(self, user: User) -> None:
         """Insert; raise :class:`UserExists` when the normalised email is taken."""
@@ -146,6 +172,12 @@ class Users(Protocol):
     async def by_email(self, email: str) -> User | None: ...
     async def set_admin(self, user_id: UUID, is_admin: bool) -> None: ...
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None: ...
+
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
+        """Soft-delete; False if the user is already deleted or unknown."""
+
+    async def restore(self, user_id: UUID) -> bool:
+        """Undo a soft deletion; False unless the user is deleted and not purged."""
 
 
 class Sessions(Protocol):

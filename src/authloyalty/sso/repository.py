@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from authloyalty.platform.clock import as_utc
 from authloyalty.platform.database import Connection, IntegrityViolation
-from authloyalty.sso.domain import Session, User, UserExists, normalise_email
+from authloyalty.sso.domain import Session, User, UserExists, UserQuery, normalise_email
 from authloyalty.sso.tables import login_failures, sessions, users
 
 # Hot statements are built once (construction and cache keys cost CPU on every call).
@@ -32,6 +32,12 @@ _SET_ADMIN = update(users).where(users.c.id == bindparam("b_id")).values(
     is_admin=bindparam("b_admin"))
 _SET_HASH = update(users).where(users.c.id == bindparam("b_id")).values(
     password_hash=bindparam("b_hash"))
+_MARK_DELETED = update(users).where(
+    users.c.id == bindparam("b_id"), users.c.deleted_at.is_(None)).values(
+    deleted_at=bindparam("b_now"))
+_RESTORE = update(users).where(
+    users.c.id == bindparam("b_id"), users.c.deleted_at.is_not(None),
+    users.c.purged_at.is_(None)).values(deleted_at=None)
 _REVOKE = (
     update(sessions)
     .where(sessions.c.id == bindparam("b_id"), sessions.c.revoked_at.is_(None))
@@ -58,7 +64,9 @@ _PURGE_FAILURES = delete(login_failures).where(
 def _user(row: Mapping[str, Any]) -> User:
     return User(id=row["id"], email=row["email"], password_hash=row["password_hash"],
                 created_at=as_utc(row["created_at"]), name=row["name"],
-                birthday=row["birthday"], is_admin=bool(row["is_admin"]))
+                birthday=row["birthday"], is_admin=bool(row["is_admin"]),
+                deleted_at=as_utc(row["deleted_at"]) if row["deleted_at"] else None,
+                purged_at=as_utc(row["purged_at"]) if row["purged_at"] else None)
 
 
 def _session(row: Mapping[str, Any]) -> Session:
@@ -74,11 +82,40 @@ def _session(row: Mapping[str, Any]) -> Session:
     )
 
 
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix`` literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+# Locked in id order, so that concurrent revocations wait for each other and cannot deadlock.
+_LOCK_ADMINS = select(users.c.id).where(users.c.is_admin).order_by(users.c.id).with_for_update()
+
+
 class SqlUsers:
     """Users in the ``users`` table."""
 
     def __init__(self, db: Connection) -> None:
         self._db = db
+
+    async def page(self, query: UserQuery, limit: int, after: UUID | None) -> list[User]:
+        """Users matching ``query`` ordered by normalised email (unique: a keyset), strictly
+        after the user ``after``; an unknown ``after`` yields nothing."""
+        statement = select(users).order_by(users.c.email_normalized).limit(limit)
+        if query.user_id is not None:
+            statement = statement.where(users.c.id == query.user_id)
+        if query.email_prefix is not None:
+            statement = statement.where(users.c.email_normalized.like(
+                _like_prefix(normalise_email(query.email_prefix)), escape="\\"))
+        if after is not None:
+            statement = statement.where(users.c.email_normalized > select(
+                users.c.email_normalized).where(users.c.id == after).scalar_subquery())
+        return [_user(row) for row in await self._db.all(statement, {})]
+
+    async def lock_admins(self) -> list[UUID]:
+        """The admins' ids, their rows locked until the transaction ends (SQLite's write
+        transactions are serial already)."""
+        return [row["id"] for row in await self._db.all(_LOCK_ADMINS, {})]
 
     async def add(self, user: User) -> None:
         """Insert; a taken email (case-insensitively) raises :class:`UserExists`."""
@@ -111,6 +148,14 @@ class SqlUsers:
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
         """Store a new hash (after a parameter upgrade)."""
         await self._db.execute(_SET_HASH, {"b_id": user_id, "b_hash": password_hash})
+
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
+        """Soft-delete the user; False if already deleted (or unknown)."""
+        return await self._db.execute(_MARK_DELETED, {"b_id": user_id, "b_now": now}) == 1
+
+    async def restore(self, user_id: UUID) -> bool:
+        """Undo a soft deletion; False unless deleted and not yet purged."""
+        return await self._db.execute(_RESTORE, {"b_id": user_id}) == 1
 
 
 class SqlSessions:

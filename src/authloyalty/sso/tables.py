@@ -33,6 +33,10 @@ users = Table(
     Column("birthday", Date, nullable=True),
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Soft deletion: a deleted user cannot log in and keeps the email until purged (personal
+    # data erased, the id kept so the ledger still means something).
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("purged_at", DateTime(timezone=True), nullable=True),
 )
 
 sessions = Table(
