@@ -27,6 +27,8 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("delete", "/auth/sessions"): {401, 503},
     ("delete", "/auth/sessions/{session_id}"): {401, 404, 422, 503},
     ("post", "/auth/password"): {400, 401, 413, 422, 429, 503},
+    ("delete", "/auth/me"): {400, 401, 413, 422, 429, 503},
+    ("post", "/auth/admin/users/{user_id}/restore"): {401, 403, 404, 409, 410, 422, 503},
     ("get", "/.well-known/jwks.json"): set(),
     ("get", "/auth/healthz"): set(),
     ("get", "/auth/ready"): {503},

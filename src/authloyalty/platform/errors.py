@@ -14,6 +14,7 @@ class ErrorKind(Enum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     THROTTLED = "throttled"
+    GONE = "gone"
     UNAVAILABLE = "unavailable"
 
 

@@ -42,6 +42,7 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.THROTTLED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.GONE: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 INTERNAL_MESSAGE = "internal error"

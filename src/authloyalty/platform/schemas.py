@@ -90,6 +90,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such account, user or session",
     409: "A conflict: the email is taken, too few points, or the Idempotency-Key was used "
          "for another request",
+    410: "The user was deleted and their personal data erased: it cannot be restored",
     413: "The body is larger than the limit",
     422: "A field is missing or invalid (`fields` says which)",
     429: "Too many failed attempts; `Retry-After` says when to try again",

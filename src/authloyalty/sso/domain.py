@@ -130,6 +130,22 @@ class SessionNotFound(SsoError):
     default_message = "session not found"
 
 
+class UserNotDeleted(SsoError):
+    """Restore of a user that is not deleted."""
+
+    kind = ErrorKind.CONFLICT
+    code = "user_not_deleted"
+    default_message = "user is not deleted"
+
+
+class UserPurged(SsoError):
+    """Restore of a deleted user whose personal data has been erased."""
+
+    kind = ErrorKind.GONE
+    code = "user_purged"
+    default_message = "user was deleted and purged; it cannot be restored"
+
+
 class UserNotFound(SsoError):
     """No user with that id."""
 

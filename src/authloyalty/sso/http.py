@@ -161,6 +161,9 @@ def install(app: FastAPI) -> None:
     """Add sso's routes to ``app``."""
     app.include_router(health_router("/auth"))
     app.include_router(router)
+    # Imported here: these routes build on this module's dependencies.
+    from authloyalty.sso import account_http
+    app.include_router(account_http.router)
 
     @app.get("/.well-known/jwks.json", tags=["auth"])
     async def jwks(request: Request) -> Response:

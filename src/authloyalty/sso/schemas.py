@@ -150,3 +150,9 @@ class PasswordChangedOut(BaseModel):
     status: str = "Success"
     access_token: str
     refresh_token: str
+
+
+class AccountDeletionIn(Body):
+    """``DELETE /auth/me``: the password confirms the deletion."""
+
+    password: Password

@@ -15,7 +15,7 @@ from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.clock import utcnow
 from authloyalty.platform.database import DatabaseUnavailable
-from authloyalty.platform.errors import InvalidToken, ValidationFailed
+from authloyalty.platform.errors import Forbidden, InvalidToken, ValidationFailed
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (
     InvalidCredentials,
@@ -25,7 +25,9 @@ from authloyalty.sso.domain import (
     TokenReused,
     TooManyAttempts,
     User,
+    UserNotDeleted,
     UserNotFound,
+    UserPurged,
     canonical_email,
     email_problem,
 )
@@ -163,7 +165,8 @@ class AuthService:
             user = await uow.users.by_email(email)
         ok = await self._hasher.verify(user.password_hash if user else None, password)
         now = self._now()
-        if not ok or user is None:
+        # A deleted user is refused exactly as a wrong password is (and counted as one).
+        if not ok or user is None or user.deleted_at is not None:
             async with self._uow() as uow:
                 await uow.login_failures.record(email, client, now)
                 await uow.commit()
@@ -311,18 +314,8 @@ class AuthService:
         """Check the current password (throttled as login is), store the new one, end every
         session of the user and open a new one."""
         claims = await self.authenticate(access_token)
-        client = origin.ip or "unknown"
-        async with self._read_uow() as uow:
-            user = await uow.users.get(claims.user_id)
-            if user is None:
-                raise InvalidToken("user no longer exists")
-            email_failures = await self._check_throttle(uow, user.email, client)
+        user, email_failures = await self._confirm_password(claims, current, origin)
         now = self._now()
-        if not await self._hasher.verify(user.password_hash, current):
-            async with self._uow() as uow:
-                await uow.login_failures.record(user.email, client, now)
-                await uow.commit()
-            raise InvalidCredentials("invalid password")
         self._check_password("new_password", new)
         password_hash = await self._hasher.hash(new)
         async with self._uow() as uow:
@@ -334,6 +327,53 @@ class AuthService:
             session = await self._open_session(uow, user, now, origin)
             await uow.commit()
         return IssuedTokens(user.id, self._pair(user, session))
+
+    async def _confirm_password(self, claims: TokenClaims, password: str,
+                                origin: Origin) -> tuple[User, int]:
+        """The caller's user if ``password`` is theirs, and their recent failures; a wrong
+        password counts against the login throttle (429 beyond it)."""
+        client = origin.ip or "unknown"
+        async with self._read_uow() as uow:
+            user = await uow.users.get(claims.user_id)
+            if user is None or user.deleted_at is not None:
+                raise InvalidToken("user no longer exists")
+            email_failures = await self._check_throttle(uow, user.email, client)
+        if not await self._hasher.verify(user.password_hash, password):
+            async with self._uow() as uow:
+                await uow.login_failures.record(user.email, client, self._now())
+                await uow.commit()
+            raise InvalidCredentials("invalid password")
+        return user, email_failures
+
+    async def delete_account(self, access_token: str, password: str, origin: Origin) -> None:
+        """Soft-delete the caller's user once the password confirms it: login is refused
+        from now on and every session ends, in one commit."""
+        claims = await self.authenticate(access_token)
+        user, email_failures = await self._confirm_password(claims, password, origin)
+        now = self._now()
+        async with self._uow() as uow:
+            if not await uow.users.mark_deleted(user.id, now):
+                raise InvalidToken("user no longer exists")  # deleted concurrently
+            if email_failures:
+                await uow.login_failures.clear_email(user.email)
+            for session in await uow.sessions.active_for_user(user.id):
+                await self._revoke(uow, session, "account_deleted", now)
+            await uow.commit()
+
+    async def restore_user(self, access_token: str, user_id: UUID) -> None:
+        """Undo a user's deletion (admins only) while their personal data is kept."""
+        claims = await self.authenticate(access_token)
+        if not claims.admin:
+            raise Forbidden("admin rights required")
+        async with self._uow() as uow:
+            user = await uow.users.get(user_id)
+            if user is None:
+                raise UserNotFound()
+            if user.purged_at is not None:
+                raise UserPurged()
+            if not await uow.users.restore(user_id):
+                raise UserNotDeleted()
+            await uow.commit()
 
     async def revoke_user_sessions(self, email: str, reason: str = "admin") -> int:
         """End every session of the user (an admin action); returns how many ended."""

@@ -21,6 +21,7 @@ HTTP_STATUS = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.THROTTLED: 429,
+    ErrorKind.GONE: 410,
     ErrorKind.UNAVAILABLE: 503,
 }
 
