@@ -20,13 +20,13 @@ mkdir -p "$gen"
 # Confluent schema registry derives the schema name from it, and it must match the original's.
 cd "$proto"
 "$python" -m grpc_tools.protoc -I . --python_out="$gen" --pyi_out="$gen" \
-  registration.v1/registration.proto session.v1/session.proto
+  registration.v1/registration.proto session.v1/session.proto account.v1/account.proto
 "$python" -m grpc_tools.protoc -I . --python_out="$gen" --pyi_out="$gen" \
   --grpc_python_out="$gen" sso/sso.proto
 
 # protoc writes top-level imports ("from sso import sso_pb2"); make them package imports.
 find "$gen" -name '*.py' -o -name '*.pyi' | while read -r f; do
-  sed -i -E 's/^(from|import) (registration|session|sso)([. ])/\1 authloyalty.rpc.\2\3/' "$f"
+  sed -i -E 's/^(from|import) (registration|session|account|sso)([. ])/\1 authloyalty.rpc.\2\3/' "$f"
 done
 
 # Every directory becomes a package.
@@ -36,7 +36,8 @@ done
 cat > "$gen/__init__.py" <<'HEADER'
 """Generated from proto/ by scripts/gen_proto.sh. DO NOT EDIT: change the .proto and rerun it.
 
-Modules: registration.v1.registration_pb2, session.v1.session_pb2, sso.sso_pb2, sso.sso_pb2_grpc.
+Modules: registration.v1.registration_pb2, session.v1.session_pb2, account.v1.account_pb2,
+sso.sso_pb2, sso.sso_pb2_grpc.
 """
 HEADER
 

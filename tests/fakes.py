@@ -11,6 +11,7 @@ from uuid import UUID
 
 from authloyalty.loyalty.domain import (
     Account,
+    AccountFrozen,
     AccountNotFound,
     IdempotencyRecord,
     InsufficientPoints,
@@ -231,6 +232,13 @@ class FakeAccounts:
         self._s.accounts[user_id] = Account(user_id, 0, now)
         return True
 
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
+        account = self._s.accounts.get(user_id)
+        if account is None:
+            return False
+        self._s.accounts[user_id] = replace(account, frozen_at=frozen_at)
+        return True
+
 
 class FakeLedger:
     def __init__(self, state: LoyaltyState) -> None:
@@ -241,6 +249,8 @@ class FakeLedger:
         account = self._s.accounts.get(movement.account_id)
         if account is None:
             raise AccountNotFound()
+        if account.frozen_at is not None:
+            raise AccountFrozen()
         balance = account.balance + movement.delta
         if balance < 0:
             raise InsufficientPoints()

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from authloyalty import __version__
-from authloyalty.events import UserRegistered
+from authloyalty.events import UserDeleted, UserRegistered, UserRestored
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import AccountReads, Movements, Owner, OwnerDirectory
@@ -488,8 +488,10 @@ def build_loyalty_process(settings: Settings) -> LoyaltyProcess:
     # without a consumer group).
     loyalty.revoked.set_complete(False)
     consumers: list[KafkaEventConsumer | KafkaTopicReader] = [
-        KafkaEventConsumer(cfg, codec, {UserRegistered: handlers.user_registered},
-                           [cfg.registration_topic], cfg.consumer_group),
+        KafkaEventConsumer(cfg, codec, {UserRegistered: handlers.user_registered,
+                                        UserDeleted: handlers.user_deleted,
+                                        UserRestored: handlers.user_restored},
+                           [cfg.registration_topic, cfg.accounts_topic], cfg.consumer_group),
         KafkaTopicReader(cfg, codec, cfg.sessions_topic, handlers.remember_revocation,
                          since_seconds=revocation_replay_seconds(settings),
                          name=f"{cfg.consumer_group}-revocations-{instance_id(settings)}",

@@ -38,3 +38,23 @@ class SessionRevoked:
     user_id: UUID
     until: datetime
     reason: str
+
+
+@dataclass(frozen=True)
+class UserDeleted:
+    """A user deleted their account (restorable until purged); loyalty freezes it."""
+
+    name: ClassVar[str] = "user_deleted"
+
+    user_id: UUID
+    at: datetime
+
+
+@dataclass(frozen=True)
+class UserRestored:
+    """An admin restored a deleted user; loyalty unfreezes the account."""
+
+    name: ClassVar[str] = "user_restored"
+
+    user_id: UUID
+    at: datetime

@@ -10,6 +10,7 @@ from uuid import uuid4
 import pytest
 
 from authloyalty.loyalty.domain import (
+    AccountFrozen,
     AccountNotFound,
     IdempotencyRecord,
     InsufficientPoints,
@@ -45,6 +46,29 @@ async def test_accounts_open_once_and_never_go_negative(loyalty_uow: Callable[[]
     assert total == 40
     assert [(e.kind, e.amount, e.balance_after) for e in entries] == [
         ("withdrawal", 60, 40), ("deposit", 100, 100)]
+
+
+async def test_a_frozen_account_refuses_movements_and_keeps_its_balance(
+        loyalty_uow: Callable[[], Any]) -> None:
+    owner = uuid4()
+    async with loyalty_uow() as uow:
+        assert not await uow.accounts.set_frozen(owner, NOW)  # no account yet
+        assert await uow.accounts.open(owner, NOW)
+        await uow.ledger.apply(Movement(owner, "deposit", 100, "registration", NOW))
+        assert await uow.accounts.set_frozen(owner, NOW)
+        await uow.commit()
+    for kind in ("deposit", "withdrawal"):
+        async with loyalty_uow() as uow:
+            with pytest.raises(AccountFrozen):
+                await uow.ledger.apply(Movement(owner, kind, 1, "frozen", NOW))
+    async with loyalty_uow() as uow:
+        frozen = await uow.accounts.get(owner)
+        assert await uow.accounts.set_frozen(owner, None)
+        entry = await uow.ledger.apply(Movement(owner, "withdrawal", 1, "thawed", NOW))
+        await uow.commit()
+    assert frozen is not None
+    assert (frozen.balance, frozen.state, frozen.frozen_at) == (100, "frozen", NOW)
+    assert entry.balance_after == 99
 
 
 async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]) -> None:

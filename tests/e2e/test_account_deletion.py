@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.e2e_helpers import PASSWORD, Account, Api, error_code
-from tests.e2e.test_sessions import _refused_everywhere
+from tests.e2e.e2e_helpers import PASSWORD, Account, Api, error_code, poll
+from tests.e2e.test_sessions import PROPAGATION, _refused_everywhere
 
 pytestmark = pytest.mark.e2e
 
@@ -117,3 +118,60 @@ def test_deletion_ends_every_session_and_restore_brings_the_login_back(
     r = _restore(api, admin, user.user_id)
     assert r.status_code == 409, r.text
     assert error_code(r) == "user_not_deleted"
+
+
+# --- loyalty's side: the account freezes with the deletion and thaws with the restore -------
+
+def _admin_view(api: Api, admin: dict[str, str], user_id: str) -> dict[str, Any]:
+    r = api.loy("GET", f"/loyalty/admin/accounts/{user_id}", headers=admin)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _movements(api: Api, admin: dict[str, str], user_id: str) -> list[httpx.Response]:
+    """An admin's deposit and withdrawal on the account, by both APIs."""
+    body = {"amount": 1, "comment": "while deleted"}
+    return [
+        api.loy("POST", f"/loyalty/admin/accounts/{user_id}/deposits", headers=admin,
+                json=body),
+        api.loy("POST", f"/loyalty/admin/accounts/{user_id}/withdrawals", headers=admin,
+                json=body),
+        api.loy("POST", "/loyalty", headers=admin,
+                json={"uuid": user_id, "operation": "d", "balance": 1, "comment": "x"}),
+        api.loy("POST", "/loyalty", headers=admin,
+                json={"uuid": user_id, "operation": "w", "balance": 1, "comment": "x"}),
+    ]
+
+
+def test_deletion_freezes_the_loyalty_account_and_restore_thaws_it(
+        api: Api, admin: dict[str, str]) -> None:
+    user = api.user()
+    balance = api.balance(user)
+    history = api.loy("GET", f"/loyalty/admin/accounts/{user.user_id}/transactions",
+                      headers=admin).json()["items"]
+    assert _admin_view(api, admin, user.user_id)["state"] == "active"
+    assert _delete(api, user).status_code == 200
+
+    assert poll(lambda: _admin_view(api, admin, user.user_id)["state"] == "frozen",
+                PROPAGATION), "loyalty did not freeze the account"
+    view = _admin_view(api, admin, user.user_id)
+    assert view["balance"] == balance
+    for r in _movements(api, admin, user.user_id):
+        assert r.status_code == 409, r.text
+        assert error_code(r) == "account_frozen"
+    # The history is kept, and the refusals wrote nothing.
+    r = api.loy("GET", f"/loyalty/admin/accounts/{user.user_id}/transactions", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == history
+
+    assert _restore(api, admin, user.user_id).status_code == 200
+    assert poll(lambda: _admin_view(api, admin, user.user_id)["state"] == "active",
+                PROPAGATION), "loyalty did not unfreeze the account"
+    assert _admin_view(api, admin, user.user_id)["balance"] == balance
+    back = api.login(user.email, PASSWORD)
+    assert api.balance(back) == balance
+    r = api.loy("POST", "/loyalty/me/withdrawals", headers=back.auth,
+                json={"amount": 1, "comment": "after the restore"})
+    assert r.status_code == 201, r.text
+    assert api.balance(back) == balance - 1

@@ -38,6 +38,7 @@ def kafka_settings(kafka_broker: KafkaBroker, schema_registry: Registry) -> Kafk
                              schema_registry_url=schema_registry.ccompat_url,
                              registration_topic=f"registration-{suffix}",
                              sessions_topic=f"sessions-{suffix}", consumer_group=f"g-{suffix}",
+                             accounts_topic=f"accounts-{suffix}",
                              max_attempts=3, commit_interval_ms=100, topic_partitions=1)
     ensure_topics(settings)
     return settings

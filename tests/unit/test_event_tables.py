@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from authloyalty.events import SessionRevoked, UserRegistered
+from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.loyalty.revocations import RevokedSessions
@@ -22,13 +22,16 @@ from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
 from authloyalty.sso.events import SSO_EVENTS
 from tests.fakes import FakeLoyaltyStore
 
-SETTINGS = KafkaSettings(registration_topic="reg-t", sessions_topic="sess-t")
+SETTINGS = KafkaSettings(registration_topic="reg-t", sessions_topic="sess-t",
+                         accounts_topic="acc-t")
 USER, SESSION = uuid4(), uuid4()
 # One of each event sso publishes; a new event needs an example here (the test below fails
 # until it has one).
 EXAMPLES: list[Any] = [
     UserRegistered(USER),
     SessionRevoked(SESSION, USER, datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC), "logout"),
+    UserDeleted(USER, datetime(2030, 1, 2, 3, 4, 6, tzinfo=UTC)),
+    UserRestored(USER, datetime(2030, 1, 2, 3, 4, 7, tzinfo=UTC)),
 ]
 
 
@@ -63,7 +66,7 @@ def test_every_published_event_reaches_loyalty_as_itself(encoder: EventEncoder,
 
 
 def test_topics_come_from_the_settings(encoder: EventEncoder) -> None:
-    assert [encoder.topic_for(e) for e in EXAMPLES] == ["reg-t", "sess-t"]
+    assert [encoder.topic_for(e) for e in EXAMPLES] == ["reg-t", "sess-t", "acc-t", "acc-t"]
     assert encoder.fan_out_topics() == {"sess-t"}  # revocations go to every partition
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from uuid import UUID
 
-from authloyalty.events import SessionRevoked, UserRegistered
+from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.loyalty.domain import REGISTRATION_COMMENT, LoyaltyUnitOfWork, Movement
 from authloyalty.loyalty.revocations import RevokedSessions
 from authloyalty.platform import metrics
@@ -28,7 +29,8 @@ class LoyaltyEventHandlers:
 
     def by_event(self) -> dict[type[IntegrationEvent], EventHandler]:
         """The handler of each event loyalty acts on."""
-        return {UserRegistered: self.user_registered, SessionRevoked: self.session_revoked}
+        return {UserRegistered: self.user_registered, SessionRevoked: self.session_revoked,
+                UserDeleted: self.user_deleted, UserRestored: self.user_restored}
 
     async def user_registered(self, event: Envelope[UserRegistered]) -> None:
         """Open the user's account with the welcome bonus, once per user whatever happens."""
@@ -38,18 +40,48 @@ class LoyaltyEventHandlers:
             if not await uow.inbox.add(event.id, event.name, now):
                 metrics.EVENTS_CONSUMED.labels(event.name, "duplicate").inc()
                 return
-            # The account's primary key makes a second bonus impossible even if the same
-            # registration arrives again under another event id.
-            opened = await uow.accounts.open(user_id, now)
-            if opened and self._bonus > 0:
-                await uow.ledger.apply(Movement(user_id, "deposit", self._bonus,
-                                                REGISTRATION_COMMENT, now))
-                metrics.BONUSES.inc()
+            opened = await self._open(uow, user_id, now)
             await uow.commit()
         metrics.EVENTS_CONSUMED.labels(event.name, "processed").inc()
         if opened:
             log.info("account %s opened with a welcome bonus of %d points (event %s)", user_id,
                      self._bonus, event.id)
+
+    async def _open(self, uow: LoyaltyUnitOfWork, user_id: UUID, now: datetime) -> bool:
+        # The account's primary key makes a second bonus impossible even if the same
+        # registration arrives again under another event id.
+        opened = await uow.accounts.open(user_id, now)
+        if opened and self._bonus > 0:
+            await uow.ledger.apply(Movement(user_id, "deposit", self._bonus,
+                                            REGISTRATION_COMMENT, now))
+            metrics.BONUSES.inc()
+        return opened
+
+    async def user_deleted(self, event: Envelope[UserDeleted]) -> None:
+        """Freeze the account of a deleted user (its history stays)."""
+        await self._set_frozen(event, event.event.at)
+
+    async def user_restored(self, event: Envelope[UserRestored]) -> None:
+        """Unfreeze the account of a restored user, balance intact."""
+        await self._set_frozen(event, None)
+
+    async def _set_frozen(self, event: Envelope[UserDeleted] | Envelope[UserRestored],
+                          frozen_at: datetime | None) -> None:
+        user_id = event.event.user_id
+        now = self._now()
+        async with self._uow() as uow:
+            # The inbox keeps an old deletion delivered again after the restore from
+            # freezing the account anew.
+            if not await uow.inbox.add(event.id, event.name, now):
+                metrics.EVENTS_CONSUMED.labels(event.name, "duplicate").inc()
+                return
+            # Registration and deletion travel on different topics: a deletion may come first.
+            # The account is due (sso registered the user before), so it opens here, bonus
+            # included, and the registration that follows finds it open.
+            await self._open(uow, user_id, now)
+            await uow.accounts.set_frozen(user_id, frozen_at)
+            await uow.commit()
+        metrics.EVENTS_CONSUMED.labels(event.name, "processed").inc()
 
     async def session_revoked(self, event: Envelope[SessionRevoked]) -> None:
         """Refuse the session's access tokens from now on, in this process and after restarts."""

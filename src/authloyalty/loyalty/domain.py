@@ -29,6 +29,13 @@ class Account:
     user_id: UUID
     balance: int
     created_at: datetime
+    # Set while the user is deleted: no movement until restored.
+    frozen_at: datetime | None = None
+
+    @property
+    def state(self) -> Literal["active", "frozen"]:
+        """``frozen`` while the user is deleted, else ``active``."""
+        return "active" if self.frozen_at is None else "frozen"
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,14 @@ class AccountNotFound(LoyaltyError):
     default_message = "account not found"
 
 
+class AccountFrozen(LoyaltyError):
+    """The account's user is deleted: no deposit or withdrawal until restored."""
+
+    kind = ErrorKind.CONFLICT
+    code = "account_frozen"
+    default_message = "account is frozen: its user is deleted"
+
+
 class InsufficientPoints(LoyaltyError):
     """The withdrawal would make the balance negative; nothing changed."""
 
@@ -163,6 +178,9 @@ class Accounts(Protocol):
 
     async def open(self, user_id: UUID, now: datetime) -> bool:
         """Create the account with a zero balance unless it exists; True if created."""
+
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
+        """Freeze (a time) or unfreeze (None) the account; False if there is none."""
 
 
 class AccountReads(Protocol):

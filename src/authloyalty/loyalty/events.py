@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from authloyalty.events import SessionRevoked, UserRegistered
+from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.platform.bus import PermanentEventError
 from authloyalty.platform.kafka_codec import Incoming
+from authloyalty.rpc.account.v1.account_pb2 import AccountChanged
 from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
 from authloyalty.rpc.session.v1 import session_pb2
 
@@ -39,9 +40,21 @@ def _revocation(message: session_pb2.SessionRevoked, key: str) -> SessionRevoked
         reason=message.reason)
 
 
+def _account_change(message: AccountChanged, key: str) -> UserDeleted | UserRestored:
+    kinds: dict[int, type[UserDeleted | UserRestored]] = {
+        AccountChanged.DELETED: UserDeleted, AccountChanged.RESTORED: UserRestored}
+    kind = kinds.get(message.change)
+    if kind is None:
+        raise PermanentEventError(f"unknown account change {message.change}")
+    return kind(_uuid(kind.name, "user_id", message.user_id),
+                datetime.fromtimestamp(message.changed_at_unix, UTC))
+
+
 LOYALTY_EVENTS = (
     Incoming(topic=lambda kafka: kafka.registration_topic, message=RegistrationMessage,
              to_event=_registration),
     Incoming(topic=lambda kafka: kafka.sessions_topic, message=session_pb2.SessionRevoked,
              to_event=_revocation),
+    Incoming(topic=lambda kafka: kafka.accounts_topic, message=AccountChanged,
+             to_event=_account_change),
 )

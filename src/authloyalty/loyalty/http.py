@@ -182,7 +182,8 @@ async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
                          name=view.owner.name, birthday=view.owner.birthday,
                          is_admin=view.owner.is_admin)
     return AdminAccountOut(uuid=str(view.account.user_id), balance=view.account.balance,
-                           owner=owner, owner_status=view.owner_status)
+                           owner=owner, owner_status=view.owner_status,
+                           state=view.account.state)
 
 
 @router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut,

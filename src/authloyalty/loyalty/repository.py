@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, case, delete, func, insert, select, text, upda
 
 from authloyalty.loyalty.domain import (
     Account,
+    AccountFrozen,
     AccountNotFound,
     IdempotencyRecord,
     InsufficientPoints,
@@ -34,16 +35,19 @@ from authloyalty.platform.sql import insert_ignore
 
 # Hot statements are built once: constructing a statement and its cache key on every call was
 # a visible share of a request's CPU.
-_ACCOUNT = select(accounts.c.user_id, accounts.c.balance, accounts.c.created_at).where(
-    accounts.c.user_id == bindparam("b_user_id"))
+_ACCOUNT = select(accounts.c.user_id, accounts.c.balance, accounts.c.created_at,
+                  accounts.c.frozen_at).where(accounts.c.user_id == bindparam("b_user_id"))
 _CHANGE_BALANCE = (
     update(accounts)
     .where(accounts.c.user_id == bindparam("b_user_id"),
-           accounts.c.balance + bindparam("b_delta") >= 0)
+           accounts.c.balance + bindparam("b_delta") >= 0, accounts.c.frozen_at.is_(None))
     .values(balance=accounts.c.balance + bindparam("b_delta"), updated_at=bindparam("b_now"))
     .returning(accounts.c.balance))
 _APPEND = insert(ledger_entries).returning(ledger_entries.c.id)
-_EXISTS = select(accounts.c.user_id).where(accounts.c.user_id == bindparam("b_user_id"))
+_SET_FROZEN = update(accounts).where(accounts.c.user_id == bindparam("b_user_id")).values(
+    frozen_at=bindparam("b_frozen"))
+_EXISTS = select(accounts.c.user_id, accounts.c.frozen_at).where(
+    accounts.c.user_id == bindparam("b_user_id"))
 _IDEMPOTENCY_KEY = select(idempotency_keys).where(
     idempotency_keys.c.caller_id == bindparam("b_caller"),
     idempotency_keys.c.key == bindparam("b_key"))
@@ -63,7 +67,7 @@ _PURGE_REVOCATIONS = delete(revoked_sessions).where(
     revoked_sessions.c.revoked_until < bindparam("b_before"))
 # PostgreSQL only (see loyalty.movements.CoalescedAccountReads).
 ACCOUNTS_BY_IDS = text(
-    "SELECT user_id, balance, created_at FROM accounts"
+    "SELECT user_id, balance, created_at, frozen_at FROM accounts"
     " WHERE user_id = ANY(CAST(:b_ids AS uuid[]))")
 # The ledger rule (domain.Movement) as PostgreSQL enforces it, for one movement (in a unit of
 # work) or many of distinct accounts (coalesced, one transaction in autocommit): lock the
@@ -78,7 +82,7 @@ WITH req AS (
                          CAST(:b_comments AS text[]), CAST(:b_ats AS timestamptz[]))
         AS r(ord, account_id, kind, amount, comment, at)
 ), locked AS (
-    SELECT user_id FROM accounts WHERE user_id IN (SELECT account_id FROM req)
+    SELECT user_id, frozen_at FROM accounts WHERE user_id IN (SELECT account_id FROM req)
     ORDER BY user_id FOR UPDATE
 ), changed AS (
     UPDATE accounts
@@ -86,7 +90,7 @@ WITH req AS (
             + CASE WHEN req.kind = 'deposit' THEN req.amount ELSE -req.amount END,
         updated_at = req.at
     FROM req JOIN locked ON locked.user_id = req.account_id
-    WHERE accounts.user_id = req.account_id
+    WHERE accounts.user_id = req.account_id AND locked.frozen_at IS NULL
       AND accounts.balance
             + CASE WHEN req.kind = 'deposit' THEN req.amount ELSE -req.amount END >= 0
     RETURNING accounts.user_id, accounts.balance
@@ -98,7 +102,9 @@ WITH req AS (
     RETURNING id, account_id
 )
 SELECT req.ord, entries.id, changed.balance,
-       EXISTS (SELECT 1 FROM locked WHERE locked.user_id = req.account_id) AS found
+       EXISTS (SELECT 1 FROM locked WHERE locked.user_id = req.account_id) AS found,
+       EXISTS (SELECT 1 FROM locked WHERE locked.user_id = req.account_id
+               AND locked.frozen_at IS NOT NULL) AS frozen
 FROM req
 LEFT JOIN changed ON changed.user_id = req.account_id
 LEFT JOIN entries ON entries.account_id = req.account_id
@@ -128,6 +134,8 @@ def movement_answers(movements: Sequence[Movement], rows: Sequence[Mapping[str, 
                 id=int(row["id"]), account_id=movement.account_id, kind=movement.kind,
                 amount=movement.amount, comment=movement.comment,
                 balance_after=int(row["balance"]), created_at=movement.at))
+        elif row["frozen"]:
+            answers.append(AccountFrozen())
         elif row["found"]:
             answers.append(InsufficientPoints())
         else:
@@ -137,8 +145,10 @@ def movement_answers(movements: Sequence[Movement], rows: Sequence[Mapping[str, 
 
 def account_from(row: Mapping[str, Any]) -> Account:
     """An account from its row."""
+    frozen_at = row["frozen_at"]
     return Account(user_id=row["user_id"], balance=int(row["balance"]),
-                   created_at=as_utc(row["created_at"]))
+                   created_at=as_utc(row["created_at"]),
+                   frozen_at=as_utc(frozen_at) if frozen_at else None)
 
 
 def _entry(row: Mapping[str, Any]) -> LedgerEntry:
@@ -164,6 +174,11 @@ class SqlAccounts:
         return await insert_ignore(self._db, accounts, user_id=user_id, balance=0,
                                    created_at=now, updated_at=now)
 
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
+        """Freeze (a time) or unfreeze (None) the account; False if there is none."""
+        return await self._db.execute(_SET_FROZEN, {
+            "b_user_id": user_id, "b_frozen": frozen_at}) == 1
+
 
 class SqlLedger:
     """Movements in ``ledger_entries``."""
@@ -184,8 +199,11 @@ class SqlLedger:
         balance = await self._db.scalar(_CHANGE_BALANCE, {
             "b_user_id": movement.account_id, "b_delta": movement.delta, "b_now": movement.at})
         if balance is None:
-            if await self._db.first(_EXISTS, {"b_user_id": movement.account_id}) is None:
+            found = await self._db.first(_EXISTS, {"b_user_id": movement.account_id})
+            if found is None:
                 raise AccountNotFound()
+            if found["frozen_at"] is not None:
+                raise AccountFrozen()
             raise InsufficientPoints()
         entry_id = await self._db.scalar(_APPEND, {
             "account_id": movement.account_id, "kind": movement.kind,

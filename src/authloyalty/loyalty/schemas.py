@@ -49,6 +49,8 @@ class AdminAccountOut(BalanceOut):
 
     owner: OwnerOut | None
     owner_status: Literal["ok", "not_found", "unavailable"]
+    state: Literal["active", "frozen"] = Field(
+        description="frozen while the user is deleted: no deposit or withdrawal")
 
 
 class TransactionOut(BaseModel):

@@ -28,6 +28,8 @@ accounts = Table(
     Column("balance", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Set while the user is deleted: no deposit or withdrawal, the history kept.
+    Column("frozen_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("balance >= 0", name="ck_accounts_balance_non_negative"),
 )
 

@@ -79,6 +79,8 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:
         _new_topic(settings, settings.sessions_topic, settings.topic_partitions, sessions_rf,
                    {"retention.ms": retention}),
         _new_topic(settings, settings.sessions_topic + settings.dead_letter_suffix, 1, rf),
+        _new_topic(settings, settings.accounts_topic, settings.topic_partitions, rf),
+        _new_topic(settings, settings.accounts_topic + settings.dead_letter_suffix, 1, rf),
     ]
     for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
         try:

@@ -60,6 +60,8 @@ class KafkaSettings(Section):
     schema_registry_url: str = "mock://authloyalty"
     registration_topic: str = "registration"
     sessions_topic: str = "sessions"
+    # Account lifecycle (deletion, restore), keyed by user: one user's changes stay in order.
+    accounts_topic: str = "accounts"
     dead_letter_suffix: str = ".dlq"
     consumer_group: str = "loyalty"
     # Distinguishes loyalty replicas: each one reads every session revocation.

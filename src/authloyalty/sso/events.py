@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from authloyalty.events import SessionRevoked, UserRegistered
+from collections.abc import Callable
+
+from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.platform.kafka_codec import Outgoing, OutgoingTable
+from authloyalty.rpc.account.v1.account_pb2 import AccountChanged
 from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
 from authloyalty.rpc.session.v1 import session_pb2
 
@@ -22,6 +25,14 @@ def _revocation(event: SessionRevoked) -> session_pb2.SessionRevoked:
                                       reason=event.reason)
 
 
+def _account_change(change: AccountChanged.Change,
+                    ) -> Callable[[UserDeleted | UserRestored], AccountChanged]:
+    def to_message(event: UserDeleted | UserRestored) -> AccountChanged:
+        return AccountChanged(user_id=str(event.user_id), change=change,
+                              changed_at_unix=int(event.at.timestamp()))
+    return to_message
+
+
 SSO_EVENTS = OutgoingTable(
     Outgoing(UserRegistered, topic=lambda kafka: kafka.registration_topic,
              key=lambda e: str(e.user_id), message=RegistrationMessage,
@@ -32,4 +43,12 @@ SSO_EVENTS = OutgoingTable(
     Outgoing(SessionRevoked, topic=lambda kafka: kafka.sessions_topic,
              key=lambda e: str(e.user_id), message=session_pb2.SessionRevoked,
              to_message=_revocation, every_partition=True),
+    # One topic, one message type for the account lifecycle; keyed by user, so a deletion and
+    # the restore that follows it are read in order.
+    Outgoing(UserDeleted, topic=lambda kafka: kafka.accounts_topic,
+             key=lambda e: str(e.user_id), message=AccountChanged,
+             to_message=_account_change(AccountChanged.DELETED)),
+    Outgoing(UserRestored, topic=lambda kafka: kafka.accounts_topic,
+             key=lambda e: str(e.user_id), message=AccountChanged,
+             to_message=_account_change(AccountChanged.RESTORED)),
 )

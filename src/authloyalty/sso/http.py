@@ -68,13 +68,14 @@ def origin(request: Request) -> Origin:
     return Origin(client_address(request), request.headers.get("User-Agent") or None)
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
+    """``moment`` in UTC, ISO 8601 with a ``Z``."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
 def _session_item(session: Session, current: UUID) -> dict[str, Any]:
-    return {"id": str(session.id), "created_at": _iso(session.created_at),
-            "last_used_at": _iso(session.last_used_at), "user_agent": session.user_agent,
+    return {"id": str(session.id), "created_at": iso(session.created_at),
+            "last_used_at": iso(session.last_used_at), "user_agent": session.user_agent,
             "ip": session.ip, "current": session.id == current}
 
 
@@ -164,6 +165,9 @@ def install(app: FastAPI) -> None:
     # Imported here: these routes build on this module's dependencies.
     from authloyalty.sso import account_http
     app.include_router(account_http.router)
+    # Imported here: the admin routes build on this module's dependencies.
+    from authloyalty.sso import admin_http
+    app.include_router(admin_http.router)
 
     @app.get("/.well-known/jwks.json", tags=["auth"])
     async def jwks(request: Request) -> Response:

@@ -82,10 +82,14 @@ def _session(row: Mapping[str, Any]) -> Session:
     )
 
 
+# Not a backslash: how one is written in an ESCAPE clause differs between the databases.
+_LIKE_ESCAPE = "!"
+
+
 def _like_prefix(prefix: str) -> str:
     """A LIKE pattern matching strings that start with ``prefix`` literally."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
+    e = _LIKE_ESCAPE
+    return prefix.replace(e, e + e).replace("%", e + "%").replace("_", e + "_") + "%"
 
 
 # Locked in id order, so that concurrent revocations wait for each other and cannot deadlock.
@@ -106,7 +110,7 @@ class SqlUsers:
             statement = statement.where(users.c.id == query.user_id)
         if query.email_prefix is not None:
             statement = statement.where(users.c.email_normalized.like(
-                _like_prefix(normalise_email(query.email_prefix)), escape="\\"))
+                _like_prefix(normalise_email(query.email_prefix)), escape=_LIKE_ESCAPE))
         if after is not None:
             statement = statement.where(users.c.email_normalized > select(
                 users.c.email_normalized).where(users.c.id == after).scalar_subquery())

@@ -156,3 +156,36 @@ class AccountDeletionIn(Body):
     """``DELETE /auth/me``: the password confirms the deletion."""
 
     password: Password
+
+
+class AdminUserOut(BaseModel):
+    """A user as admins see them."""
+
+    user_id: str
+    email: str
+    name: str | None
+    is_admin: bool
+    created_at: str
+    deleted_at: str | None = Field(description="When the user deleted the account; null "
+                                               "while it is not deleted")
+
+
+class AdminUsersOut(BaseModel):
+    """``GET /auth/admin/users``: ordered by email; pass ``next_cursor`` back for more."""
+
+    status: str = "Success"
+    items: list[AdminUserOut]
+    next_cursor: str | None
+
+
+class AdminUserDetailsOut(AdminUserOut):
+    """``GET /auth/admin/users/{user_id}``."""
+
+    status: str = "Success"
+    sessions: int = Field(description="How many sessions of the user are active")
+
+
+class AdminRightIn(Body):
+    """``PUT /auth/admin/users/{user_id}/admin``."""
+
+    is_admin: Annotated[bool, Field(strict=True)]

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 from uuid import UUID, uuid4
 
-from authloyalty.events import SessionRevoked, UserRegistered
+from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.clock import utcnow
@@ -19,6 +19,7 @@ from authloyalty.platform.errors import Forbidden, InvalidToken, ValidationFaile
 from authloyalty.platform.tokens import TokenClaims, TokenIssuer, TokenPair, TokenVerifier
 from authloyalty.sso.domain import (
     InvalidCredentials,
+    LastAdmin,
     Session,
     SessionNotFound,
     SsoUnitOfWork,
@@ -28,6 +29,7 @@ from authloyalty.sso.domain import (
     UserNotDeleted,
     UserNotFound,
     UserPurged,
+    UserQuery,
     canonical_email,
     email_problem,
 )
@@ -356,15 +358,16 @@ class AuthService:
                 raise InvalidToken("user no longer exists")  # deleted concurrently
             if email_failures:
                 await uow.login_failures.clear_email(user.email)
-            for session in await uow.sessions.active_for_user(user.id):
-                await self._revoke(uow, session, "account_deleted", now)
+            await self._end_sessions(uow, user.id, "account_deleted", now)
+            # loyalty freezes the account on this event (no personal data in it).
+            await uow.outbox.add(Envelope(UserDeleted(user.id, now), occurred_at=now,
+                                          headers=telemetry.current_headers()))
             await uow.commit()
 
     async def restore_user(self, access_token: str, user_id: UUID) -> None:
         """Undo a user's deletion (admins only) while their personal data is kept."""
-        claims = await self.authenticate(access_token)
-        if not claims.admin:
-            raise Forbidden("admin rights required")
+        await self._admin(access_token)
+        now = self._now()
         async with self._uow() as uow:
             user = await uow.users.get(user_id)
             if user is None:
@@ -373,6 +376,9 @@ class AuthService:
                 raise UserPurged()
             if not await uow.users.restore(user_id):
                 raise UserNotDeleted()
+            # loyalty unfreezes the account on this event.
+            await uow.outbox.add(Envelope(UserRestored(user_id, now), occurred_at=now,
+                                          headers=telemetry.current_headers()))
             await uow.commit()
 
     async def revoke_user_sessions(self, email: str, reason: str = "admin") -> int:
@@ -382,10 +388,15 @@ class AuthService:
             user = await uow.users.by_email(email)
             if user is None:
                 raise UserNotFound()
-            ended = 0
-            for session in await uow.sessions.active_for_user(user.id):
-                ended += await self._revoke(uow, session, reason, now)
+            ended = await self._end_sessions(uow, user.id, reason, now)
             await uow.commit()
+        return ended
+
+    async def _end_sessions(self, uow: SsoUnitOfWork, user_id: UUID, reason: str,
+                            now: datetime) -> int:
+        ended = 0
+        for session in await uow.sessions.active_for_user(user_id):
+            ended += await self._revoke(uow, session, reason, now)
         return ended
 
     async def authenticate(self, access_token: str) -> TokenClaims:
@@ -469,3 +480,91 @@ class AuthService:
             removed = await uow.login_failures.purge(before)
             await uow.commit()
         return removed
+
+    # --- user administration (admins only) ------------------------------------------------
+
+    async def _admin(self, access_token: str) -> TokenClaims:
+        claims = await self.authenticate(access_token)
+        if not claims.admin:
+            raise Forbidden("admin rights required")
+        return claims
+
+    async def find_users(self, access_token: str, query: str | None, limit: int,
+                         cursor: str | None) -> UserPage:
+        """A page of users whose email starts with ``query`` (any case) or whose id it is,
+        ordered by email; ``next_cursor`` continues it."""
+        await self._admin(access_token)
+        after = _user_cursor(cursor)
+        async with self._read_uow() as uow:
+            found = await uow.users.page(_user_query(query), limit + 1, after)
+        more = len(found) > limit
+        found = found[:limit]
+        return UserPage(found, str(found[-1].id) if more and found else None)
+
+    async def user_details(self, access_token: str, user_id: UUID) -> tuple[User, int]:
+        """A user and how many active sessions they have."""
+        await self._admin(access_token)
+        async with self._read_uow() as uow:
+            user = await uow.users.get(user_id)
+            if user is None:
+                raise UserNotFound()
+            sessions = await uow.sessions.active_for_user(user_id)
+        return user, len(sessions)
+
+    async def set_admin_right(self, access_token: str, user_id: UUID, is_admin: bool) -> None:
+        """Grant or revoke the admin right; a revocation ends the user's sessions (their
+        access tokens say ``admin``) and is refused for the last admin."""
+        await self._admin(access_token)
+        now = self._now()
+        async with self._uow() as uow:
+            # Locked first: of two admins revoking each other, the second sees the first's
+            # revocation and is refused.
+            admins = await uow.users.lock_admins() if not is_admin else []
+            user = await uow.users.get(user_id)
+            if user is None:
+                raise UserNotFound()
+            if user.is_admin == is_admin:
+                return
+            if not is_admin:
+                if admins == [user_id]:
+                    raise LastAdmin()
+                await self._end_sessions(uow, user_id, "admin_right_revoked", now)
+            await uow.users.set_admin(user_id, is_admin)
+            await uow.commit()
+
+    async def revoke_sessions_of(self, access_token: str, user_id: UUID) -> int:
+        """End every session of the user, as the CLI's ``admin revoke-sessions`` does."""
+        await self._admin(access_token)
+        now = self._now()
+        async with self._uow() as uow:
+            if await uow.users.get(user_id) is None:
+                raise UserNotFound()
+            ended = await self._end_sessions(uow, user_id, "admin", now)
+            await uow.commit()
+        return ended
+
+
+@dataclass(frozen=True)
+class UserPage:
+    """A page of users, ordered by email, and the cursor of the next one."""
+
+    users: list[User]
+    next_cursor: str | None
+
+
+def _user_query(query: str | None) -> UserQuery:
+    if not query:
+        return UserQuery()
+    try:
+        return UserQuery(user_id=UUID(query))
+    except ValueError:
+        return UserQuery(email_prefix=query)
+
+
+def _user_cursor(cursor: str | None) -> UUID | None:
+    if not cursor:
+        return None
+    try:
+        return UUID(cursor)
+    except ValueError:
+        raise ValidationFailed("cursor: not a cursor returned by this API") from None
