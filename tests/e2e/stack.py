@@ -135,6 +135,7 @@ class Stack:
                                  "schema_registry_url": self.registry.ccompat_url,
                                  "registration_topic": f"registration-{self.database}",
                                  "sessions_topic": f"sessions-{self.database}",
+                                 "accounts_topic": f"accounts-{self.database}",
                                  "delivery_timeout_seconds": 3.0, **kafka}},
         }
         path = self.root / "config.yaml"
