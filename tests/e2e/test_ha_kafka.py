@@ -22,7 +22,8 @@ from tests.e2e.stack import wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOPICS = ("registration", "registration.dlq", "sessions", "sessions.dlq")
+TOPICS = ("registration", "registration.dlq", "sessions", "sessions.dlq", "accounts",
+          "accounts.dlq")
 
 
 @dataclass
