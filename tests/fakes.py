@@ -19,6 +19,7 @@ from authloyalty.loyalty.domain import (
     LedgerEntry,
     Movement,
 )
+from authloyalty.platform.audit import AuditEntry, AuditQuery, AuditRecord
 from authloyalty.platform.bus import Envelope
 from authloyalty.sso.domain import Session, User, UserExists, UserQuery, normalise_email
 
@@ -31,6 +32,14 @@ class SsoState:
     sessions: dict[UUID, Session] = field(default_factory=dict)
     failures: list[tuple[str, str, datetime]] = field(default_factory=list)
     outbox: list[Envelope[Any]] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    # users.lifecycle_version (User does not carry it); absent means 0.
+    lifecycle_versions: dict[UUID, int] = field(default_factory=dict)
+
+
+def _user_out(user: User) -> User:
+    """A copy as the SQL repository returns it: a purged user's placeholder email blanked."""
+    return replace(user, email="") if user.purged_at is not None else copy.copy(user)
 
 
 class FakeUsers:
@@ -43,15 +52,17 @@ class FakeUsers:
             found = [u for u in found if u.id == query.user_id]
         if query.email_prefix is not None:
             prefix = normalise_email(query.email_prefix)
-            found = [u for u in found if u.email_normalized.startswith(prefix)]
+            found = [u for u in found
+                     if u.email_normalized.startswith(prefix) and u.purged_at is None]
         if after is not None:
             anchor = self._s.users.get(after)
             found = [u for u in found
                      if anchor is not None and u.email_normalized > anchor.email_normalized]
-        return [copy.copy(u) for u in found[:limit]]
+        return [_user_out(u) for u in found[:limit]]
 
     async def lock_admins(self) -> list[UUID]:
-        return sorted(u.id for u in self._s.users.values() if u.is_admin)
+        return sorted(u.id for u in self._s.users.values()
+                      if u.is_admin and u.deleted_at is None)
 
     async def add(self, user: User) -> None:
         if any(u.email_normalized == user.email_normalized for u in self._s.users.values()):
@@ -60,36 +71,58 @@ class FakeUsers:
 
     async def get(self, user_id: UUID) -> User | None:
         user = self._s.users.get(user_id)
-        return copy.copy(user) if user else None
+        return _user_out(user) if user else None
+
+    async def lock(self, user_id: UUID, *, exclusive: bool = False) -> User | None:
+        return await self.get(user_id)  # transactions of the fake are serial already
 
     async def by_email(self, email: str) -> User | None:
         wanted = normalise_email(email)
         for user in self._s.users.values():
             if user.email_normalized == wanted:
-                return copy.copy(user)
+                return _user_out(user)
         return None
 
     async def set_admin(self, user_id: UUID, is_admin: bool) -> None:
         if user_id in self._s.users:
             self._s.users[user_id].is_admin = is_admin
 
-    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
-        if user_id in self._s.users:
-            self._s.users[user_id].password_hash = password_hash
-
-    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> bool:
         user = self._s.users.get(user_id)
         if user is None or user.deleted_at is not None:
             return False
-        user.deleted_at = now
+        user.password_hash = password_hash
         return True
 
-    async def restore(self, user_id: UUID) -> bool:
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> int | None:
+        user = self._s.users.get(user_id)
+        if user is None or user.deleted_at is not None:
+            return None
+        user.deleted_at = now
+        return self._next_version(user_id)
+
+    async def restore(self, user_id: UUID) -> int | None:
         user = self._s.users.get(user_id)
         if user is None or user.deleted_at is None or user.purged_at is not None:
-            return False
+            return None
         user.deleted_at = None
-        return True
+        return self._next_version(user_id)
+
+    def _next_version(self, user_id: UUID) -> int:
+        version = self._s.lifecycle_versions.get(user_id, 0) + 1
+        self._s.lifecycle_versions[user_id] = version
+        return version
+
+    async def purge_deleted(self, deleted_before: datetime, now: datetime,
+                            limit: int) -> list[UUID]:
+        due = sorted((u for u in self._s.users.values() if u.purged_at is None
+                      and u.deleted_at is not None and u.deleted_at < deleted_before),
+                     key=lambda u: u.deleted_at or now)[:limit]
+        for user in due:
+            user.email = f"purged:{user.id}"
+            user.password_hash = "!purged"
+            user.name, user.birthday, user.purged_at = None, None, now
+        return [u.id for u in due]
 
 
 class FakeSessions:
@@ -126,6 +159,12 @@ class FakeSessions:
                  if s.user_id == user_id and s.active]
         return sorted(found, key=lambda s: (s.created_at, s.id), reverse=True)
 
+    async def delete_for_users(self, user_ids: list[UUID]) -> int:
+        gone = [s for s in self._s.sessions.values() if s.user_id in user_ids]
+        for session in gone:
+            del self._s.sessions[session.id]
+        return len(gone)
+
 
 class FakeLoginFailures:
     def __init__(self, state: SsoState) -> None:
@@ -161,6 +200,26 @@ class FakeOutbox:
 
     async def add(self, envelope: Envelope[Any]) -> None:
         self._s.outbox.append(envelope)
+
+
+class FakeAuditLog:
+    """Either service's audit log: rows in a list, ids counting from 1."""
+
+    def __init__(self, entries: list[AuditEntry]) -> None:
+        self._entries = entries
+
+    async def add(self, record: AuditRecord) -> int:
+        new_id = self._entries[-1].id + 1 if self._entries else 1
+        self._entries.append(AuditEntry(new_id, record))
+        return new_id
+
+    async def page(self, query: AuditQuery, limit: int, before_id: int | None
+                   ) -> list[AuditEntry]:
+        found = [e for e in reversed(self._entries)
+                 if (query.actor_id is None or e.record.actor_id == query.actor_id)
+                 and (query.target_id is None or e.record.target_id == query.target_id)
+                 and (before_id is None or e.id < before_id)]
+        return found[:limit]
 
 
 class _FakeUnitOfWork:
@@ -206,6 +265,7 @@ class FakeSsoUnitOfWork(_FakeUnitOfWork):
         self.sessions = FakeSessions(state)
         self.login_failures = FakeLoginFailures(state)
         self.outbox = FakeOutbox(state)
+        self.audit = FakeAuditLog(state.audit)
 
 
 @dataclass
@@ -217,6 +277,9 @@ class LoyaltyState:
     keys: dict[tuple[UUID, str], IdempotencyRecord] = field(default_factory=dict)
     inbox: set[UUID] = field(default_factory=set)
     revocations: dict[UUID, datetime] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    # accounts.lifecycle_version (Account does not carry it); absent means 0.
+    lifecycle_versions: dict[UUID, int] = field(default_factory=dict)
 
 
 class FakeAccounts:
@@ -232,11 +295,12 @@ class FakeAccounts:
         self._s.accounts[user_id] = Account(user_id, 0, now)
         return True
 
-    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None, version: int) -> bool:
         account = self._s.accounts.get(user_id)
-        if account is None:
+        if account is None or self._s.lifecycle_versions.get(user_id, 0) >= max(version, 1):
             return False
         self._s.accounts[user_id] = replace(account, frozen_at=frozen_at)
+        self._s.lifecycle_versions[user_id] = version
         return True
 
 
@@ -336,3 +400,4 @@ class FakeLoyaltyUnitOfWork(_FakeUnitOfWork):
         self.idempotency = FakeIdempotencyKeys(state)
         self.inbox = FakeInbox(state)
         self.revocations = FakeRevocations(state)
+        self.audit = FakeAuditLog(state.audit)

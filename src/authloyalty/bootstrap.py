@@ -70,8 +70,6 @@ from authloyalty.sso.uow import SqlSsoUnitOfWork
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL_SECONDS = 300.0
-
 
 def sso_database(settings: Settings) -> DatabaseTarget:
     """sso's database: its own URL, the ``sso`` schema of the shared URL, or ``sso.db``."""
@@ -317,7 +315,7 @@ class EmbeddedSystem:
                      user_id)
         self.tasks = [
             asyncio.create_task(self.sso.relay.run_forever(), name="outbox-relay"),
-            asyncio.create_task(_every(MAINTENANCE_INTERVAL_SECONDS,
+            asyncio.create_task(_every(self.settings.maintenance_interval_seconds,
                                        self._maintenance, "maintenance")),
             asyncio.create_task(_every(self.settings.sso.keys_reload_seconds,
                                        self._reload_keys, "keys")),
@@ -331,6 +329,7 @@ class EmbeddedSystem:
 
     async def _maintenance(self) -> None:
         await self.sso.service.purge_login_failures()
+        await self.sso.service.purge_deleted_users()
         await self.loyalty.service.purge_idempotency_keys()
         await self.loyalty.handlers.purge_revocations()
 
@@ -407,13 +406,17 @@ class SsoProcess:
                 log.warning("Kafka producers not prepared: %s", exc)
             self.tasks.append(asyncio.create_task(self.sso.relay.run_forever()))
         self.tasks.append(asyncio.create_task(_every(
-            MAINTENANCE_INTERVAL_SECONDS, self.sso.service.purge_login_failures, "purge")))
+            self.settings.maintenance_interval_seconds, self._maintenance, "maintenance")))
         self.tasks.append(asyncio.create_task(_every(
             self.settings.sso.keys_reload_seconds, self._reload_keys, "keys")))
         self.tasks.append(asyncio.create_task(watch_loop_lag(("sso",)), name="loop-lag"))
 
     async def _reload_keys(self) -> None:
         await reload_keys(self.sso.keys)
+
+    async def _maintenance(self) -> None:
+        await self.sso.service.purge_login_failures()
+        await self.sso.service.purge_deleted_users()
 
     async def stop(self) -> None:
         """Stop background work and release clients."""
@@ -452,7 +455,7 @@ class LoyaltyProcess:
         self.tasks += [asyncio.create_task(c.run()) for c in self.consumers]
         self.tasks.append(asyncio.create_task(self.jwks.refresh_forever()))
         self.tasks.append(asyncio.create_task(_every(
-            MAINTENANCE_INTERVAL_SECONDS, self._maintenance, "maintenance")))
+            self.settings.maintenance_interval_seconds, self._maintenance, "maintenance")))
         self.tasks.append(asyncio.create_task(watch_loop_lag(("loyalty",)), name="loop-lag"))
 
     async def _maintenance(self) -> None:

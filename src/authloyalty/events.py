@@ -17,6 +17,12 @@ from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
+# The ``version`` of a deletion or restore is the user's lifecycle version after it: sso
+# increments it with each of them, in the same UPDATE, so it orders them where arrival order
+# and whole-second times cannot (the relay retries a row while later ones go out; several
+# replicas relay). 0 marks an event from an sso that had no versions (or an outbox row it left).
+UNVERSIONED = 0
+
 
 @dataclass(frozen=True)
 class UserRegistered:
@@ -42,19 +48,23 @@ class SessionRevoked:
 
 @dataclass(frozen=True)
 class UserDeleted:
-    """A user deleted their account (restorable until purged); loyalty freezes it."""
+    """A user deleted their account (restorable until purged); loyalty freezes it unless it
+    has applied a newer change (``version``, see :data:`UNVERSIONED`)."""
 
     name: ClassVar[str] = "user_deleted"
 
     user_id: UUID
     at: datetime
+    version: int = UNVERSIONED
 
 
 @dataclass(frozen=True)
 class UserRestored:
-    """An admin restored a deleted user; loyalty unfreezes the account."""
+    """An admin restored a deleted user; loyalty unfreezes the account unless it has applied
+    a newer change (``version``, see :data:`UNVERSIONED`)."""
 
     name: ClassVar[str] = "user_restored"
 
     user_id: UUID
     at: datetime
+    version: int = UNVERSIONED

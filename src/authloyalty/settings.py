@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     # One line per HTTP request (platform/http/middleware.py); off saves its cost per request.
     access_log: bool = True
+    # How often each process runs its maintenance jobs (purges of expired rows, of deleted
+    # users' personal data).
+    maintenance_interval_seconds: float = Field(default=300.0, gt=0)
     sso: SsoSettings = SsoSettings()
     loyalty: LoyaltySettings = LoyaltySettings()
     events: EventsSettings = EventsSettings()

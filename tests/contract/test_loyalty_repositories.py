@@ -52,10 +52,10 @@ async def test_a_frozen_account_refuses_movements_and_keeps_its_balance(
         loyalty_uow: Callable[[], Any]) -> None:
     owner = uuid4()
     async with loyalty_uow() as uow:
-        assert not await uow.accounts.set_frozen(owner, NOW)  # no account yet
+        assert not await uow.accounts.set_frozen(owner, NOW, 1)  # no account yet
         assert await uow.accounts.open(owner, NOW)
         await uow.ledger.apply(Movement(owner, "deposit", 100, "registration", NOW))
-        assert await uow.accounts.set_frozen(owner, NOW)
+        assert await uow.accounts.set_frozen(owner, NOW, 1)
         await uow.commit()
     for kind in ("deposit", "withdrawal"):
         async with loyalty_uow() as uow:
@@ -63,12 +63,48 @@ async def test_a_frozen_account_refuses_movements_and_keeps_its_balance(
                 await uow.ledger.apply(Movement(owner, kind, 1, "frozen", NOW))
     async with loyalty_uow() as uow:
         frozen = await uow.accounts.get(owner)
-        assert await uow.accounts.set_frozen(owner, None)
+        assert await uow.accounts.set_frozen(owner, None, 2)
         entry = await uow.ledger.apply(Movement(owner, "withdrawal", 1, "thawed", NOW))
         await uow.commit()
     assert frozen is not None
     assert (frozen.balance, frozen.state, frozen.frozen_at) == (100, "frozen", NOW)
     assert entry.balance_after == 99
+
+
+async def test_a_lifecycle_change_applies_only_over_an_older_version(
+        loyalty_uow: Callable[[], Any]) -> None:
+    owner = uuid4()
+    async with loyalty_uow() as uow:
+        assert await uow.accounts.open(owner, NOW)
+        assert await uow.accounts.set_frozen(owner, None, 2)  # the restore came first
+        assert not await uow.accounts.set_frozen(owner, NOW, 1)  # its deletion, late
+        assert not await uow.accounts.set_frozen(owner, NOW, 2)  # the same version again
+        assert not await uow.accounts.set_frozen(owner, NOW, 0)  # unversioned, too late
+        await uow.commit()
+    async with loyalty_uow() as uow:
+        active = await uow.accounts.get(owner)
+        assert await uow.accounts.set_frozen(owner, NOW, 3)
+        await uow.commit()
+    async with loyalty_uow() as uow:
+        frozen = await uow.accounts.get(owner)
+    assert active is not None
+    assert frozen is not None
+    assert (active.state, frozen.state, frozen.frozen_at) == ("active", "frozen", NOW)
+
+
+async def test_unversioned_changes_apply_in_arrival_order_until_a_versioned_one(
+        loyalty_uow: Callable[[], Any]) -> None:
+    owner = uuid4()
+    states: list[tuple[bool, str | None]] = []
+    async with loyalty_uow() as uow:
+        assert await uow.accounts.open(owner, NOW)
+        for frozen_at, version in ((NOW, 0), (None, 0), (NOW, 0), (None, 1), (NOW, 0)):
+            applied = await uow.accounts.set_frozen(owner, frozen_at, version)
+            account = await uow.accounts.get(owner)
+            states.append((applied, account.state if account else None))
+        await uow.commit()
+    assert states == [(True, "frozen"), (True, "active"), (True, "frozen"), (True, "active"),
+                      (False, "active")]
 
 
 async def test_ledger_pages_newest_first_and_sums(loyalty_uow: Callable[[], Any]) -> None:

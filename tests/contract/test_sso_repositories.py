@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
 from authloyalty.events import UserRegistered
 from authloyalty.platform.bus import Envelope
-from authloyalty.sso.domain import Session, User, UserExists
+from authloyalty.sso.domain import Session, User, UserExists, UserQuery
 from tests.contract.conftest import Factory
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
@@ -155,3 +156,105 @@ async def test_outbox_holds_committed_events_in_order_and_never_rolled_back_ones
     async with sso_uow() as uow:  # ends without commit: rolled back
         await uow.outbox.add(dropped)
     assert await sso_uow.outbox_event_ids() == [first.id, second.id]
+
+
+async def _deleted_users(sso_uow: Callable[[], Any], count: int) -> list[User]:
+    """``count`` users deleted a minute apart, each with a session, the oldest first."""
+    users = [new_user(f"purge-{i}-{uuid4().hex[:8]}@example.com") for i in range(count)]
+    async with sso_uow() as uow:
+        for i, user in enumerate(users):
+            await uow.users.add(user)
+            await uow.sessions.add(Session(id=uuid4(), user_id=user.id, created_at=NOW,
+                                           refresh_token_id=uuid4(), user_agent="curl/8.5",
+                                           ip="203.0.113.7"))
+            assert await uow.users.mark_deleted(user.id, NOW + timedelta(minutes=i))
+        await uow.commit()
+    return users
+
+
+async def test_purge_erases_the_personal_data_of_users_deleted_before_the_cutoff(
+        sso_uow: Callable[[], Any]) -> None:
+    old, recent = await _deleted_users(sso_uow, 2)
+    kept = new_user("kept@example.com")
+    purge_time = NOW + timedelta(days=400)
+    async with sso_uow() as uow:
+        await uow.users.add(kept)
+        purged = await uow.users.purge_deleted(NOW + timedelta(seconds=30), purge_time, 500)
+        assert await uow.sessions.delete_for_users(purged) == 1
+        await uow.commit()
+    assert purged == [old.id]
+    async with sso_uow() as uow:
+        gone = await uow.users.get(old.id)
+        assert await uow.users.by_email(old.email) is None
+        assert await uow.sessions.active_for_user(old.id) == []
+        # The email is free again, in any case; the others are untouched.
+        await uow.users.add(new_user(old.email.upper()))
+        untouched = await uow.users.get(recent.id)
+        assert await uow.users.get(kept.id) == kept
+        assert len(await uow.sessions.active_for_user(recent.id)) == 1
+        # Purged once: a second pass finds nobody, and the restore is refused.
+        assert await uow.users.purge_deleted(NOW + timedelta(seconds=30), purge_time, 500) == []
+        assert not await uow.users.restore(old.id)
+        await uow.commit()
+    assert gone is not None
+    assert (gone.id, gone.email, gone.name, gone.birthday) == (old.id, "", None, None)
+    assert old.password_hash not in gone.password_hash
+    assert (gone.deleted_at, gone.purged_at, gone.created_at) == (NOW, purge_time, NOW)
+    assert untouched is not None
+    assert (untouched.email, untouched.name, untouched.purged_at) == (recent.email, "Ann", None)
+
+
+async def test_a_purged_user_matches_no_email_search_but_its_id(
+        sso_uow: Callable[[], Any]) -> None:
+    [user] = await _deleted_users(sso_uow, 1)
+    async with sso_uow() as uow:
+        await uow.users.purge_deleted(NOW + timedelta(days=1), NOW + timedelta(days=1), 500)
+        await uow.commit()
+    async with sso_uow() as uow:
+        by_prefix = await uow.users.page(UserQuery(email_prefix="purge-"), 10, None)
+        by_id = await uow.users.page(UserQuery(user_id=user.id), 10, None)
+    assert user.id not in [u.id for u in by_prefix]
+    assert [(u.id, u.email) for u in by_id] == [(user.id, "")]
+
+
+async def test_purges_take_batches_and_concurrent_ones_purge_each_user_once(
+        sso_uow: Callable[[], Any]) -> None:
+    users = await _deleted_users(sso_uow, 7)
+    cutoff, now = NOW + timedelta(days=1), NOW + timedelta(days=2)
+
+    async def purge() -> list[UUID]:
+        async with sso_uow() as uow:
+            ids: list[UUID] = await uow.users.purge_deleted(cutoff, now, 3)
+            await uow.sessions.delete_for_users(ids)
+            await uow.commit()
+        return ids
+
+    first, second = await asyncio.gather(purge(), purge())
+    assert len(first) <= 3
+    assert len(second) <= 3
+    assert not set(first) & set(second)
+    rest = await purge()
+    assert await purge() == []
+    everyone = first + second + rest
+    assert sorted(everyone) == sorted(u.id for u in users)
+    async with sso_uow() as uow:
+        for user in users:
+            stored = await uow.users.get(user.id)
+            assert stored is not None
+            assert (stored.email, stored.purged_at) == ("", now)
+
+
+async def test_deletion_and_restore_return_the_next_lifecycle_version(
+        sso_uow: Callable[[], Any]) -> None:
+    user = new_user("versions@example.com")
+    async with sso_uow() as uow:
+        await uow.users.add(user)
+        assert await uow.users.restore(user.id) is None  # not deleted: no new version
+        assert await uow.users.mark_deleted(user.id, NOW) == 1
+        assert await uow.users.mark_deleted(user.id, NOW) is None  # already deleted
+        await uow.commit()
+    async with sso_uow() as uow:
+        assert await uow.users.restore(user.id) == 2
+        assert await uow.users.mark_deleted(user.id, NOW) == 3
+        assert await uow.users.mark_deleted(uuid4(), NOW) is None
+        await uow.commit()

@@ -260,7 +260,7 @@ def test_deletion_freezes_the_account_at_loyalty_and_restore_brings_it_back(
 
 def test_a_restore_right_after_the_deletion_leaves_the_account_active(
         deployment: Deployment) -> None:
-    # Both events are keyed by the user: loyalty reads them in the order sso wrote them.
+    # However the two events arrive, loyalty applies the restore: its version is the newer.
     user = deployment.user()
     r = deployment.sso("DELETE", "/auth/me", headers=user.auth, json={"password": PASSWORD})
     assert r.status_code == 200, r.text

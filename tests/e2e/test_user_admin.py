@@ -18,7 +18,7 @@ from tests.e2e.test_sessions import _accepted_everywhere, _refused_everywhere
 pytestmark = pytest.mark.e2e
 
 USERS = "/auth/admin/users"
-ITEM_KEYS = {"user_id", "email", "name", "is_admin", "created_at", "deleted_at"}
+ITEM_KEYS = {"user_id", "email", "name", "is_admin", "created_at", "deleted_at", "purged_at"}
 
 
 def _get(api: Api, headers: dict[str, str], path: str = USERS, **params: Any) -> dict[str, Any]:
@@ -88,6 +88,11 @@ def test_unknown_users_are_404_and_malformed_input_422(api: Api,
         r = api.sso("GET", USERS, headers=admin, params=params)
         assert r.status_code == 422, (params, r.text)
         assert error_code(r) == "validation_error"
+    # A query parameter is named as such, not as the body.
+    r = api.sso("GET", USERS, headers=admin, params={"query": "a" * 255})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("query: "), r.text
+    assert [f["field"] for f in r.json()["fields"]] == ["query"]
 
 
 # --- the routes at work ---------------------------------------------------------------------
@@ -221,6 +226,23 @@ def test_the_last_admin_keeps_the_right(lone: tuple[Api, Account]) -> None:
     assert error_code(r) == "last_admin"
     r = _set_admin(api, second.auth, root.user_id, True)
     assert r.status_code == 200, r.text
+
+
+def test_a_deleted_admin_does_not_count_and_the_last_live_admin_cannot_leave(
+        lone: tuple[Api, Account]) -> None:
+    api, root = lone
+    second = _make_admin(api, root.auth)
+    r = api.sso("DELETE", "/auth/me", headers=second.auth, json={"password": second.password})
+    assert r.status_code == 200, r.text
+    r = _set_admin(api, root.auth, root.user_id, False)
+    assert r.status_code == 409, r.text
+    assert error_code(r) == "last_admin"
+    r = api.sso("DELETE", "/auth/me", headers=root.auth, json={"password": root.password})
+    assert r.status_code == 409, r.text
+    assert error_code(r) == "last_admin"
+    _accepted_everywhere(api, root.access)
+    details = _get(api, root.auth, f"{USERS}/{root.user_id}")
+    assert (details["is_admin"], details["deleted_at"]) == (True, None)
 
 
 def test_two_admins_revoking_each_other_at_once_leave_an_admin(

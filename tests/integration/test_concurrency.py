@@ -13,8 +13,8 @@ from authloyalty.loyalty.domain import InsufficientPoints, Principal
 from authloyalty.loyalty.service import Idempotency, Operation
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.errors import InvalidToken
-from authloyalty.sso.domain import TokenReused
-from authloyalty.sso.service import Registration
+from authloyalty.sso.domain import InvalidCredentials, TokenReused
+from authloyalty.sso.service import IssuedTokens, Origin, Registration
 
 
 async def registered_user(system: EmbeddedSystem, email: str) -> tuple[Principal, str]:
@@ -86,11 +86,35 @@ async def test_parallel_refreshes_yield_one_successor_then_the_session_ends(
         await system.loyalty.authenticator.principal(winners[0].tokens.access_token)
 
 
+async def test_a_login_racing_the_account_deletion_leaves_no_working_token(
+        system: EmbeddedSystem) -> None:
+    service = system.sso.service
+    for attempt in range(12):  # rounds: each interleaves the two requests differently
+        email = f"leaving-{attempt}@example.com"
+        issued = await service.register(Registration(email, "long enough"))
+        deleted, logged_in = await asyncio.gather(
+            service.delete_account(issued.tokens.access_token, "long enough", Origin("a")),
+            service.login(email, "long enough", "b"), return_exceptions=True)
+        assert deleted is None
+        assert isinstance(logged_in, IssuedTokens | InvalidCredentials), logged_in
+        await system.sso.relay.run_once()  # loyalty hears of the ended sessions
+        for tokens in (issued, logged_in):
+            if isinstance(tokens, IssuedTokens):
+                with pytest.raises(InvalidToken):
+                    await service.authenticate(tokens.tokens.access_token)
+                with pytest.raises(InvalidToken):
+                    await system.loyalty.authenticator.principal(tokens.tokens.access_token)
+                with pytest.raises(InvalidToken):
+                    await service.refresh(tokens.tokens.refresh_token)
+        async with service._uow() as uow:  # straight from SQL: nothing left open
+            assert await uow.sessions.active_for_user(issued.user_id) == []
+
+
 async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:
     from authloyalty.platform.migrations import current_revision, head_revision
 
     await system.migrate()
     assert await current_revision("sso", system.sso.engine) == head_revision("sso") \
-        == "sso_0004"
+        == "sso_0006"
     assert await current_revision("loyalty", system.loyalty.engine) \
-        == head_revision("loyalty") == "loyalty_0003"
+        == head_revision("loyalty") == "loyalty_0005"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
@@ -45,7 +46,7 @@ from authloyalty.platform.tokens import (
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
 from authloyalty.sso.grpc import build_grpc_server
 from authloyalty.sso.passwords import PasswordHasher
-from authloyalty.sso.service import AuthService
+from authloyalty.sso.service import AuthService, Origin
 from authloyalty.sso.settings import GrpcClientSettings, SsoSettings
 from tests.conftest import FAST_ARGON2
 from tests.fakes import FakeSsoStore
@@ -215,6 +216,17 @@ async def test_is_admin_true_for_a_seeded_admin_and_false_for_a_user(
     assert (await old.IsAdmin(pb.IsAdminRequest(user_id=user_id))).is_admin is False
 
 
+async def test_is_admin_is_false_for_an_admin_who_deleted_the_account(
+    old: Any, original: SimpleNamespace, service: AuthService
+) -> None:
+    await service.ensure_admin("keeper@example.com", PASSWORD)  # the last admin stays
+    admin_id, _ = await service.ensure_admin("leaver@example.com", PASSWORD)
+    issued = await service.login("leaver@example.com", PASSWORD, "x")
+    await service.delete_account(issued.tokens.access_token, PASSWORD, Origin("x"))
+    request = original.pb.IsAdminRequest(user_id=str(admin_id))
+    assert (await old.IsAdmin(request)).is_admin is False
+
+
 async def test_is_admin_refuses_missing_malformed_and_unknown_ids(
     old: Any, original: SimpleNamespace
 ) -> None:
@@ -361,6 +373,30 @@ async def test_get_user_with_no_name_or_birthday_answers_empty_strings(
     user = await new.GetUser(sso_pb2.GetUserRequest(user_id=user_id), metadata=AS_SERVICE)
     assert (user.email, user.name, user.birthday) == ("plain@example.com", "", "")
 
+
+
+async def test_get_user_says_whether_the_account_is_deleted_and_purged(
+    new: sso_pb2_grpc.AuthStub, service: AuthService, store: FakeSsoStore
+) -> None:
+    reply = await new.Register(sso_pb2.RegisterRequest(
+        email="Gone@Example.com", password=PASSWORD, name="Ann", birthday="1990-05-17"))
+    request = sso_pb2.GetUserRequest(user_id=reply.user_id)
+    assert (await new.GetUser(request, metadata=AS_SERVICE)).deleted is False
+
+    await service.delete_account(reply.access_token, PASSWORD, Origin("127.0.0.1"))
+    user = await new.GetUser(request, metadata=AS_SERVICE)
+    # Deleted but restorable: the profile is still there.
+    assert (user.user_id, user.email, user.name, user.birthday, user.deleted) == (
+        reply.user_id, "Gone@Example.com", "Ann", "1990-05-17", True)
+
+    now = datetime.now(UTC)
+    async with store.uow() as uow:
+        assert await uow.users.purge_deleted(now + timedelta(seconds=1), now, 500) == [
+            UUID(reply.user_id)]
+        await uow.commit()
+    user = await new.GetUser(request, metadata=AS_SERVICE)
+    assert (user.user_id, user.email, user.name, user.birthday, user.deleted) == (
+        reply.user_id, "", "", "", True)
 
 def requests_counted(method: str, code: str) -> float:
     value = REGISTRY.get_sample_value("authloyalty_grpc_requests_total",

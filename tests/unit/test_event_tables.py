@@ -15,9 +15,10 @@ from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, User
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.events import LOYALTY_EVENTS
 from authloyalty.loyalty.revocations import RevokedSessions
-from authloyalty.platform.bus import Envelope, PermanentEventError
-from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder, Record
+from authloyalty.platform.bus import Envelope, PermanentEventError, event_from_payload
+from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder, Record, frame
 from authloyalty.platform.settings import KafkaSettings
+from authloyalty.rpc.account.v1.account_pb2 import AccountChanged
 from authloyalty.rpc.registration.v1.registration_pb2 import RegistrationMessage
 from authloyalty.sso.events import SSO_EVENTS
 from tests.fakes import FakeLoyaltyStore
@@ -30,8 +31,8 @@ USER, SESSION = uuid4(), uuid4()
 EXAMPLES: list[Any] = [
     UserRegistered(USER),
     SessionRevoked(SESSION, USER, datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC), "logout"),
-    UserDeleted(USER, datetime(2030, 1, 2, 3, 4, 6, tzinfo=UTC)),
-    UserRestored(USER, datetime(2030, 1, 2, 3, 4, 7, tzinfo=UTC)),
+    UserDeleted(USER, datetime(2030, 1, 2, 3, 4, 6, tzinfo=UTC), version=3),
+    UserRestored(USER, datetime(2030, 1, 2, 3, 4, 7, tzinfo=UTC), version=4),
 ]
 
 
@@ -63,6 +64,22 @@ def test_every_published_event_reaches_loyalty_as_itself(encoder: EventEncoder,
     received = EventDecoder(SETTINGS, LOYALTY_EVENTS).decode(record(topic, key, value, headers))
     assert (received.event, received.id, dict(received.headers)) == (
         event, sent.id, dict(sent.headers))
+
+
+def test_an_account_change_from_an_older_sso_reads_as_unversioned() -> None:
+    # What an sso from before lifecycle versions sends: no field 4.
+    value = frame(1, AccountChanged(user_id=str(USER), change=AccountChanged.RESTORED,
+                                    changed_at_unix=1_900_000_000))
+    received = EventDecoder(SETTINGS, LOYALTY_EVENTS).decode(
+        record("acc-t", str(USER).encode(), value))
+    assert received.event == UserRestored(USER, datetime.fromtimestamp(1_900_000_000, UTC))
+    assert received.event.version == 0
+
+
+def test_an_outbox_row_written_before_versions_loads_as_unversioned() -> None:
+    at = datetime(2030, 1, 2, 3, 4, 6, tzinfo=UTC)
+    payload = {"user_id": str(USER), "at": at.isoformat()}  # no "version"
+    assert event_from_payload(UserDeleted, payload) == UserDeleted(USER, at, version=0)
 
 
 def test_topics_come_from_the_settings(encoder: EventEncoder) -> None:

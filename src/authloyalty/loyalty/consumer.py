@@ -58,11 +58,13 @@ class LoyaltyEventHandlers:
         return opened
 
     async def user_deleted(self, event: Envelope[UserDeleted]) -> None:
-        """Freeze the account of a deleted user (its history stays)."""
+        """Freeze the account of a deleted user (its history stays), unless a newer change
+        of the user came first."""
         await self._set_frozen(event, event.event.at)
 
     async def user_restored(self, event: Envelope[UserRestored]) -> None:
-        """Unfreeze the account of a restored user, balance intact."""
+        """Unfreeze the account of a restored user, balance intact, unless a newer change of
+        the user came first."""
         await self._set_frozen(event, None)
 
     async def _set_frozen(self, event: Envelope[UserDeleted] | Envelope[UserRestored],
@@ -70,8 +72,9 @@ class LoyaltyEventHandlers:
         user_id = event.event.user_id
         now = self._now()
         async with self._uow() as uow:
-            # The inbox keeps an old deletion delivered again after the restore from
-            # freezing the account anew.
+            # The inbox drops a redelivery; the version, a change older than one applied
+            # (a restore may arrive before its deletion: the relay retries a failed row while
+            # later ones go out, and several replicas relay).
             if not await uow.inbox.add(event.id, event.name, now):
                 metrics.EVENTS_CONSUMED.labels(event.name, "duplicate").inc()
                 return
@@ -79,9 +82,12 @@ class LoyaltyEventHandlers:
             # The account is due (sso registered the user before), so it opens here, bonus
             # included, and the registration that follows finds it open.
             await self._open(uow, user_id, now)
-            await uow.accounts.set_frozen(user_id, frozen_at)
+            applied = await uow.accounts.set_frozen(user_id, frozen_at, event.event.version)
             await uow.commit()
         metrics.EVENTS_CONSUMED.labels(event.name, "processed").inc()
+        if not applied:
+            log.info("%s of %s (version %d) ignored: a newer change was applied (event %s)",
+                     event.name, user_id, event.event.version, event.id)
 
     async def session_revoked(self, event: Envelope[SessionRevoked]) -> None:
         """Refuse the session's access tokens from now on, in this process and after restarts."""

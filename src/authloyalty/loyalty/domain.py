@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Literal, Protocol, Self
 from uuid import UUID
 
+from authloyalty.platform.audit import AuditLog
 from authloyalty.platform.errors import DomainError, ErrorKind
 
 Kind = Literal["deposit", "withdrawal"]
@@ -179,8 +180,10 @@ class Accounts(Protocol):
     async def open(self, user_id: UUID, now: datetime) -> bool:
         """Create the account with a zero balance unless it exists; True if created."""
 
-    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
-        """Freeze (a time) or unfreeze (None) the account; False if there is none."""
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None, version: int) -> bool:
+        """Freeze (a time) or unfreeze (None) the account as of lifecycle ``version``, unless
+        it has applied that version or a newer one; an unversioned change (0) applies only
+        while no versioned one has. False if nothing changed (or there is no account)."""
 
 
 class AccountReads(Protocol):
@@ -255,6 +258,8 @@ class LoyaltyUnitOfWork(Protocol):
     def inbox(self) -> Inbox: ...
     @property
     def revocations(self) -> Revocations: ...
+    @property
+    def audit(self) -> AuditLog: ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...

@@ -47,7 +47,8 @@ def _account_change(message: AccountChanged, key: str) -> UserDeleted | UserRest
     if kind is None:
         raise PermanentEventError(f"unknown account change {message.change}")
     return kind(_uuid(kind.name, "user_id", message.user_id),
-                datetime.fromtimestamp(message.changed_at_unix, UTC))
+                datetime.fromtimestamp(message.changed_at_unix, UTC),
+                version=message.version)  # 0 when an sso from before versions sent it
 
 
 LOYALTY_EVENTS = (

@@ -24,7 +24,16 @@ from authloyalty.loyalty.schemas import (
     TransactionOut,
 )
 from authloyalty.loyalty.service import Idempotency, LedgerService, Operation
+from authloyalty.platform.audit import AuditQuery
 from authloyalty.platform.errors import Forbidden, ValidationFailed
+from authloyalty.platform.http.audit import (
+    ActorFilter,
+    AuditCursor,
+    AuditLimit,
+    AuditPageOut,
+    TargetFilter,
+    audit_page_out,
+)
 from authloyalty.platform.http.auth import BearerToken, bearer_token
 from authloyalty.platform.http.fast import FastRoute
 from authloyalty.platform.http.health import health_router
@@ -209,6 +218,15 @@ async def admin_history(uuid: UUID, admin: AdminUser, service: Service, limit: L
     """Any account's history, newest first."""
     page = await service.history(admin, uuid, limit, cursor)
     return _history(page.items, page.next_cursor)
+
+
+@router.get("/admin/audit", response_model=AuditPageOut, responses=errors(401, 403, 422, 503))
+async def audit(admin: AdminUser, service: Service, actor: ActorFilter = None,
+                target: TargetFilter = None, limit: AuditLimit = 20,
+                cursor: AuditCursor = None) -> AuditPageOut:
+    """Admins' deposits and withdrawals, newest first; pass ``next_cursor`` back for more."""
+    page = await service.audit(admin, AuditQuery(actor, target), limit, cursor)
+    return audit_page_out(page)
 
 
 def install(app: FastAPI) -> None:

@@ -28,6 +28,7 @@ from authloyalty.loyalty.repository import (
     apply_movements,
     movement_answers,
 )
+from authloyalty.platform.audit import AuditRecord
 from authloyalty.platform.batching import Coalescer
 from authloyalty.platform.database import Database, DatabaseUnavailable
 
@@ -45,14 +46,17 @@ class UnitOfWorkAccountReads:
 
 
 class UnitOfWorkMovements:
-    """Each movement in a transaction of its own, with its idempotency key when it has one."""
+    """Each movement in a transaction of its own, with its idempotency key when it has one
+    (and its audit record, for an admin's movement)."""
 
     def __init__(self, uow: Callable[[], LoyaltyUnitOfWork]) -> None:
         self._uow = uow
 
-    async def apply(self, movement: Movement, once: IdempotencyClaim | None = None
+    async def apply(self, movement: Movement, once: IdempotencyClaim | None = None, *,
+                    audit: Callable[[LedgerEntry], AuditRecord] | None = None
                     ) -> LedgerEntry | IdempotencyRecord:
-        """The new entry, or the record an earlier request stored under ``once``."""
+        """The new entry, or the record an earlier request stored under ``once`` (then
+        nothing is applied or audited again)."""
         while True:
             async with self._uow() as uow:
                 if once is not None:
@@ -60,6 +64,8 @@ class UnitOfWorkMovements:
                     if stored is not None:
                         return stored
                 entry = await uow.ledger.apply(movement)
+                if audit is not None:
+                    await uow.audit.add(audit(entry))
                 if once is not None:
                     try:
                         await uow.idempotency.add(IdempotencyRecord(

@@ -44,8 +44,13 @@ _CHANGE_BALANCE = (
     .values(balance=accounts.c.balance + bindparam("b_delta"), updated_at=bindparam("b_now"))
     .returning(accounts.c.balance))
 _APPEND = insert(ledger_entries).returning(ledger_entries.c.id)
-_SET_FROZEN = update(accounts).where(accounts.c.user_id == bindparam("b_user_id")).values(
-    frozen_at=bindparam("b_frozen"))
+# One conditional UPDATE, so concurrent changes of one account cannot both apply out of order:
+# the stored version must be below ``b_bound`` (the change's version, or 1 for an unversioned
+# change: it applies only while the account has seen no versioned one, and leaves it at 0).
+_SET_FROZEN = update(accounts).where(
+    accounts.c.user_id == bindparam("b_user_id"),
+    accounts.c.lifecycle_version < bindparam("b_bound")).values(
+    frozen_at=bindparam("b_frozen"), lifecycle_version=bindparam("b_version"))
 _EXISTS = select(accounts.c.user_id, accounts.c.frozen_at).where(
     accounts.c.user_id == bindparam("b_user_id"))
 _IDEMPOTENCY_KEY = select(idempotency_keys).where(
@@ -174,10 +179,12 @@ class SqlAccounts:
         return await insert_ignore(self._db, accounts, user_id=user_id, balance=0,
                                    created_at=now, updated_at=now)
 
-    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None) -> bool:
-        """Freeze (a time) or unfreeze (None) the account; False if there is none."""
+    async def set_frozen(self, user_id: UUID, frozen_at: datetime | None, version: int) -> bool:
+        """Freeze (a time) or unfreeze (None) the account as of lifecycle ``version`` unless
+        it is at that version or a newer one; False if nothing changed."""
         return await self._db.execute(_SET_FROZEN, {
-            "b_user_id": user_id, "b_frozen": frozen_at}) == 1
+            "b_user_id": user_id, "b_frozen": frozen_at, "b_version": version,
+            "b_bound": max(version, 1)}) == 1
 
 
 class SqlLedger:

@@ -33,6 +33,7 @@ from authloyalty.loyalty.domain import (
 )
 from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
 from authloyalty.platform import metrics
+from authloyalty.platform.audit import AuditPage, AuditQuery, AuditRecord, read_page
 from authloyalty.platform.clock import utcnow
 from authloyalty.platform.errors import Forbidden, ValidationFailed
 
@@ -100,6 +101,8 @@ class LedgerService:
         # coalesced on PostgreSQL), the plain ones by default.
         self._accounts = accounts or UnitOfWorkAccountReads(self._read_uow)
         self._movements = movements or UnitOfWorkMovements(uow)
+        # An admin's movement and its audit record share one transaction: never coalesced.
+        self._audited_movements = UnitOfWorkMovements(uow)
         self._owners = owners
         self._ttl = timedelta(hours=idempotency_ttl_hours)
         self._now = clock
@@ -153,7 +156,11 @@ class LedgerService:
         once = None if idempotency is None else IdempotencyClaim(
             op.actor.user_id, idempotency.key, idempotency.fingerprint)
         try:
-            outcome = await self._movements.apply(movement, once)
+            if _needs_admin_right(op):
+                outcome = await self._audited_movements.apply(
+                    movement, once, audit=lambda entry: _audit_record(op, entry))
+            else:
+                outcome = await self._movements.apply(movement, once)
         except InsufficientPoints:
             metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
             raise
@@ -175,12 +182,34 @@ class LedgerService:
         if op.account_id != op.actor.user_id:
             raise Forbidden("you may only withdraw from your own account")
 
+    async def audit(self, actor: Principal, query: AuditQuery, limit: int,
+                    cursor: str | None) -> AuditPage:
+        """A page of the audit log of admin actions, newest first (admins only)."""
+        if not actor.is_admin:
+            raise Forbidden("admin rights required")
+        _parse_cursor(cursor)  # refused before any database work
+        async with self._read_uow() as uow:
+            return await read_page(uow.audit, query, limit, cursor)
+
     async def purge_idempotency_keys(self) -> int:
         """Forget keys older than their time to live."""
         async with self._uow() as uow:
             removed = await uow.idempotency.purge(self._now() - self._ttl)
             await uow.commit()
         return removed
+
+
+def _needs_admin_right(op: Operation) -> bool:
+    """An admin action, audited: a deposit, or a movement on someone else's account (an
+    admin spending their own points acts as any user does)."""
+    return op.actor.is_admin and (op.kind == "deposit" or op.account_id != op.actor.user_id)
+
+
+def _audit_record(op: Operation, entry: LedgerEntry) -> AuditRecord:
+    # Ids and amounts only: the comment is business data and stays in the ledger.
+    return AuditRecord.by_admin(op.actor.user_id, op.kind, op.account_id, {
+        "amount": entry.amount, "balance_after": entry.balance_after,
+        "transaction_id": entry.id}, entry.created_at)
 
 
 # Resolved once: looking a labelled child up costs more than counting.

@@ -19,6 +19,8 @@ from sqlalchemy import (
     Uuid,
 )
 
+from authloyalty.platform.audit import audit_table
+
 metadata = MetaData()
 
 accounts = Table(
@@ -30,6 +32,9 @@ accounts = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     # Set while the user is deleted: no deposit or withdrawal, the history kept.
     Column("frozen_at", DateTime(timezone=True), nullable=True),
+    # The version of the newest deletion or restore applied (events.UNVERSIONED): an older one
+    # arriving late changes nothing.
+    Column("lifecycle_version", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("balance >= 0", name="ck_accounts_balance_non_negative"),
 )
 
@@ -79,3 +84,6 @@ revoked_sessions = Table(
     Column("session_id", Uuid, primary_key=True),
     Column("revoked_until", DateTime(timezone=True), nullable=False),
 )
+
+# Admin actions, written in the transaction of the action (platform/audit.py).
+audit_log = audit_table(metadata)

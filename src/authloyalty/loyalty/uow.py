@@ -9,18 +9,22 @@ from authloyalty.loyalty.repository import (
     SqlLedger,
     SqlRevocations,
 )
+from authloyalty.loyalty.tables import audit_log
+from authloyalty.platform.audit import SqlAuditLog
 from authloyalty.platform.database import Connection
 from authloyalty.platform.uow import SqlUnitOfWork
 
 
 class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
-    """Accounts, ledger, idempotency keys, inbox and revocations in one transaction."""
+    """Accounts, ledger, idempotency keys, inbox, revocations and the audit log in one
+    transaction."""
 
     accounts: SqlAccounts
     ledger: SqlLedger
     idempotency: SqlIdempotencyKeys
     inbox: SqlInbox
     revocations: SqlRevocations
+    audit: SqlAuditLog
 
     def _bind(self, db: Connection) -> None:
         self.accounts = SqlAccounts(db)
@@ -28,3 +32,4 @@ class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
         self.idempotency = SqlIdempotencyKeys(db)
         self.inbox = SqlInbox(db)
         self.revocations = SqlRevocations(db)
+        self.audit = SqlAuditLog(db, audit_log)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 from uuid import UUID, uuid4
@@ -61,10 +61,13 @@ def event_payload(event: IntegrationEvent) -> dict[str, Any]:
 
 
 def event_from_payload(event_type: type[E], payload: Mapping[str, Any]) -> E:
-    """The inverse of :func:`event_payload`, reading each field by its declared type."""
+    """The inverse of :func:`event_payload`, reading each field by its declared type; a field
+    with a default may be missing (a row written before the field existed)."""
     hints = typing.get_type_hints(event_type)
     values: dict[str, Any] = {}
     for f in fields(event_type):  # type: ignore[arg-type]
+        if f.name not in payload and f.default is not MISSING:
+            continue
         raw, kind = payload[f.name], hints[f.name]
         values[f.name] = UUID(str(raw)) if kind is UUID \
             else as_utc(datetime.fromisoformat(str(raw))) if kind is datetime else raw

@@ -25,6 +25,10 @@ LOGINS = Counter("authloyalty_logins_total", "Login attempts by outcome", ["outc
 LOGIN_OUTCOMES = ("success", "invalid_credentials", "throttled")
 for _outcome in LOGIN_OUTCOMES:  # exported at 0 from the start: rate() sees the first failure
     LOGINS.labels(_outcome)
+USERS_PURGED = Counter(
+    "authloyalty_users_purged_total",
+    "Deleted users whose personal data was erased after the retention window",
+)
 REFRESHES = Counter("authloyalty_refreshes_total", "Refresh attempts by outcome", ["outcome"])
 SESSIONS_REVOKED = Counter(
     "authloyalty_sessions_revoked_total", "Sessions ended, by reason", ["reason"]

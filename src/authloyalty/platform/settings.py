@@ -60,7 +60,8 @@ class KafkaSettings(Section):
     schema_registry_url: str = "mock://authloyalty"
     registration_topic: str = "registration"
     sessions_topic: str = "sessions"
-    # Account lifecycle (deletion, restore), keyed by user: one user's changes stay in order.
+    # Account lifecycle (deletion, restore), keyed by user; arrival order is not the order of
+    # the changes (the relay retries), their version is (events.UNVERSIONED).
     accounts_topic: str = "accounts"
     dead_letter_suffix: str = ".dlq"
     consumer_group: str = "loyalty"

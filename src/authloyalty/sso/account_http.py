@@ -16,12 +16,13 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 @router.delete("/me", response_model=StatusOut,
-               responses=errors(*BODY_ERRORS, 401, 429, 503))
+               responses=errors(*BODY_ERRORS, 401, 409, 429, 503))
 async def delete_account(body: AccountDeletionIn, token: AccessToken, request: Request,
                          service: Service) -> Response:
     """Delete the caller's account (the password confirms it): login is refused and every
     session ends; an admin can restore it during the retention window. A wrong password
-    answers 401 ``invalid_credentials`` and counts against the login throttle."""
+    answers 401 ``invalid_credentials`` and counts against the login throttle; the last
+    admin's answers 409 ``last_admin``."""
     await service.delete_account(token, body.password, origin(request))
     return success(200)
 

@@ -1,5 +1,5 @@
 """sso's user administration routes (admins only): find users, see one, grant or revoke the
-admin right, end a user's sessions."""
+admin right, end a user's sessions, read the audit log of these actions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from authloyalty.platform.http.responses import private_success, success
+from authloyalty.platform.audit import AuditQuery
+from authloyalty.platform.http.audit import (
+    ActorFilter,
+    AuditCursor,
+    AuditLimit,
+    AuditPageOut,
+    TargetFilter,
+    audit_page_out,
+)
+from authloyalty.platform.http.responses import PrivateJSONResponse, private_success, success
 from authloyalty.platform.schemas import BODY_ERRORS, StatusOut, errors
 from authloyalty.sso.domain import User
 from authloyalty.sso.http import AccessToken, Service, iso
@@ -21,6 +30,7 @@ from authloyalty.sso.schemas import (
 )
 
 router = APIRouter(prefix="/auth/admin/users", tags=["auth admin"])
+audit_router = APIRouter(prefix="/auth/admin", tags=["auth admin"])
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=36)]
@@ -29,9 +39,10 @@ UserSearch = Annotated[str | None, Query(max_length=254, description=(
 
 
 def _item(user: User) -> dict[str, Any]:
-    return {"user_id": str(user.id), "email": user.email, "name": user.name,
+    return {"user_id": str(user.id),
+            "email": None if user.purged_at is not None else user.email, "name": user.name,
             "is_admin": user.is_admin, "created_at": iso(user.created_at),
-            "deleted_at": iso(user.deleted_at)}
+            "deleted_at": iso(user.deleted_at), "purged_at": iso(user.purged_at)}
 
 
 @router.get("", response_model=AdminUsersOut, responses=errors(401, 403, 422, 503))
@@ -66,3 +77,13 @@ async def set_admin_right(user_id: UUID, body: AdminRightIn, token: AccessToken,
 async def revoke_sessions(user_id: UUID, token: AccessToken, service: Service) -> Response:
     """End every session of the user."""
     return success(200, ended=await service.revoke_sessions_of(token, user_id))
+
+
+@audit_router.get("/audit", response_model=AuditPageOut, responses=errors(401, 403, 422, 503))
+async def audit(token: AccessToken, service: Service, actor: ActorFilter = None,
+                target: TargetFilter = None, limit: AuditLimit = 20,
+                cursor: AuditCursor = None) -> Response:
+    """Admin actions, newest first (grants and revocations of the admin right, restores,
+    ended sessions, admins made at the command line); pass ``next_cursor`` back for more."""
+    page = await service.audit(token, AuditQuery(actor, target), limit, cursor)
+    return PrivateJSONResponse.of(audit_page_out(page))

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from pydantic.networks import validate_email
 
+from authloyalty.platform.audit import AuditLog
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.errors import DomainError, ErrorKind
 
@@ -40,7 +41,9 @@ def normalise_email(email: str) -> str:
 
 @dataclass
 class User:
-    """A registered user; ``email`` keeps the spelling given at registration."""
+    """A registered user; ``email`` keeps the spelling given at registration. Once purged
+    (``purged_at``), ``email`` is empty, ``name`` and ``birthday`` are None and the password
+    hash verifies nothing: only the id and the dates are left."""
 
     id: UUID
     email: str
@@ -146,6 +149,18 @@ class UserPurged(SsoError):
     default_message = "user was deleted and purged; it cannot be restored"
 
 
+class UserIsDeleted(SsoError):
+    """A change to a user who deleted the account (restore it first)."""
+
+    kind = ErrorKind.CONFLICT
+    code = "user_deleted"
+    default_message = "user is deleted"
+
+    def __init__(self, message: str, user_id: UUID) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+
+
 class UserNotFound(SsoError):
     """No user with that id."""
 
@@ -178,22 +193,37 @@ class Users(Protocol):
         """Users matching ``query`` ordered by normalised email, after the user ``after``."""
 
     async def lock_admins(self) -> list[UUID]:
-        """The admins' ids, locked until the transaction ends (so that two revocations of
-        different admins cannot both see the other one still an admin)."""
+        """The ids of the admins not deleted, locked until the transaction ends (so that two
+        revocations of different admins cannot both see the other one still an admin)."""
 
     async def add(self, user: User) -> None:
         """Insert; raise :class:`UserExists` when the normalised email is taken."""
 
     async def get(self, user_id: UUID) -> User | None: ...
+    async def lock(self, user_id: UUID, *, exclusive: bool = False) -> User | None:
+        """The user as committed now, its row locked until the transaction ends (shared, or
+        ``exclusive`` before updating it): a concurrent deletion, password change or change of
+        the admin right waits for the transaction, or the transaction for it."""
+
     async def by_email(self, email: str) -> User | None: ...
     async def set_admin(self, user_id: UUID, is_admin: bool) -> None: ...
-    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None: ...
 
-    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
-        """Soft-delete; False if the user is already deleted or unknown."""
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> bool:
+        """Store a new hash; False if the user is deleted (or unknown)."""
 
-    async def restore(self, user_id: UUID) -> bool:
-        """Undo a soft deletion; False unless the user is deleted and not purged."""
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> int | None:
+        """Soft-delete and increment the lifecycle version; the new version, None if the user
+        is already deleted or unknown."""
+
+    async def restore(self, user_id: UUID) -> int | None:
+        """Undo a soft deletion and increment the lifecycle version; the new version, None
+        unless the user is deleted and not purged."""
+
+    async def purge_deleted(self, deleted_before: datetime, now: datetime,
+                            limit: int) -> list[UUID]:
+        """Erase the personal data of at most ``limit`` users deleted before
+        ``deleted_before`` and not purged yet, freeing their emails; the ids purged. Each user
+        is purged once, however many run it at the same time."""
 
 
 class Sessions(Protocol):
@@ -212,6 +242,9 @@ class Sessions(Protocol):
 
     async def active_for_user(self, user_id: UUID) -> list[Session]:
         """The user's sessions that have not ended, newest first."""
+
+    async def delete_for_users(self, user_ids: list[UUID]) -> int:
+        """Forget every session of these users (where and with what they logged in)."""
 
 
 class LoginFailures(Protocol):
@@ -246,6 +279,8 @@ class SsoUnitOfWork(Protocol):
     def login_failures(self) -> LoginFailures: ...
     @property
     def outbox(self) -> Outbox: ...
+    @property
+    def audit(self) -> AuditLog: ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...

@@ -29,7 +29,8 @@ def _account_change(change: AccountChanged.Change,
                     ) -> Callable[[UserDeleted | UserRestored], AccountChanged]:
     def to_message(event: UserDeleted | UserRestored) -> AccountChanged:
         return AccountChanged(user_id=str(event.user_id), change=change,
-                              changed_at_unix=int(event.at.timestamp()))
+                              changed_at_unix=int(event.at.timestamp()),
+                              version=event.version)
     return to_message
 
 
@@ -43,8 +44,9 @@ SSO_EVENTS = OutgoingTable(
     Outgoing(SessionRevoked, topic=lambda kafka: kafka.sessions_topic,
              key=lambda e: str(e.user_id), message=session_pb2.SessionRevoked,
              to_message=_revocation, every_partition=True),
-    # One topic, one message type for the account lifecycle; keyed by user, so a deletion and
-    # the restore that follows it are read in order.
+    # One topic, one message type for the account lifecycle, keyed by user. The key does not
+    # keep a deletion and its restore in order (the relay retries a failed row while later
+    # ones go out, and several replicas relay): loyalty orders them by ``version``.
     Outgoing(UserDeleted, topic=lambda kafka: kafka.accounts_topic,
              key=lambda e: str(e.user_id), message=AccountChanged,
              to_message=_account_change(AccountChanged.DELETED)),

@@ -120,7 +120,8 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
                       context: Context) -> sso_pb2.IsAdminResponse:
         # A question about rights: answered by the leader, never by a lagging replica.
         user = await self._service.get_user(_user_id(request.user_id))
-        return sso_pb2.IsAdminResponse(is_admin=user.is_admin)
+        # A deleted user has no rights (an unknown one stays NOT_FOUND, as in the original).
+        return sso_pb2.IsAdminResponse(is_admin=user.is_admin and user.deleted_at is None)
 
     async def Logout(self, request: sso_pb2.LogoutRequest,
                      context: Context) -> sso_pb2.LogoutResponse:
@@ -143,7 +144,7 @@ class AuthServicer(sso_pb2_grpc.AuthServicer):
         return sso_pb2.GetUserResponse(
             user_id=str(user.id), email=user.email, name=user.name or "",
             birthday=user.birthday.isoformat() if user.birthday else "",
-            is_admin=user.is_admin)
+            is_admin=user.is_admin, deleted=user.deleted_at is not None)
 
 
 def _authorization(context: Context) -> str | None:

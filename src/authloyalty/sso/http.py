@@ -168,6 +168,7 @@ def install(app: FastAPI) -> None:
     # Imported here: the admin routes build on this module's dependencies.
     from authloyalty.sso import admin_http
     app.include_router(admin_http.router)
+    app.include_router(admin_http.audit_router)
 
     @app.get("/.well-known/jwks.json", tags=["auth"])
     async def jwks(request: Request) -> Response:

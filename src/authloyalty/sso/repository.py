@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import String, bindparam, cast, delete, func, insert, literal_column, select, update
 
 from authloyalty.platform.clock import as_utc
 from authloyalty.platform.database import Connection, IntegrityViolation
@@ -30,14 +30,49 @@ _ADD_SESSION = insert(sessions)
 _ADD_USER = insert(users)
 _SET_ADMIN = update(users).where(users.c.id == bindparam("b_id")).values(
     is_admin=bindparam("b_admin"))
-_SET_HASH = update(users).where(users.c.id == bindparam("b_id")).values(
+# A deleted user's password stays as it was (and their sessions stay ended).
+_SET_HASH = update(users).where(
+    users.c.id == bindparam("b_id"), users.c.deleted_at.is_(None)).values(
     password_hash=bindparam("b_hash"))
+# Shared (FOR SHARE on PostgreSQL; SQLite's write transactions are serial): a deletion, a
+# password change or a change of the admin right waits until the transaction ends.
+_LOCK_USER = _USER.with_for_update(read=True)
+_LOCK_USER_EXCLUSIVE = _USER.with_for_update()
+# Each increments the lifecycle version in the same conditional UPDATE (the row lock orders
+# concurrent ones) and returns it: the version the event of the change carries.
+_NEXT_VERSION = users.c.lifecycle_version + 1
 _MARK_DELETED = update(users).where(
     users.c.id == bindparam("b_id"), users.c.deleted_at.is_(None)).values(
-    deleted_at=bindparam("b_now"))
+    deleted_at=bindparam("b_now"), lifecycle_version=_NEXT_VERSION).returning(
+    users.c.lifecycle_version)
 _RESTORE = update(users).where(
     users.c.id == bindparam("b_id"), users.c.deleted_at.is_not(None),
-    users.c.purged_at.is_(None)).values(deleted_at=None)
+    users.c.purged_at.is_(None)).values(
+    deleted_at=None, lifecycle_version=_NEXT_VERSION).returning(users.c.lifecycle_version)
+# A purged user's email and normalised email: unique (made from the id) and never an address
+# (no "@": registration refuses it), so that the real address is free again.
+_PURGED_EMAIL = literal_column("'purged:'", String) + cast(users.c.id, String)
+# Not an Argon2 hash: verification fails for every password.
+_PURGED_PASSWORD_HASH = "!purged"
+# Oldest deletions first; rows another transaction is purging are skipped (PostgreSQL), and the
+# conditions are checked again on the row itself, so a user is purged by one transaction only.
+# Materialised: a plain subquery may be run again for each row, each run skipping the rows
+# already updated and locking the next ones, past the limit.
+_DUE_FOR_PURGE = (
+    select(users.c.id)
+    .where(users.c.deleted_at < bindparam("b_before"), users.c.purged_at.is_(None))
+    .order_by(users.c.deleted_at).limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("due_for_purge").prefix_with("MATERIALIZED", dialect="postgresql"))
+_PURGE = (
+    update(users)
+    .where(users.c.id.in_(select(_DUE_FOR_PURGE.c.id)),
+           users.c.deleted_at < bindparam("b_before"), users.c.purged_at.is_(None))
+    .values(email=_PURGED_EMAIL, email_normalized=_PURGED_EMAIL,
+            password_hash=bindparam("b_hash"), name=None, birthday=None,
+            purged_at=bindparam("b_now"))
+    .returning(users.c.id))
+_DELETE_SESSIONS_OF = delete(sessions).where(sessions.c.user_id == bindparam("b_user"))
 _REVOKE = (
     update(sessions)
     .where(sessions.c.id == bindparam("b_id"), sessions.c.revoked_at.is_(None))
@@ -62,7 +97,8 @@ _PURGE_FAILURES = delete(login_failures).where(
 
 
 def _user(row: Mapping[str, Any]) -> User:
-    return User(id=row["id"], email=row["email"], password_hash=row["password_hash"],
+    email = "" if row["purged_at"] else row["email"]  # the placeholder never leaves
+    return User(id=row["id"], email=email, password_hash=row["password_hash"],
                 created_at=as_utc(row["created_at"]), name=row["name"],
                 birthday=row["birthday"], is_admin=bool(row["is_admin"]),
                 deleted_at=as_utc(row["deleted_at"]) if row["deleted_at"] else None,
@@ -93,7 +129,9 @@ def _like_prefix(prefix: str) -> str:
 
 
 # Locked in id order, so that concurrent revocations wait for each other and cannot deadlock.
-_LOCK_ADMINS = select(users.c.id).where(users.c.is_admin).order_by(users.c.id).with_for_update()
+# A deleted admin has no rights: not one of them.
+_LOCK_ADMINS = select(users.c.id).where(
+    users.c.is_admin, users.c.deleted_at.is_(None)).order_by(users.c.id).with_for_update()
 
 
 class SqlUsers:
@@ -110,15 +148,16 @@ class SqlUsers:
             statement = statement.where(users.c.id == query.user_id)
         if query.email_prefix is not None:
             statement = statement.where(users.c.email_normalized.like(
-                _like_prefix(normalise_email(query.email_prefix)), escape=_LIKE_ESCAPE))
+                _like_prefix(normalise_email(query.email_prefix)), escape=_LIKE_ESCAPE),
+                users.c.purged_at.is_(None))  # a purged user has no email to match
         if after is not None:
             statement = statement.where(users.c.email_normalized > select(
                 users.c.email_normalized).where(users.c.id == after).scalar_subquery())
         return [_user(row) for row in await self._db.all(statement, {})]
 
     async def lock_admins(self) -> list[UUID]:
-        """The admins' ids, their rows locked until the transaction ends (SQLite's write
-        transactions are serial already)."""
+        """The ids of the admins not deleted, their rows locked until the transaction ends
+        (SQLite's write transactions are serial already)."""
         return [row["id"] for row in await self._db.all(_LOCK_ADMINS, {})]
 
     async def add(self, user: User) -> None:
@@ -140,6 +179,14 @@ class SqlUsers:
         row = await self._db.first(_USER, {"b_id": user_id})
         return _user(row) if row else None
 
+    async def lock(self, user_id: UUID, *, exclusive: bool = False) -> User | None:
+        """The user as committed now, its row locked until the transaction ends: shared, or
+        ``exclusive`` when the transaction is to update it (two shared locks upgraded at once
+        would deadlock)."""
+        statement = _LOCK_USER_EXCLUSIVE if exclusive else _LOCK_USER
+        row = await self._db.first(statement, {"b_id": user_id})
+        return _user(row) if row else None
+
     async def by_email(self, email: str) -> User | None:
         """The user whose email matches case-insensitively."""
         row = await self._db.first(_USER_BY_EMAIL, {"b_email": normalise_email(email)})
@@ -149,17 +196,29 @@ class SqlUsers:
         """Grant or withdraw the admin flag."""
         await self._db.execute(_SET_ADMIN, {"b_id": user_id, "b_admin": is_admin})
 
-    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
-        """Store a new hash (after a parameter upgrade)."""
-        await self._db.execute(_SET_HASH, {"b_id": user_id, "b_hash": password_hash})
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> bool:
+        """Store a new hash; False if the user is deleted (or unknown)."""
+        return await self._db.execute(_SET_HASH, {"b_id": user_id, "b_hash": password_hash}) == 1
 
-    async def mark_deleted(self, user_id: UUID, now: datetime) -> bool:
-        """Soft-delete the user; False if already deleted (or unknown)."""
-        return await self._db.execute(_MARK_DELETED, {"b_id": user_id, "b_now": now}) == 1
+    async def mark_deleted(self, user_id: UUID, now: datetime) -> int | None:
+        """Soft-delete the user; the new lifecycle version, None if already deleted (or
+        unknown)."""
+        version = await self._db.scalar(_MARK_DELETED, {"b_id": user_id, "b_now": now})
+        return None if version is None else int(version)
 
-    async def restore(self, user_id: UUID) -> bool:
-        """Undo a soft deletion; False unless deleted and not yet purged."""
-        return await self._db.execute(_RESTORE, {"b_id": user_id}) == 1
+    async def restore(self, user_id: UUID) -> int | None:
+        """Undo a soft deletion; the new lifecycle version, None unless deleted and not yet
+        purged."""
+        version = await self._db.scalar(_RESTORE, {"b_id": user_id})
+        return None if version is None else int(version)
+
+    async def purge_deleted(self, deleted_before: datetime, now: datetime,
+                            limit: int) -> list[UUID]:
+        """Erase the personal data of up to ``limit`` users deleted before ``deleted_before``
+        (one conditional UPDATE: each user is purged once); the ids purged."""
+        rows = await self._db.all(_PURGE, {"b_before": deleted_before, "b_limit": limit,
+                                           "b_hash": _PURGED_PASSWORD_HASH, "b_now": now})
+        return [row["id"] for row in rows]
 
 
 class SqlSessions:
@@ -196,6 +255,13 @@ class SqlSessions:
     async def active_for_user(self, user_id: UUID) -> list[Session]:
         """The user's sessions that have not ended, newest first."""
         return [_session(r) for r in await self._db.all(_ACTIVE_FOR_USER, {"b_user": user_id})]
+
+    async def delete_for_users(self, user_ids: list[UUID]) -> int:
+        """Forget every session of these users."""
+        deleted = 0
+        for user_id in user_ids:
+            deleted += await self._db.execute(_DELETE_SESSIONS_OF, {"b_user": user_id})
+        return deleted
 
 
 class SqlLoginFailures:

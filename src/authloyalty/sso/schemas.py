@@ -162,12 +162,15 @@ class AdminUserOut(BaseModel):
     """A user as admins see them."""
 
     user_id: str
-    email: str
+    email: str | None = Field(description="null once the personal data has been purged")
     name: str | None
     is_admin: bool
     created_at: str
     deleted_at: str | None = Field(description="When the user deleted the account; null "
                                                "while it is not deleted")
+    purged_at: str | None = Field(description="When the deleted user's personal data (email, "
+                                              "name, birthday, password) was erased; null "
+                                              "until then")
 
 
 class AdminUsersOut(BaseModel):

@@ -7,11 +7,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Literal, NoReturn, TypeGuard
 from uuid import UUID, uuid4
 
 from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.platform import metrics, telemetry
+from authloyalty.platform.audit import (
+    AuditPage,
+    AuditQuery,
+    AuditRecord,
+    parse_cursor,
+    read_page,
+)
 from authloyalty.platform.bus import Envelope
 from authloyalty.platform.clock import utcnow
 from authloyalty.platform.database import DatabaseUnavailable
@@ -26,6 +33,7 @@ from authloyalty.sso.domain import (
     TokenReused,
     TooManyAttempts,
     User,
+    UserIsDeleted,
     UserNotDeleted,
     UserNotFound,
     UserPurged,
@@ -39,6 +47,8 @@ from authloyalty.sso.settings import SsoSettings
 log = logging.getLogger(__name__)
 
 REUSE = "refresh_token_reuse"
+# Deleted users purged in one transaction (a short one: concurrent requests wait less).
+PURGE_BATCH = 500
 
 
 AdminOutcome = Literal["created", "promoted", "already an admin"]
@@ -129,8 +139,10 @@ class AuthService:
             raise ValidationFailed(f"{field}: must be at least {minimum} characters")
 
     async def register(self, reg: Registration, *, is_admin: bool = False,
-                       origin: Origin | None = None) -> IssuedTokens:
-        """Create the user and a session; announce ``user_registered`` in the same commit."""
+                       origin: Origin | None = None,
+                       audit: Callable[[UUID], AuditRecord] | None = None) -> IssuedTokens:
+        """Create the user and a session; announce ``user_registered`` in the same commit
+        (and record ``audit``, given the new user's id, when an admin action created it)."""
         self._check_registration(reg)
         password_hash = await self._hasher.hash(reg.password)
         now = self._now()
@@ -141,6 +153,8 @@ class AuthService:
             session = await self._open_session(uow, user, now, origin)
             await uow.outbox.add(Envelope(UserRegistered(user.id), occurred_at=now,
                                           headers=telemetry.current_headers()))
+            if audit is not None:
+                await uow.audit.add(audit(user.id))
             await uow.commit()
         metrics.REGISTRATIONS.inc()
         return IssuedTokens(user.id, self._pair(user, session))
@@ -169,20 +183,32 @@ class AuthService:
         now = self._now()
         # A deleted user is refused exactly as a wrong password is (and counted as one).
         if not ok or user is None or user.deleted_at is not None:
-            async with self._uow() as uow:
-                await uow.login_failures.record(email, client, now)
-                await uow.commit()
-            metrics.LOGINS.labels("invalid_credentials").inc()
-            raise InvalidCredentials()
+            await self._refuse_login(email, client, now)
+        new_hash = await self._hasher.hash(password) \
+            if self._hasher.needs_rehash(user.password_hash) else None
+        session: Session | None = None
         async with self._uow() as uow:
-            if email_failures:
-                await uow.login_failures.clear_email(email)
-            if self._hasher.needs_rehash(user.password_hash):
-                await uow.users.set_password_hash(user.id, await self._hasher.hash(password))
-            session = await self._open_session(uow, user, now, Origin(client, user_agent))
-            await uow.commit()
+            locked = await uow.users.lock(user.id, exclusive=new_hash is not None)
+            if _unchanged(locked, user) and (
+                    new_hash is None or await uow.users.set_password_hash(user.id, new_hash)):
+                if email_failures:
+                    await uow.login_failures.clear_email(email)
+                session = await self._open_session(uow, locked, now, Origin(client, user_agent))
+                await uow.commit()
+        if locked is None or session is None:
+            # Deleted or given another password since the check: refused as above.
+            await self._refuse_login(email, client, now)
         metrics.LOGINS.labels("success").inc()
-        return IssuedTokens(user.id, self._pair(user, session))
+        # The claims of the row locked with the session: a revocation of the admin right that
+        # commits first is in them; one that commits later ends the session.
+        return IssuedTokens(locked.id, self._pair(locked, session))
+
+    async def _refuse_login(self, email: str, client: str, now: datetime) -> NoReturn:
+        async with self._uow() as uow:
+            await uow.login_failures.record(email, client, now)
+            await uow.commit()
+        metrics.LOGINS.labels("invalid_credentials").inc()
+        raise InvalidCredentials()
 
     async def _check_throttle(self, uow: SsoUnitOfWork, email: str, client: str) -> int:
         """Raise :class:`TooManyAttempts` over the limits; else the email's recent failures."""
@@ -218,7 +244,8 @@ class AuthService:
             if not await uow.sessions.rotate(session.id, claims.token_id, successor, now):
                 await self._on_refresh_race_or_reuse(uow, session, claims, now)
             user = await uow.users.get(claims.user_id)
-            if user is None:
+            if user is None or user.deleted_at is not None:
+                metrics.REFRESHES.labels("invalid").inc()
                 raise InvalidToken("user no longer exists")
             await uow.commit()
         metrics.REFRESHES.labels("success").inc()
@@ -321,14 +348,22 @@ class AuthService:
         self._check_password("new_password", new)
         password_hash = await self._hasher.hash(new)
         async with self._uow() as uow:
+            locked = await uow.users.lock(user.id, exclusive=True)
+            if locked is None or locked.deleted_at is not None:
+                # Deleted since the check: every session ended with it, this one too.
+                raise InvalidToken("user no longer exists")
+            if not _unchanged(locked, user):
+                # The password checked is no longer the user's (changed concurrently).
+                raise InvalidCredentials("invalid password")
+            if not await uow.users.set_password_hash(user.id, password_hash):
+                raise InvalidToken("user no longer exists")
             if email_failures:
                 await uow.login_failures.clear_email(user.email)
-            await uow.users.set_password_hash(user.id, password_hash)
             for session in await uow.sessions.active_for_user(user.id):
                 await self._revoke(uow, session, "password_changed", now)
-            session = await self._open_session(uow, user, now, origin)
+            session = await self._open_session(uow, locked, now, origin)
             await uow.commit()
-        return IssuedTokens(user.id, self._pair(user, session))
+        return IssuedTokens(locked.id, self._pair(locked, session))
 
     async def _confirm_password(self, claims: TokenClaims, password: str,
                                 origin: Origin) -> tuple[User, int]:
@@ -354,19 +389,28 @@ class AuthService:
         user, email_failures = await self._confirm_password(claims, password, origin)
         now = self._now()
         async with self._uow() as uow:
-            if not await uow.users.mark_deleted(user.id, now):
+            # Locked first and in the order set_admin_right locks them: of two admins leaving,
+            # or one leaving while the other's right is revoked, the second sees the first.
+            if await uow.users.lock_admins() == [user.id]:
+                raise LastAdmin("the last admin cannot delete the account: grant the admin "
+                                "right to another user first")
+            # Marked deleted before the sessions are listed: a login (or password change)
+            # holding the user's row lock commits its session first, and the listing, a later
+            # statement, sees it (READ COMMITTED); one that comes after sees the deletion.
+            version = await uow.users.mark_deleted(user.id, now)
+            if version is None:
                 raise InvalidToken("user no longer exists")  # deleted concurrently
             if email_failures:
                 await uow.login_failures.clear_email(user.email)
             await self._end_sessions(uow, user.id, "account_deleted", now)
             # loyalty freezes the account on this event (no personal data in it).
-            await uow.outbox.add(Envelope(UserDeleted(user.id, now), occurred_at=now,
+            await uow.outbox.add(Envelope(UserDeleted(user.id, now, version), occurred_at=now,
                                           headers=telemetry.current_headers()))
             await uow.commit()
 
     async def restore_user(self, access_token: str, user_id: UUID) -> None:
         """Undo a user's deletion (admins only) while their personal data is kept."""
-        await self._admin(access_token)
+        claims = await self._admin(access_token)
         now = self._now()
         async with self._uow() as uow:
             user = await uow.users.get(user_id)
@@ -374,11 +418,14 @@ class AuthService:
                 raise UserNotFound()
             if user.purged_at is not None:
                 raise UserPurged()
-            if not await uow.users.restore(user_id):
+            version = await uow.users.restore(user_id)
+            if version is None:
                 raise UserNotDeleted()
             # loyalty unfreezes the account on this event.
-            await uow.outbox.add(Envelope(UserRestored(user_id, now), occurred_at=now,
+            await uow.outbox.add(Envelope(UserRestored(user_id, now, version), occurred_at=now,
                                           headers=telemetry.current_headers()))
+            await uow.audit.add(AuditRecord.by_admin(claims.user_id, "restore_user", user_id,
+                                                     {"restored": True}, now))
             await uow.commit()
 
     async def revoke_user_sessions(self, email: str, reason: str = "admin") -> int:
@@ -389,6 +436,8 @@ class AuthService:
             if user is None:
                 raise UserNotFound()
             ended = await self._end_sessions(uow, user.id, reason, now)
+            await uow.audit.add(AuditRecord.by_cli("revoke_sessions", user.id,
+                                                   {"sessions_ended": ended}, now))
             await uow.commit()
         return ended
 
@@ -449,28 +498,44 @@ class AuthService:
 
     async def ensure_admin(self, email: str, password: str) -> tuple[UUID, bool]:
         """Create an admin, or promote the existing user; returns (user id, created)."""
-        change = await self.make_admin(email, password)
+        # Run at every start: audited only when it changes something.
+        try:
+            change = await self.make_admin(email, password, audit_unchanged=False)
+        except UserIsDeleted as exc:
+            # Not a reason to refuse to start: the service runs, without that admin.
+            log.warning("bootstrap admin not set: %s", exc.message)
+            return exc.user_id, False
         return change.user_id, change.outcome == "created"
 
-    async def make_admin(self, email: str, password: str, *,
-                         reset_password: bool = False) -> AdminChange:
+    async def make_admin(self, email: str, password: str, *, reset_password: bool = False,
+                         audit_unchanged: bool = True) -> AdminChange:
         """Create an admin with ``password``, or make the existing user one; an existing
-        user's password changes only with ``reset_password``."""
+        user's password changes only with ``reset_password``. An action of the command line,
+        audited (one that changes nothing, too, unless ``audit_unchanged`` is False)."""
         if reset_password:
             self._check_registration(Registration(email=email, password=password))
         async with self._uow() as uow:
             user = await uow.users.by_email(email)
             if user is not None:
+                if user.deleted_at is not None:
+                    raise UserIsDeleted(
+                        f"user {user.id} deleted the account and cannot log in; an admin can "
+                        f"restore it with POST /auth/admin/users/{user.id}/restore (until it "
+                        "is purged), then run this again", user.id)
                 if reset_password:
                     await uow.users.set_password_hash(user.id,
                                                       await self._hasher.hash(password))
                 if not user.is_admin:
                     await uow.users.set_admin(user.id, True)
-                await uow.commit()
                 outcome: AdminOutcome = "already an admin" if user.is_admin else "promoted"
+                if audit_unchanged or outcome != "already an admin" or reset_password:
+                    await uow.audit.add(_admin_created(user.id, outcome, reset_password,
+                                                       self._now()))
+                await uow.commit()
                 return AdminChange(user.id, outcome, reset_password)
-        issued = await self.register(Registration(email=email, password=password),
-                                     is_admin=True)
+        issued = await self.register(
+            Registration(email=email, password=password), is_admin=True,
+            audit=lambda user_id: _admin_created(user_id, "created", False, self._now()))
         return AdminChange(issued.user_id, "created", False)
 
     async def purge_login_failures(self) -> int:
@@ -480,6 +545,27 @@ class AuthService:
             removed = await uow.login_failures.purge(before)
             await uow.commit()
         return removed
+
+    async def purge_deleted_users(self, batch: int = PURGE_BATCH) -> int:
+        """Erase the personal data of users deleted longer than the retention window ago
+        (every replica may run it: each user is purged once), ``batch`` users a transaction;
+        returns how many."""
+        retention = timedelta(days=self._settings.deletion_retention_days)
+        total = 0
+        while True:
+            now = self._now()
+            async with self._uow() as uow:
+                purged = await uow.users.purge_deleted(now - retention, now, batch)
+                await uow.sessions.delete_for_users(purged)
+                await uow.commit()
+            total += len(purged)
+            if len(purged) < batch:
+                break
+        if total:
+            metrics.USERS_PURGED.inc(total)
+            # A count only: nothing personal in the log (nor in any event).
+            log.info("purged the personal data of %d deleted user(s)", total)
+        return total
 
     # --- user administration (admins only) ------------------------------------------------
 
@@ -514,7 +600,7 @@ class AuthService:
     async def set_admin_right(self, access_token: str, user_id: UUID, is_admin: bool) -> None:
         """Grant or revoke the admin right; a revocation ends the user's sessions (their
         access tokens say ``admin``) and is refused for the last admin."""
-        await self._admin(access_token)
+        claims = await self._admin(access_token)
         now = self._now()
         async with self._uow() as uow:
             # Locked first: of two admins revoking each other, the second sees the first's
@@ -523,25 +609,55 @@ class AuthService:
             user = await uow.users.get(user_id)
             if user is None:
                 raise UserNotFound()
-            if user.is_admin == is_admin:
-                return
-            if not is_admin:
+            changed = user.is_admin != is_admin
+            ended = 0
+            if changed and not is_admin:
                 if admins == [user_id]:
                     raise LastAdmin()
-                await self._end_sessions(uow, user_id, "admin_right_revoked", now)
-            await uow.users.set_admin(user_id, is_admin)
+                ended = await self._end_sessions(uow, user_id, "admin_right_revoked", now)
+            if changed:
+                await uow.users.set_admin(user_id, is_admin)
+            # Asked for and answered 200, so recorded even when it changed nothing.
+            await uow.audit.add(AuditRecord.by_admin(
+                claims.user_id, "grant_admin" if is_admin else "revoke_admin", user_id,
+                {"is_admin": is_admin, "changed": changed, "sessions_ended": ended}, now))
             await uow.commit()
 
     async def revoke_sessions_of(self, access_token: str, user_id: UUID) -> int:
         """End every session of the user, as the CLI's ``admin revoke-sessions`` does."""
-        await self._admin(access_token)
+        claims = await self._admin(access_token)
         now = self._now()
         async with self._uow() as uow:
             if await uow.users.get(user_id) is None:
                 raise UserNotFound()
             ended = await self._end_sessions(uow, user_id, "admin", now)
+            await uow.audit.add(AuditRecord.by_admin(claims.user_id, "revoke_sessions", user_id,
+                                                     {"sessions_ended": ended}, now))
             await uow.commit()
         return ended
+
+    async def audit(self, access_token: str, query: AuditQuery, limit: int,
+                    cursor: str | None) -> AuditPage:
+        """A page of the audit log of admin actions, newest first."""
+        await self._admin(access_token)
+        parse_cursor(cursor)  # refused before any database work
+        async with self._read_uow() as uow:
+            return await read_page(uow.audit, query, limit, cursor)
+
+
+def _unchanged(current: User | None, verified: User) -> TypeGuard[User]:
+    """True if ``current``, the user's row read again under lock, is neither deleted nor given
+    another password since ``verified`` was read and its password checked."""
+    return current is not None and current.deleted_at is None \
+        and current.password_hash == verified.password_hash
+
+
+def _admin_created(user_id: UUID, outcome: AdminOutcome, password_reset: bool,
+                   at: datetime) -> AuditRecord:
+    """The audit record of ``authloyalty admin create``."""
+    result = {"created": "created", "promoted": "promoted"}.get(outcome, "unchanged")
+    return AuditRecord.by_cli("create_admin", user_id,
+                              {"result": result, "password_reset": password_reset}, at)
 
 
 @dataclass(frozen=True)

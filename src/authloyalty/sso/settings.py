@@ -64,3 +64,6 @@ class SsoSettings(Section):
     request_headers: RequestHeaderLimits = RequestHeaderLimits()
     # Services that may read any user over gRPC (GetUser) with HTTP Basic client credentials.
     grpc_clients: list[GrpcClientSettings] = []
+    # A deleted user can be restored for this long; then the maintenance jobs erase the
+    # personal data (fractional: a test may keep them for seconds; at most a century).
+    deletion_retention_days: float = Field(default=365.0, gt=0, le=36500)

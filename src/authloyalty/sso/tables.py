@@ -18,6 +18,7 @@ from sqlalchemy import (
     Uuid,
 )
 
+from authloyalty.platform.audit import audit_table
 from authloyalty.platform.outbox import outbox_table
 
 metadata = MetaData()
@@ -37,6 +38,9 @@ users = Table(
     # data erased, the id kept so the ledger still means something).
     Column("deleted_at", DateTime(timezone=True), nullable=True),
     Column("purged_at", DateTime(timezone=True), nullable=True),
+    # Incremented by every deletion and restore, in their UPDATE: the version their events
+    # carry, by which loyalty orders them (events.UNVERSIONED).
+    Column("lifecycle_version", Integer, nullable=False, server_default="0"),
 )
 
 sessions = Table(
@@ -69,3 +73,6 @@ login_failures = Table(
 )
 
 outbox = outbox_table(metadata)
+
+# Admin actions, written in the transaction of the action (platform/audit.py).
+audit_log = audit_table(metadata)

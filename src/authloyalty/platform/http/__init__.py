@@ -1,8 +1,9 @@
 """HTTP plumbing shared by both services, one module per concern: :mod:`.responses` (JSON
 answers, envelopes, no-store), :mod:`.errors` (every failure mapped to the envelope),
 :mod:`.middleware` (body limit, metrics), :mod:`.auth` (bearer token), :mod:`.health`,
-:mod:`.fast` (routes served without FastAPI's dependency resolution) and :mod:`.app`, the
-application factory every service starts from."""
+:mod:`.audit` (the audit log's query and answer), :mod:`.fast` (routes served without
+FastAPI's dependency resolution) and :mod:`.app`, the application factory every service starts
+from."""
 
 from authloyalty.platform.http.app import create_app
 

@@ -26,8 +26,14 @@ HTTP_STATUS = {
 }
 
 
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
 def _field_name(loc: Sequence[int | str]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Only the first part says where the field was; a field may itself be named ``query``.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
     return ".".join(parts) or "body"
 
 

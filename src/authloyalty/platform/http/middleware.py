@@ -125,14 +125,18 @@ class AccessLogMiddleware:
     without a usable one, as when nothing stands in front of the service), and, since this
     runs inside the request's server span, its trace_id and span_id (platform/logging.py):
     the gateway's access log (request id) leads to the trace and back. The route template,
-    never the raw path: paths hold ids."""
+    never the raw path: paths hold ids. With the access log off, a client's own request id is
+    still bound: the audit log of admin actions records it (platform/audit.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if not access_log.isEnabledFor(logging.INFO):
+            await self._unlogged(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
@@ -159,6 +163,18 @@ class AccessLogMiddleware:
                 access_log.info("request", extra={
                     "method": scope["method"], "route": route, "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+            reset_contextvars(**bound)
+
+    async def _unlogged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # No log line to tie a request id of our own to: none is made, the client's is kept.
+        request_id = _request_id(scope)
+        if request_id is None:
+            await self.app(scope, receive, send)
+            return
+        bound = bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send)
+        finally:
             reset_contextvars(**bound)
 
 

@@ -109,15 +109,17 @@ class GetUserRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class GetUserResponse(_message.Message):
-    __slots__ = ("user_id", "email", "name", "birthday", "is_admin")
+    __slots__ = ("user_id", "email", "name", "birthday", "is_admin", "deleted")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     BIRTHDAY_FIELD_NUMBER: _ClassVar[int]
     IS_ADMIN_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     email: str
     name: str
     birthday: str
     is_admin: bool
-    def __init__(self, user_id: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., birthday: _Optional[str] = ..., is_admin: _Optional[bool] = ...) -> None: ...
+    deleted: bool
+    def __init__(self, user_id: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., birthday: _Optional[str] = ..., is_admin: _Optional[bool] = ..., deleted: _Optional[bool] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63\x63ount.v1/account.proto\x12\nAccount.v1\"\xaa\x01\n\x0e\x41\x63\x63ountChanged\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x31\n\x06\x63hange\x18\x02 \x01(\x0e\x32!.Account.v1.AccountChanged.Change\x12\x17\n\x0f\x63hanged_at_unix\x18\x03 \x01(\x03\";\n\x06\x43hange\x12\x16\n\x12\x43HANGE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x44\x45LETED\x10\x01\x12\x0c\n\x08RESTORED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63\x63ount.v1/account.proto\x12\nAccount.v1\"\xbb\x01\n\x0e\x41\x63\x63ountChanged\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x31\n\x06\x63hange\x18\x02 \x01(\x0e\x32!.Account.v1.AccountChanged.Change\x12\x17\n\x0f\x63hanged_at_unix\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\";\n\x06\x43hange\x12\x16\n\x12\x43HANGE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x44\x45LETED\x10\x01\x12\x0c\n\x08RESTORED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'account.v1.account_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCOUNTCHANGED']._serialized_start=41
-  _globals['_ACCOUNTCHANGED']._serialized_end=211
-  _globals['_ACCOUNTCHANGED_CHANGE']._serialized_start=152
-  _globals['_ACCOUNTCHANGED_CHANGE']._serialized_end=211
+  _globals['_ACCOUNTCHANGED']._serialized_end=228
+  _globals['_ACCOUNTCHANGED_CHANGE']._serialized_start=169
+  _globals['_ACCOUNTCHANGED_CHANGE']._serialized_end=228
 # @@protoc_insertion_point(module_scope)
