@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import jwt
 import pytest
 
 from devstack.postgres import scratch_dir
@@ -50,15 +51,37 @@ def api(server: Server, http: httpx.Client) -> Api:
     return Api(server, http)
 
 
+class AdminLogin:
+    """The bootstrap admin's access token, logged in again when it nears its expiry (the suite
+    runs longer than an access token lives)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._token = ""
+        self._expires = 0.0
+
+    def token(self) -> str:
+        if time.time() > self._expires - 120:
+            with httpx.Client(timeout=30.0) as client:
+                r = client.post(f"{self._server.sso}/auth/login",
+                                json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+            assert r.status_code == 200, r.text
+            self._token = r.json()["access_token"]
+            self._expires = float(jwt.decode(self._token, options={"verify_signature": False})
+                                  ["exp"])
+        return self._token
+
+
 @pytest.fixture(scope="session")
-def admin_token(server: Server) -> str:
-    """An access token of the bootstrap admin (one login for the whole suite)."""
-    with httpx.Client(timeout=30.0) as client:
-        r = client.post(f"{server.sso}/auth/login",
-                        json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
-    assert r.status_code == 200, r.text
-    token: str = r.json()["access_token"]
-    return token
+def admin_login(server: Server) -> AdminLogin:
+    """One login of the bootstrap admin, renewed before its token expires."""
+    return AdminLogin(server)
+
+
+@pytest.fixture
+def admin_token(admin_login: AdminLogin) -> str:
+    """An access token of the bootstrap admin, valid for at least two more minutes."""
+    return admin_login.token()
 
 
 @pytest.fixture
