@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,18 @@ def history(api: Api, headers: dict[str, str], path: str = "/loyalty/me/transact
         if cursor is None:
             return items
     pytest.fail("history pagination does not end")
+
+
+@contextmanager
+def admin_server(data_dir: Path, http: httpx.Client, name: str,
+                 env: dict[str, str] | None = None) -> Iterator[tuple[Api, Account]]:
+    """A server of its own whose bootstrap admin (the only admin) is logged in; stopped, and
+    required to exit cleanly, at the end."""
+    email, password = unique_email(name), f"{name}-password"
+    srv = Server(data_dir, admin=(email, password), env=env or {})
+    srv.start()
+    try:
+        api = Api(srv, http)
+        yield api, api.login(email, password)
+    finally:
+        assert srv.stop() == 0, srv.output()

@@ -12,7 +12,14 @@ import httpx
 import pytest
 
 from authloyalty.rpc.sso import sso_pb2, sso_pb2_grpc
-from tests.e2e.e2e_helpers import PASSWORD, Account, Api, Server, error_code, poll, unique_email
+from tests.e2e.e2e_helpers import (
+    PASSWORD,
+    Account,
+    Api,
+    admin_server,
+    error_code,
+    poll,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +30,10 @@ PURGE_DEADLINE = 30.0  # generous: the window plus a few maintenance rounds on a
 @pytest.fixture
 def short(tmp_path: Path, http: httpx.Client) -> Iterator[tuple[Api, Account]]:
     """A server keeping deleted users for RETENTION_SECONDS, and its admin logged in."""
-    email, password = unique_email("purge-admin"), "purge-admin-password"
-    srv = Server(tmp_path / "data", admin=(email, password), env={
-        "AUTHLOYALTY_SSO__DELETION_RETENTION_DAYS": repr(RETENTION_SECONDS / 86400),
-        "AUTHLOYALTY_MAINTENANCE_INTERVAL_SECONDS": "0.2"})
-    srv.start()
-    try:
-        api = Api(srv, http)
-        yield api, api.login(email, password)
-    finally:
-        assert srv.stop() == 0, srv.output()
+    with admin_server(tmp_path / "data", http, "purge-admin", env={
+            "AUTHLOYALTY_SSO__DELETION_RETENTION_DAYS": repr(RETENTION_SECONDS / 86400),
+            "AUTHLOYALTY_MAINTENANCE_INTERVAL_SECONDS": "0.2"}) as lone:
+        yield lone
 
 
 def _details(api: Api, admin: Account, user_id: str) -> dict[str, Any]:

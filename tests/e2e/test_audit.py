@@ -17,6 +17,7 @@ from tests.e2e.e2e_helpers import (
     Account,
     Api,
     Server,
+    admin_server,
     error_code,
     run_cli,
     unique_email,
@@ -273,11 +274,5 @@ def test_command_line_actions_are_recorded_without_an_actor(
 @pytest.fixture
 def lone(tmp_path: Path, http: httpx.Client) -> Iterator[tuple[Api, Account]]:
     """A server whose bootstrap admin is its only admin, and that admin logged in."""
-    email, password = unique_email("lone-audit"), "lone-admin-password"
-    srv = Server(tmp_path / "data", admin=(email, password))
-    srv.start()
-    try:
-        api = Api(srv, http)
-        yield api, api.login(email, password)
-    finally:
-        assert srv.stop() == 0, srv.output()
+    with admin_server(tmp_path / "data", http, "lone-audit") as lone:
+        yield lone

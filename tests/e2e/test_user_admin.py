@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.e2e_helpers import Account, Api, Server, bearer, error_code, unique_email
+from tests.e2e.e2e_helpers import (
+    Account,
+    Api,
+    admin_server,
+    bearer,
+    error_code,
+    unique_email,
+)
 from tests.e2e.test_sessions import _accepted_everywhere, _refused_everywhere
 
 pytestmark = pytest.mark.e2e
@@ -199,14 +206,8 @@ def test_granting_and_revoking_the_admin_right(api: Api, admin: dict[str, str]) 
 @pytest.fixture
 def lone(tmp_path: Path, http: httpx.Client) -> Iterator[tuple[Api, Account]]:
     """A server whose bootstrap admin is its only admin, and that admin logged in."""
-    email, password = unique_email("lone-admin"), "lone-admin-password"
-    srv = Server(tmp_path / "data", admin=(email, password))
-    srv.start()
-    try:
-        api = Api(srv, http)
-        yield api, api.login(email, password)
-    finally:
-        assert srv.stop() == 0, srv.output()
+    with admin_server(tmp_path / "data", http, "lone-admin") as lone:
+        yield lone
 
 
 def test_the_last_admin_keeps_the_right(lone: tuple[Api, Account]) -> None:

@@ -27,16 +27,6 @@ from tests.unit.test_auth_service import Clock, make_service
 PASSWORD = "long enough"
 
 
-@pytest.fixture
-def store() -> FakeSsoStore:
-    return FakeSsoStore()
-
-
-@pytest.fixture
-def service(store: FakeSsoStore) -> AuthService:
-    return make_service(store, Clock())
-
-
 async def test_deletion_ends_every_session_in_its_commit_and_refuses_login(
     service: AuthService, store: FakeSsoStore
 ) -> None:

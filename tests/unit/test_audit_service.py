@@ -14,17 +14,7 @@ from authloyalty.platform.errors import Forbidden, ValidationFailed
 from authloyalty.sso.domain import LastAdmin, UserNotFound
 from authloyalty.sso.service import AuthService, Registration
 from tests.fakes import FakeLoyaltyStore, FakeSsoStore
-from tests.unit.test_auth_service import Clock, make_service
-
-
-@pytest.fixture
-def store() -> FakeSsoStore:
-    return FakeSsoStore()
-
-
-@pytest.fixture
-def service(store: FakeSsoStore) -> AuthService:
-    return make_service(store, Clock())
+from tests.unit.test_auth_service import Clock
 
 
 def _actions(store: FakeSsoStore | FakeLoyaltyStore) -> list[str]:

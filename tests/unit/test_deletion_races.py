@@ -12,20 +12,9 @@ from authloyalty.platform.errors import InvalidToken
 from authloyalty.sso.domain import InvalidCredentials, LastAdmin, UserIsDeleted
 from authloyalty.sso.service import AuthService, IssuedTokens, Origin, Registration
 from tests.fakes import FakeSsoStore
-from tests.unit.test_auth_service import Clock, make_service
 
 PASSWORD = "long enough"
 NEW_PASSWORD = "another long one"
-
-
-@pytest.fixture
-def store() -> FakeSsoStore:
-    return FakeSsoStore()
-
-
-@pytest.fixture
-def service(store: FakeSsoStore) -> AuthService:
-    return make_service(store, Clock())
 
 
 def after_next_verification(service: AuthService, monkeypatch: pytest.MonkeyPatch,

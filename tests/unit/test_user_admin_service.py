@@ -11,17 +11,6 @@ from authloyalty.platform.errors import Forbidden, InvalidToken, ValidationFaile
 from authloyalty.sso.domain import LastAdmin, UserNotFound
 from authloyalty.sso.service import AuthService, IssuedTokens, Registration
 from tests.fakes import FakeSsoStore
-from tests.unit.test_auth_service import Clock, make_service
-
-
-@pytest.fixture
-def store() -> FakeSsoStore:
-    return FakeSsoStore()
-
-
-@pytest.fixture
-def service(store: FakeSsoStore) -> AuthService:
-    return make_service(store, Clock())
 
 
 async def _admin(service: AuthService, email: str) -> IssuedTokens:
