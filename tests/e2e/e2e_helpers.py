@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -182,11 +182,21 @@ class Account:
         return bearer(self.access)
 
 
+class Endpoints(Protocol):
+    """Where sso and loyalty answer: a :class:`Server`, or the separate-process stack."""
+
+    @property
+    def sso(self) -> str: ...
+
+    @property
+    def loyalty(self) -> str: ...
+
+
 @dataclass
 class Api:
     """Small helpers over the HTTP API of one server."""
 
-    srv: Server
+    srv: Endpoints
     http: httpx.Client
 
     def sso(self, method: str, path: str, **kw: Any) -> httpx.Response:

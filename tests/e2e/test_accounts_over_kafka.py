@@ -7,9 +7,8 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import pytest
@@ -19,7 +18,16 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from devstack.kafka import KafkaBroker
 from devstack.postgres import PostgresCluster
 from devstack.registry import Registry
-from tests.e2e.e2e_helpers import AUTHLOYALTY, BONUS_DEADLINE, bearer, error_code, poll
+from tests.e2e.e2e_helpers import (
+    AUTHLOYALTY,
+    BONUS_DEADLINE,
+    Account,
+    Api,
+    bearer,
+    error_code,
+    poll,
+    unique_email,
+)
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -33,56 +41,17 @@ ADMIN_PASSWORD = "kafka admin password"
 
 
 @dataclass
-class User:
-    email: str
-    password: str
-    user_id: str
-    access: str
-    refresh: str
+class Deployment(Api):
+    """The running stack, an HTTP client to it and its admin."""
 
-    @property
-    def auth(self) -> dict[str, str]:
-        return bearer(self.access)
+    stack: Stack = field(kw_only=True)
+    admin: Account = field(kw_only=True)
 
-
-@dataclass
-class Deployment:
-    """The running stack and an HTTP client to it."""
-
-    stack: Stack
-    http: httpx.Client
-    admin: User
-
-    def sso(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self.http.request(method, f"{self.stack.sso}{path}", **kw)
-
-    def loy(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self.http.request(method, f"{self.stack.loyalty}{path}", **kw)
-
-    def login(self, email: str, password: str) -> User:
-        r = self.sso("POST", "/auth/login", json={"email": email, "password": password})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        return User(email, password, body["user_id"], body["access_token"],
-                    body["refresh_token"])
-
-    def user(self) -> User:
+    def user(self, **extra: Any) -> Account:
         """A new user whose loyalty account (with the welcome bonus) is open."""
-        email = f"kafka-{uuid4().hex}@example.com"
-        r = self.sso("POST", "/auth/registration", json={"email": email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        body = r.json()
-        user = User(email, PASSWORD, body["user_id"], body["access_token"],
-                    body["refresh_token"])
-        assert poll(lambda: self.loy("GET", "/loyalty/me", headers=user.auth).status_code == 200,
-                    BONUS_DEADLINE), self.logs()
-        return user
-
-    def balance(self, user: User) -> int:
-        r = self.loy("GET", "/loyalty/me", headers=user.auth)
-        assert r.status_code == 200, r.text
-        value: int = r.json()["balance"]
-        return value
+        account = self.register(unique_email("kafka"), PASSWORD, **extra)
+        self.wait_account(account.access, BONUS_DEADLINE)
+        return account
 
     def account_view(self, user_id: str) -> dict[str, Any]:
         """loyalty's admin view of an account."""
@@ -91,7 +60,7 @@ class Deployment:
         body: dict[str, Any] = r.json()
         return body
 
-    def current_session(self, user: User) -> str:
+    def current_session(self, user: Account) -> str:
         r = self.sso("GET", "/auth/sessions", headers=user.auth)
         assert r.status_code == 200, r.text
         session_id: str = next(s["id"] for s in r.json()["items"] if s["current"])
@@ -145,13 +114,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, pg_cluster: PostgresClu
                           json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
             assert r.status_code == 200, r.text
             body = r.json()
-            admin = User(ADMIN_EMAIL, ADMIN_PASSWORD, body["user_id"], body["access_token"],
-                         body["refresh_token"])
+            admin = Account(ADMIN_EMAIL, ADMIN_PASSWORD, body["user_id"],
+                            body["access_token"], body["refresh_token"])
             # The admin's own account opens once the relay has delivered its registration.
             assert poll(lambda: http.get(f"{stack.loyalty}/loyalty/me",
                                          headers=admin.auth).status_code == 200,
                         BONUS_DEADLINE), stack.services["loyalty"].output()[-3000:]
-            yield Deployment(stack, http, admin)
+            yield Deployment(stack, http, stack=stack, admin=admin)
     finally:
         stack.stop_all()
         pg_cluster.drop_database(stack.database)
@@ -196,7 +165,7 @@ def test_a_password_change_ends_the_old_sessions_at_loyalty_and_the_new_pair_wor
                        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
     assert r.status_code == 200, r.text
     deployment.refused_by_loyalty_in_time(user.access, other.access)
-    fresh = User(user.email, NEW_PASSWORD, user.user_id, r.json()["access_token"],
+    fresh = Account(user.email, NEW_PASSWORD, user.user_id, r.json()["access_token"],
                  r.json()["refresh_token"])
     deployment.accepted(fresh.access)
     assert deployment.balance(fresh) == balance
