@@ -13,11 +13,22 @@ from authloyalty.loyalty.domain import (
     Account,
     AccountFrozen,
     AccountNotFound,
+    CaptureExceedsHold,
+    EntryKind,
+    HeldPointsInTheWay,
+    Hold,
+    HoldExpired,
+    HoldNotActive,
+    HoldNotFound,
+    HoldState,
     IdempotencyRecord,
     InsufficientPoints,
     KeyTaken,
     LedgerEntry,
+    Lot,
+    LotsInvolved,
     Movement,
+    NewHold,
 )
 from authloyalty.platform.audit import AuditEntry, AuditQuery, AuditRecord
 from authloyalty.platform.bus import Envelope
@@ -280,6 +291,10 @@ class LoyaltyState:
     audit: list[AuditEntry] = field(default_factory=list)
     # accounts.lifecycle_version (Account does not carry it); absent means 0.
     lifecycle_versions: dict[UUID, int] = field(default_factory=dict)
+    holds: dict[int, Hold] = field(default_factory=dict)
+    lots: dict[int, Lot] = field(default_factory=dict)
+    # lot_consumptions: per withdrawal, (lot id, points taken)
+    consumptions: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 class FakeAccounts:
@@ -304,11 +319,36 @@ class FakeAccounts:
         return True
 
 
+def _expire_holds(state: LoyaltyState, account_id: UUID, now: datetime) -> int:
+    freed = 0
+    for hold in list(state.holds.values()):
+        if hold.account_id == account_id and hold.state == "held" and hold.expires_at <= now:
+            state.holds[hold.id] = replace(hold, state="expired")
+            freed += hold.amount
+    if freed:
+        account = state.accounts[account_id]
+        state.accounts[account_id] = replace(account, held=account.held - freed)
+    return freed
+
+
 class FakeLedger:
     def __init__(self, state: LoyaltyState) -> None:
         self._s = state
 
-    async def apply(self, movement: Movement) -> LedgerEntry:
+    async def apply(self, movement: Movement, *, with_lots: bool = False) -> LedgerEntry:
+        account = self._s.accounts.get(movement.account_id)
+        if not with_lots and (movement.expires_at is not None or (
+                account is not None and account.frozen_at is None
+                and account.next_expiry is not None)):
+            raise LotsInvolved()
+        try:
+            return self._apply(movement)
+        except HeldPointsInTheWay:
+            if not _expire_holds(self._s, movement.account_id, movement.at):
+                raise
+            return self._apply(movement)
+
+    def _apply(self, movement: Movement) -> LedgerEntry:
         # The ledger rule (domain.Movement), as the fake database's single writer enforces it.
         account = self._s.accounts.get(movement.account_id)
         if account is None:
@@ -318,9 +358,12 @@ class FakeLedger:
         balance = account.balance + movement.delta
         if balance < 0:
             raise InsufficientPoints()
+        if movement.delta < 0 and balance - account.held < 0:
+            raise HeldPointsInTheWay() if account.held else InsufficientPoints()
         self._s.accounts[movement.account_id] = replace(account, balance=balance)
         entry = LedgerEntry(len(self._s.ledger) + 1, movement.account_id, movement.kind,
-                            movement.amount, movement.comment, balance, movement.at)
+                            movement.amount, movement.comment, balance, movement.at,
+                            hold_id=movement.hold_id)
         self._s.ledger.append(entry)
         return entry
 
@@ -331,8 +374,159 @@ class FakeLedger:
         return mine[:limit]
 
     async def total(self, account_id: UUID) -> int:
-        return sum(e.amount if e.kind == "deposit" else -e.amount
-                   for e in self._s.ledger if e.account_id == account_id)
+        return sum(_signed(self._s, e) for e in self._s.ledger if e.account_id == account_id)
+
+
+def _signed(state: LoyaltyState, entry: LedgerEntry) -> int:
+    if entry.kind == "reversal" and entry.reverses is not None:  # the other way
+        undone = state.ledger[entry.reverses - 1]
+        return -entry.amount if undone.kind == "deposit" else entry.amount
+    return entry.amount if entry.kind == "deposit" else -entry.amount
+
+
+class FakeLots:
+    """Lots beside the fake ledger; the rules are loyalty.lots', as for SQL."""
+
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def lock(self, account_id: UUID) -> Account | None:
+        return self._s.accounts.get(account_id)  # transactions of the fake are serial already
+
+    async def add(self, entry: LedgerEntry, expires_at: datetime) -> None:
+        lot_id = len(self._s.lots) + 1
+        self._s.lots[lot_id] = Lot(lot_id, entry.account_id, entry.id, entry.amount,
+                                   entry.amount, expires_at)
+
+    async def live(self, account_id: UUID) -> list[Lot]:
+        return sorted((lot for lot in self._s.lots.values()
+                       if lot.account_id == account_id and lot.remaining > 0),
+                      key=lambda lot: (lot.expires_at, lot.id))
+
+    async def take(self, lot_id: int, amount: int, entry_id: int | None) -> None:
+        lot = self._s.lots[lot_id]
+        assert 0 < amount <= lot.remaining  # the table's checks
+        self._s.lots[lot_id] = replace(lot, remaining=lot.remaining - amount)
+        if entry_id is not None:
+            self._s.consumptions.setdefault(entry_id, []).append((lot_id, amount))
+
+    async def give_back(self, lot_id: int, amount: int) -> None:
+        lot = self._s.lots[lot_id]
+        assert lot.remaining + amount <= lot.amount
+        self._s.lots[lot_id] = replace(lot, remaining=lot.remaining + amount)
+
+    async def consumed_by(self, entry_id: int) -> list[tuple[Lot, int]]:
+        taken = [(self._s.lots[lot_id], amount)
+                 for lot_id, amount in self._s.consumptions.get(entry_id, [])]
+        return sorted(taken, key=lambda pair: (pair[0].expires_at, pair[0].id))
+
+    async def of_entry(self, entry_id: int) -> Lot | None:
+        return next((lot for lot in self._s.lots.values() if lot.entry_id == entry_id), None)
+
+    async def refresh_next_expiry(self, account_id: UUID) -> None:
+        live = await self.live(account_id)
+        account = self._s.accounts[account_id]
+        self._s.accounts[account_id] = replace(
+            account, next_expiry=min((lot.expires_at for lot in live), default=None))
+
+    async def post(self, account_id: UUID, kind: EntryKind, delta: int, comment: str,
+                   at: datetime, reverses: int | None = None) -> LedgerEntry:
+        account = self._s.accounts[account_id]
+        if account.balance + delta < 0:
+            raise InsufficientPoints()
+        self._s.accounts[account_id] = replace(account, balance=account.balance + delta)
+        entry = LedgerEntry(len(self._s.ledger) + 1, account_id, kind, abs(delta), comment,
+                            account.balance + delta, at, reverses=reverses)
+        self._s.ledger.append(entry)
+        return entry
+
+    async def entry(self, entry_id: int) -> LedgerEntry | None:
+        return self._s.ledger[entry_id - 1] if 0 < entry_id <= len(self._s.ledger) else None
+
+    async def reversal_of(self, entry_id: int) -> int | None:
+        return next((e.id for e in self._s.ledger if e.reverses == entry_id), None)
+
+    async def expiring(self, account_id: UUID, now: datetime, limit: int) -> list[Lot]:
+        return [lot for lot in await self.live(account_id) if lot.expires_at > now][:limit]
+
+    async def due(self, now: datetime, after: UUID | None, limit: int) -> list[UUID]:
+        return sorted(a.user_id for a in self._s.accounts.values()
+                      if a.next_expiry is not None and a.next_expiry <= now
+                      and (after is None or a.user_id > after))[:limit]
+
+
+class FakeHolds:
+    def __init__(self, state: LoyaltyState) -> None:
+        self._s = state
+
+    async def place(self, new: NewHold) -> Hold:
+        try:
+            self._reserve(new)
+        except HeldPointsInTheWay:
+            if not _expire_holds(self._s, new.account_id, new.at):
+                raise
+            self._reserve(new)
+        hold = Hold(len(self._s.holds) + 1, new.account_id, new.amount, 0, new.comment, "held",
+                    new.expires_at, new.at)
+        self._s.holds[hold.id] = hold
+        return hold
+
+    def _reserve(self, new: NewHold) -> None:
+        account = self._s.accounts.get(new.account_id)
+        if account is None:
+            raise AccountNotFound()
+        if account.frozen_at is not None:
+            raise AccountFrozen()
+        if account.balance - account.held - new.amount < 0:
+            raise HeldPointsInTheWay() if account.held else InsufficientPoints()
+        self._s.accounts[new.account_id] = replace(account, held=account.held + new.amount)
+
+    async def settle(self, account_id: UUID, hold_id: int, now: datetime, *, capture: bool,
+                     amount: int | None = None) -> Hold:
+        hold = await self.get(account_id, hold_id)
+        if hold is None:
+            raise HoldNotFound()
+        seen = hold.state_at(now)
+        if seen == "expired":
+            raise HoldExpired()
+        if seen != "held":
+            raise HoldNotActive()
+        if capture and amount is not None and amount > hold.amount:
+            raise CaptureExceedsHold()
+        settled = replace(hold, state="captured" if capture else "released",
+                          captured_amount=(hold.amount if amount is None else amount)
+                          if capture else 0)
+        self._s.holds[hold_id] = settled
+        account = self._s.accounts[account_id]
+        self._s.accounts[account_id] = replace(account, held=account.held - hold.amount)
+        return settled
+
+    async def expire(self, account_id: UUID, now: datetime) -> int:
+        return _expire_holds(self._s, account_id, now) if account_id in self._s.accounts else 0
+
+    async def due(self, now: datetime, limit: int) -> list[UUID]:
+        due = {h.account_id for h in self._s.holds.values()
+               if h.state == "held" and h.expires_at <= now}
+        return sorted(due)[:limit]
+
+    async def get(self, account_id: UUID, hold_id: int) -> Hold | None:
+        hold = self._s.holds.get(hold_id)
+        return hold if hold is not None and hold.account_id == account_id else None
+
+    async def page(self, account_id: UUID, state: HoldState | None, now: datetime,
+                   limit: int, before_id: int | None) -> list[Hold]:
+        mine = [h for h in sorted(self._s.holds.values(), key=lambda h: -h.id)
+                if h.account_id == account_id and (before_id is None or h.id < before_id)
+                and (state is None or h.state_at(now) == state)]
+        return mine[:limit]
+
+    async def standing(self, account_id: UUID, now: datetime) -> Account | None:
+        account = self._s.accounts.get(account_id)
+        if account is None:
+            return None
+        return replace(account, held=sum(
+            h.amount for h in self._s.holds.values()
+            if h.account_id == account_id and h.state_at(now) == "held"))
 
 
 class FakeIdempotencyKeys:
@@ -397,6 +591,8 @@ class FakeLoyaltyUnitOfWork(_FakeUnitOfWork):
     def _bind(self, state: LoyaltyState) -> None:
         self.accounts = FakeAccounts(state)
         self.ledger = FakeLedger(state)
+        self.holds = FakeHolds(state)
+        self.lots = FakeLots(state)
         self.idempotency = FakeIdempotencyKeys(state)
         self.inbox = FakeInbox(state)
         self.revocations = FakeRevocations(state)

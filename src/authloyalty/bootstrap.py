@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -23,6 +24,7 @@ from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import AccountReads, Movements, Owner, OwnerDirectory
 from authloyalty.loyalty.events import LOYALTY_EVENTS
+from authloyalty.loyalty.hold_service import HoldService
 from authloyalty.loyalty.movements import (
     CoalescedAccountReads,
     CoalescedMovements,
@@ -154,6 +156,7 @@ class LoyaltyContainer:
     authenticator: Authenticator
     service: LedgerService
     handlers: LoyaltyEventHandlers
+    holds: HoldService
     read_database: Database | None = None
     coalescers: list[CoalescedAccountReads | CoalescedMovements] = field(default_factory=list)
 
@@ -245,11 +248,15 @@ def build_loyalty(settings: Settings, keys: KeyProvider,
     service = LedgerService(uow, idempotency_ttl_hours=cfg.idempotency_ttl_hours,
                             owners=owners, read_uow=read_uow, accounts=accounts,
                             movements=movements)
-    handlers = LoyaltyEventHandlers(uow, revoked, cfg.welcome_bonus)
+    handlers = LoyaltyEventHandlers(
+        uow, revoked, cfg.welcome_bonus,
+        bonus_lifetime=None if cfg.bonus_lifetime_days is None
+        else timedelta(days=cfg.bonus_lifetime_days))
     coalescers = [c for c in (accounts, movements)
                   if isinstance(c, CoalescedAccountReads | CoalescedMovements)]
+    holds = HoldService(uow, read_uow=read_uow, max_ttl_seconds=cfg.max_hold_ttl_seconds)
     return LoyaltyContainer(cfg, target, engine, database, revoked, authenticator, service,
-                            handlers, read_database, coalescers)
+                            handlers, holds, read_database, coalescers)
 
 
 def sso_app(container: SsoContainer) -> FastAPI:
@@ -317,6 +324,8 @@ class EmbeddedSystem:
             asyncio.create_task(self.sso.relay.run_forever(), name="outbox-relay"),
             asyncio.create_task(_every(self.settings.maintenance_interval_seconds,
                                        self._maintenance, "maintenance")),
+            asyncio.create_task(_every(self.settings.loyalty.expiry_sweep_interval_seconds,
+                                       self.loyalty.service.expire_lots, "lot expiry")),
             asyncio.create_task(_every(self.settings.sso.keys_reload_seconds,
                                        self._reload_keys, "keys")),
             # One loop serves both services: its lag is each one's.
@@ -332,6 +341,7 @@ class EmbeddedSystem:
         await self.sso.service.purge_deleted_users()
         await self.loyalty.service.purge_idempotency_keys()
         await self.loyalty.handlers.purge_revocations()
+        await self.loyalty.holds.expire_due()
 
     async def stop(self) -> None:
         """Stop background work (after a last relay pass) and close the databases."""
@@ -456,11 +466,15 @@ class LoyaltyProcess:
         self.tasks.append(asyncio.create_task(self.jwks.refresh_forever()))
         self.tasks.append(asyncio.create_task(_every(
             self.settings.maintenance_interval_seconds, self._maintenance, "maintenance")))
+        self.tasks.append(asyncio.create_task(_every(
+            self.settings.loyalty.expiry_sweep_interval_seconds,
+            self.loyalty.service.expire_lots, "lot expiry")))
         self.tasks.append(asyncio.create_task(watch_loop_lag(("loyalty",)), name="loop-lag"))
 
     async def _maintenance(self) -> None:
         await self.loyalty.service.purge_idempotency_keys()
         await self.loyalty.handlers.purge_revocations()
+        await self.loyalty.holds.expire_due()
 
     async def stop(self) -> None:
         """Let consumers finish their record and commit, then close."""

@@ -17,7 +17,9 @@ ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 def _check_transaction(tx: dict[str, object], kind: str, amount: int, comment: str,
                        balance_after: int) -> None:
-    assert set(tx) == {"id", "kind", "amount", "comment", "balance_after", "created_at"}, tx
+    assert set(tx) == {"id", "kind", "amount", "comment", "balance_after", "created_at",
+                       "hold_id", "reverses"}, tx
+    assert tx["hold_id"] is None and tx["reverses"] is None, tx  # no hold, no reversal here
     assert isinstance(tx["id"], int)
     assert tx["kind"] == kind
     assert tx["amount"] == amount
@@ -47,7 +49,8 @@ def test_readme_walkthrough(api: Api, admin: dict[str, str]) -> None:
 
     # 2. The welcome bonus arrives asynchronously.
     account = api.wait_account(reg["access_token"])
-    assert account == {"status": "Success", "uuid": user_id, "balance": 100}
+    assert account == {"status": "Success", "uuid": user_id, "balance": 100, "available": 100,
+                       "held": 0, "expiring": []}
     items = history(api, me)
     assert len(items) == 1
     _check_transaction(items[0], "deposit", 100, "registration", 100)

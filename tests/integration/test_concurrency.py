@@ -117,4 +117,4 @@ async def test_migrations_are_idempotent(system: EmbeddedSystem) -> None:
     assert await current_revision("sso", system.sso.engine) == head_revision("sso") \
         == "sso_0006"
     assert await current_revision("loyalty", system.loyalty.engine) \
-        == head_revision("loyalty") == "loyalty_0005"
+        == head_revision("loyalty") == "loyalty_0007"

@@ -49,6 +49,19 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
                                                              503},
     ("get", "/loyalty/admin/accounts/{uuid}/transactions"): {401, 403, 404, 422, 503},
     ("get", "/loyalty/admin/audit"): {401, 403, 422, 503},
+    ("post", "/loyalty/admin/transactions/{transaction_id}/reversal"): {
+        400, 401, 403, 404, 409, 413, 422, 503},
+    ("post", "/loyalty/me/holds"): {400, 401, 404, 409, 413, 422, 503},
+    ("get", "/loyalty/me/holds"): {401, 404, 422, 503},
+    ("post", "/loyalty/me/holds/{hold_id}/capture"): {400, 401, 404, 409, 413, 422, 503},
+    ("post", "/loyalty/me/holds/{hold_id}/release"): {401, 404, 409, 422, 503},
+    ("post", "/loyalty/admin/accounts/{uuid}/holds"): {400, 401, 403, 404, 409, 413, 422,
+                                                       503},
+    ("get", "/loyalty/admin/accounts/{uuid}/holds"): {401, 403, 404, 422, 503},
+    ("post", "/loyalty/admin/accounts/{uuid}/holds/{hold_id}/capture"): {
+        400, 401, 403, 404, 409, 413, 422, 503},
+    ("post", "/loyalty/admin/accounts/{uuid}/holds/{hold_id}/release"): {
+        401, 403, 404, 409, 422, 503},
     ("post", "/loyalty"): {400, 401, 403, 404, 409, 413, 422, 503},
     ("get", "/loyalty/{uuid}"): {401, 403, 404, 422, 503},
 }
@@ -110,6 +123,36 @@ def test_the_original_api_has_real_titles(documents: dict[str, dict[str, Any]]) 
     assert paths["/loyalty/{uuid}"]["get"]["summary"] == "Account balance (original API)"
     summaries = [op.get("summary", "") for op in _operations(documents).values()]
     assert not [s for s in summaries if s.startswith("Seed ")], summaries
+
+
+def test_reversals_and_expiring_points_are_documented(
+        documents: dict[str, dict[str, Any]]) -> None:
+    doc = documents["loyalty"]
+    schemas = doc["components"]["schemas"]
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    reversal = doc["paths"]["/loyalty/admin/transactions/{transaction_id}/reversal"]["post"]
+    assert reversal["requestBody"]["content"]["application/json"]["schema"] == ref(
+        "ReversalIn")
+    assert reversal["responses"]["201"]["content"]["application/json"]["schema"] == ref(
+        "MovementOut")
+    assert [p["name"] for p in reversal["parameters"]] == ["transaction_id", "Idempotency-Key"]
+    assert set(schemas["ReversalIn"]["properties"]) == {"comment"}
+    transaction = schemas["TransactionOut"]["properties"]
+    assert transaction["kind"]["enum"] == ["deposit", "withdrawal", "expiry", "reversal"]
+    assert "reverses" in transaction
+    deposit = doc["paths"]["/loyalty/admin/accounts/{uuid}/deposits"]["post"]
+    assert deposit["requestBody"]["content"]["application/json"]["schema"] == ref("DepositIn")
+    expires_at = schemas["DepositIn"]["properties"]["expires_at"]["anyOf"][0]
+    assert expires_at == {"type": "string", "format": "date-time"}
+    for name in ("AccountOut", "AdminAccountOut"):
+        assert schemas[name]["properties"]["expiring"]["items"] == ref("ExpiringOut")
+    # The original's answers keep their exact shape.
+    original = doc["paths"]["/loyalty/{uuid}"]["get"]["responses"]["200"]
+    assert original["content"]["application/json"]["schema"] == ref("BalanceOut")
+    assert set(schemas["BalanceOut"]["properties"]) == {"status", "uuid", "balance"}
 
 
 def test_the_registration_example_is_real_and_not_the_readme_user(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from authloyalty.events import SessionRevoked, UserDeleted, UserRegistered, UserRestored
 from authloyalty.loyalty.domain import REGISTRATION_COMMENT, LoyaltyUnitOfWork, Movement
+from authloyalty.loyalty.movements import apply_in
 from authloyalty.loyalty.revocations import RevokedSessions
 from authloyalty.platform import metrics
 from authloyalty.platform.bus import Envelope, EventHandler, IntegrationEvent
@@ -21,10 +22,12 @@ class LoyaltyEventHandlers:
     """Consumes sso's events; each handler is idempotent, so redeliveries change nothing."""
 
     def __init__(self, uow: Callable[[], LoyaltyUnitOfWork], revoked: RevokedSessions,
-                 welcome_bonus: int, clock: Callable[[], datetime] = utcnow) -> None:
+                 welcome_bonus: int, clock: Callable[[], datetime] = utcnow,
+                 bonus_lifetime: timedelta | None = None) -> None:
         self._uow = uow
         self._revoked = revoked
         self._bonus = welcome_bonus
+        self._bonus_lifetime = bonus_lifetime  # None: the bonus never expires
         self._now = clock
 
     def by_event(self) -> dict[type[IntegrationEvent], EventHandler]:
@@ -52,8 +55,9 @@ class LoyaltyEventHandlers:
         # registration arrives again under another event id.
         opened = await uow.accounts.open(user_id, now)
         if opened and self._bonus > 0:
-            await uow.ledger.apply(Movement(user_id, "deposit", self._bonus,
-                                            REGISTRATION_COMMENT, now))
+            expires_at = None if self._bonus_lifetime is None else now + self._bonus_lifetime
+            await apply_in(uow, Movement(user_id, "deposit", self._bonus, REGISTRATION_COMMENT,
+                                         now, expires_at=expires_at))
             metrics.BONUSES.inc()
         return opened
 

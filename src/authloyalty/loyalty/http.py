@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
-from authloyalty.loyalty.domain import Kind, LedgerEntry, LegacyReply, MovementResult, Principal
+from authloyalty.loyalty.domain import (
+    Hold,
+    HoldOutcome,
+    HoldState,
+    Kind,
+    LedgerEntry,
+    LegacyReply,
+    Lot,
+    MovementResult,
+    Principal,
+)
+from authloyalty.loyalty.hold_service import HoldService
 from authloyalty.loyalty.revocations import Authenticator
 from authloyalty.loyalty.schemas import (
+    AccountOut,
     AdminAccountOut,
     BalanceOut,
+    CaptureIn,
+    CaptureOut,
+    DepositIn,
+    ExpiringOut,
     HistoryOut,
+    HoldAnswerOut,
+    HoldIn,
+    HoldOut,
+    HoldsOut,
     MovementIn,
     MovementOut,
     OwnerOut,
+    ReversalIn,
     SeedOperationIn,
     TransactionOut,
 )
@@ -63,21 +84,35 @@ async def _service(request: Request) -> LedgerService:
     return service
 
 
+async def _holds(request: Request) -> HoldService:
+    holds: HoldService = request.app.state.container.holds
+    return holds
+
+
 CurrentUser = Annotated[Principal, Depends(_Caller())]
 AdminUser = Annotated[Principal, Depends(_admin)]
 Service = Annotated[LedgerService, Depends(_service)]
+Holds = Annotated[HoldService, Depends(_holds)]
+StateFilter = Annotated[Literal["held", "captured", "released", "expired"] | None, Query(
+    description="Only holds in this state (as of the request)")]
+HoldId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
     description="Repeat a request safely: same key and body → same answer, applied once")]
 Limit = Annotated[int, Query(ge=1, le=100)]
+TransactionId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Cursor = Annotated[str | None, Query(max_length=32)]
+
+
+def _time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _transaction(entry: LedgerEntry) -> TransactionOut:
     return TransactionOut(
         id=entry.id, kind=entry.kind, amount=entry.amount, comment=entry.comment,
-        balance_after=entry.balance_after,
-        created_at=entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+        balance_after=entry.balance_after, created_at=_time(entry.created_at),
+        hold_id=entry.hold_id, reverses=entry.reverses)
 
 
 def _legacy(reply: LegacyReply) -> Response:
@@ -101,9 +136,15 @@ def _seed_out(result: MovementResult) -> BalanceOut | Response:
 async def _move(service: LedgerService, actor: Principal, account_id: UUID, kind: Kind,
                 body: MovementIn, key: str | None, route: str) -> MovementOut | Response:
     op = Operation(actor=actor, account_id=account_id, kind=kind, amount=body.amount,
-                   comment=body.comment)
-    idem = Idempotency.of(key, route, account_id, body.model_dump()) if key else None
+                   comment=body.comment,
+                   expires_at=body.expires_at if isinstance(body, DepositIn) else None)
+    idem = Idempotency.of(key, route, account_id, body.model_dump(
+        mode="json", exclude_none=True)) if key else None
     return _movement_out(await service.operate(op, idem))
+
+
+def _expiring(lots: list[Lot]) -> list[ExpiringOut]:
+    return [ExpiringOut(amount=lot.remaining, expires_at=_time(lot.expires_at)) for lot in lots]
 
 
 def _history(page_items: list[LedgerEntry], next_cursor: str | None) -> HistoryOut:
@@ -123,11 +164,14 @@ router = _router()
 hot_router = _router(FastRoute)
 
 
-@hot_router.get("/me", response_model=BalanceOut, responses=errors(401, 404, 503))
-async def my_balance(user: CurrentUser, service: Service) -> BalanceOut:
-    """Your balance (404 until the welcome event has been processed)."""
+@hot_router.get("/me", response_model=AccountOut, responses=errors(401, 404, 503))
+async def my_balance(user: CurrentUser, service: Service) -> AccountOut:
+    """Your balance and what holds leave available (404 until the welcome event has been
+    processed)."""
     account = await service.balance(user, user.user_id)
-    return BalanceOut(uuid=str(account.user_id), balance=account.balance)
+    return AccountOut(uuid=str(account.user_id), balance=account.balance,
+                      available=account.available, held=account.held,
+                      expiring=_expiring(await service.expiring(account)))
 
 
 @hot_router.post("/me/withdrawals", status_code=201, response_model=MovementOut,
@@ -191,15 +235,18 @@ async def admin_balance(uuid: UUID, admin: AdminUser, service: Service,
                          name=view.owner.name, birthday=view.owner.birthday,
                          is_admin=view.owner.is_admin)
     return AdminAccountOut(uuid=str(view.account.user_id), balance=view.account.balance,
+                           available=view.account.available, held=view.account.held,
+                           expiring=_expiring(await service.expiring(view.account)),
                            owner=owner, owner_status=view.owner_status,
                            state=view.account.state)
 
 
 @router.post("/admin/accounts/{uuid}/deposits", status_code=201, response_model=MovementOut,
              responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
-async def admin_deposit(uuid: UUID, body: MovementIn, admin: AdminUser, service: Service,
+async def admin_deposit(uuid: UUID, body: DepositIn, admin: AdminUser, service: Service,
                         key: IdempotencyKey = None) -> MovementOut | Response:
-    """Credit points to an account."""
+    """Credit points to an account; with ``expires_at`` (in the future, else 422), the points
+    left unspent by then expire (withdrawals take the soonest-expiring points first)."""
     return await _move(service, admin, uuid, "deposit", body, key, "admin/deposit")
 
 
@@ -227,6 +274,133 @@ async def audit(admin: AdminUser, service: Service, actor: ActorFilter = None,
     """Admins' deposits and withdrawals, newest first; pass ``next_cursor`` back for more."""
     page = await service.audit(admin, AuditQuery(actor, target), limit, cursor)
     return audit_page_out(page)
+
+
+def _hold_out(hold: Hold, now: datetime) -> HoldOut:
+    return HoldOut(id=hold.id, amount=hold.amount, captured_amount=hold.captured_amount,
+                   comment=hold.comment, state=hold.state_at(now),
+                   expires_at=_time(hold.expires_at), created_at=_time(hold.created_at))
+
+
+def _hold_answer(outcome: HoldOutcome) -> HoldAnswerOut:
+    # As of the write: a replay answers what the first request answered.
+    return HoldAnswerOut(hold=_hold_out(outcome.hold, outcome.hold.created_at),
+                         balance=outcome.balance, available=outcome.available)
+
+
+def _capture_answer(outcome: HoldOutcome) -> CaptureOut:
+    assert outcome.entry is not None  # a capture always writes its withdrawal
+    return CaptureOut(hold=_hold_out(outcome.hold, outcome.hold.created_at),
+                      transaction=_transaction(outcome.entry), balance=outcome.balance,
+                      available=outcome.available)
+
+
+async def _place(holds: HoldService, actor: Principal, account_id: UUID, body: HoldIn,
+                 key: str | None, route: str) -> HoldAnswerOut:
+    idem = Idempotency.of(key, route, account_id, body.model_dump()) if key else None
+    return _hold_answer(await holds.hold(actor, account_id, body.amount, body.comment,
+                                         body.ttl_seconds, idem))
+
+
+async def _capture(holds: HoldService, actor: Principal, account_id: UUID, hold_id: int,
+                   body: CaptureIn | None, key: str | None, route: str) -> CaptureOut:
+    amount = None if body is None else body.amount
+    idem = (Idempotency.of(key, route, account_id, {"hold_id": hold_id, "amount": amount})
+            if key else None)
+    return _capture_answer(await holds.capture(actor, account_id, hold_id, amount, idem))
+
+
+async def _release(holds: HoldService, actor: Principal, account_id: UUID, hold_id: int,
+                   key: str | None, route: str) -> HoldAnswerOut:
+    idem = Idempotency.of(key, route, account_id, {"hold_id": hold_id}) if key else None
+    return _hold_answer(await holds.release(actor, account_id, hold_id, idem))
+
+
+async def _list_holds(holds: HoldService, actor: Principal, account_id: UUID,
+                      state: HoldState | None, limit: int, cursor: str | None) -> HoldsOut:
+    page = await holds.holds(actor, account_id, state, limit, cursor)
+    return HoldsOut(items=[_hold_out(h, page.now) for h in page.items],
+                    next_cursor=page.next_cursor)
+
+
+@router.post("/me/holds", status_code=201, response_model=HoldAnswerOut,
+             responses=errors(*BODY_ERRORS, 401, 404, 409, 503))
+async def my_hold(body: HoldIn, user: CurrentUser, holds: Holds,
+                  key: IdempotencyKey = None) -> HoldAnswerOut:
+    """Reserve some of your available points until captured, released or expired."""
+    return await _place(holds, user, user.user_id, body, key, "me/hold")
+
+
+@router.get("/me/holds", response_model=HoldsOut, responses=errors(401, 404, 422, 503))
+async def my_holds(user: CurrentUser, holds: Holds, state: StateFilter = None,
+                   limit: Limit = 20, cursor: Cursor = None) -> HoldsOut:
+    """Your holds, newest first; pass ``next_cursor`` back for the next page."""
+    return await _list_holds(holds, user, user.user_id, state, limit, cursor)
+
+
+@router.post("/me/holds/{hold_id}/capture", response_model=CaptureOut,
+             responses=errors(*BODY_ERRORS, 401, 404, 409, 503))
+async def my_capture(hold_id: HoldId, user: CurrentUser, holds: Holds,
+                     body: CaptureIn | None = None, key: IdempotencyKey = None) -> CaptureOut:
+    """Withdraw the held points (or ``amount`` of them: the rest is released)."""
+    return await _capture(holds, user, user.user_id, hold_id, body, key, "me/capture")
+
+
+@router.post("/me/holds/{hold_id}/release", response_model=HoldAnswerOut,
+             responses=errors(401, 404, 409, 422, 503))
+async def my_release(hold_id: HoldId, user: CurrentUser, holds: Holds,
+                     key: IdempotencyKey = None) -> HoldAnswerOut:
+    """Give the held points back."""
+    return await _release(holds, user, user.user_id, hold_id, key, "me/release")
+
+
+@router.post("/admin/accounts/{uuid}/holds", status_code=201, response_model=HoldAnswerOut,
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
+async def admin_hold(uuid: UUID, body: HoldIn, admin: AdminUser, holds: Holds,
+                     key: IdempotencyKey = None) -> HoldAnswerOut:
+    """Reserve points of an account (audited)."""
+    return await _place(holds, admin, uuid, body, key, "admin/hold")
+
+
+@router.get("/admin/accounts/{uuid}/holds", response_model=HoldsOut,
+            responses=errors(401, 403, 404, 422, 503))
+async def admin_holds(uuid: UUID, admin: AdminUser, holds: Holds, state: StateFilter = None,
+                      limit: Limit = 20, cursor: Cursor = None) -> HoldsOut:
+    """Any account's holds, newest first."""
+    return await _list_holds(holds, admin, uuid, state, limit, cursor)
+
+
+@router.post("/admin/accounts/{uuid}/holds/{hold_id}/capture", response_model=CaptureOut,
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
+async def admin_capture(uuid: UUID, hold_id: HoldId, admin: AdminUser, holds: Holds,
+                        body: CaptureIn | None = None,
+                        key: IdempotencyKey = None) -> CaptureOut:
+    """Capture an account's hold (audited)."""
+    return await _capture(holds, admin, uuid, hold_id, body, key, "admin/capture")
+
+
+@router.post("/admin/accounts/{uuid}/holds/{hold_id}/release", response_model=HoldAnswerOut,
+             responses=errors(401, 403, 404, 409, 422, 503))
+async def admin_release(uuid: UUID, hold_id: HoldId, admin: AdminUser, holds: Holds,
+                        key: IdempotencyKey = None) -> HoldAnswerOut:
+    """Release an account's hold (audited)."""
+    return await _release(holds, admin, uuid, hold_id, key, "admin/release")
+
+
+@router.post("/admin/transactions/{transaction_id}/reversal", status_code=201,
+             response_model=MovementOut,
+             responses=errors(*BODY_ERRORS, 401, 403, 404, 409, 503))
+async def admin_reversal(transaction_id: TransactionId, body: ReversalIn, admin: AdminUser,
+                         service: Service, key: IdempotencyKey = None
+                         ) -> MovementOut | Response:
+    """Undo a deposit or withdrawal once: a withdrawal's points go back to the lots they came
+    from (with their expiry), a deposit's are taken back (409 ``insufficient_points`` if
+    spent or held). 409 ``already_reversed``, ``not_reversible`` (expiries, reversals),
+    ``account_frozen``; 404 ``transaction_not_found``."""
+    # The fingerprint's target is the transaction (as a UUID, the type accounts' ids have).
+    idem = Idempotency.of(key, "admin/reversal", UUID(int=transaction_id),
+                          body.model_dump(mode="json")) if key else None
+    return _movement_out(await service.reverse(admin, transaction_id, body.comment, idem))
 
 
 def install(app: FastAPI) -> None:

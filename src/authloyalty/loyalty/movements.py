@@ -14,14 +14,17 @@ from uuid import UUID
 
 from authloyalty.loyalty.domain import (
     Account,
+    HeldPointsInTheWay,
     IdempotencyClaim,
     IdempotencyRecord,
     KeyTaken,
     LedgerEntry,
+    LotsInvolved,
     LoyaltyUnitOfWork,
     Movement,
     Movements,
 )
+from authloyalty.loyalty.lots import apply_with_lots
 from authloyalty.loyalty.repository import (
     ACCOUNTS_BY_IDS,
     account_from,
@@ -31,6 +34,15 @@ from authloyalty.loyalty.repository import (
 from authloyalty.platform.audit import AuditRecord
 from authloyalty.platform.batching import Coalescer
 from authloyalty.platform.database import Database, DatabaseUnavailable
+
+
+async def apply_in(uow: LoyaltyUnitOfWork, movement: Movement) -> LedgerEntry:
+    """The one path of a movement inside a unit of work: every deposit and withdrawal that is
+    not coalesced, and the withdrawal of a hold's capture, go through here."""
+    try:
+        return await uow.ledger.apply(movement)
+    except LotsInvolved:  # only accounts with lots, and deposits that make one, pay more
+        return await apply_with_lots(uow, movement)
 
 
 class UnitOfWorkAccountReads:
@@ -63,7 +75,7 @@ class UnitOfWorkMovements:
                     stored = await uow.idempotency.get(once.caller_id, once.key)
                     if stored is not None:
                         return stored
-                entry = await uow.ledger.apply(movement)
+                entry = await apply_in(uow, movement)
                 if audit is not None:
                     await uow.audit.add(audit(entry))
                 if once is not None:
@@ -122,9 +134,16 @@ class CoalescedMovements:
     async def apply(self, movement: Movement, once: IdempotencyClaim | None = None
                     ) -> LedgerEntry | IdempotencyRecord:
         """The new entry, or the record an earlier request stored under ``once``."""
-        if once is not None:
+        if once is not None or movement.expires_at is not None:  # a lot: the plain path
             return await self._keyed.apply(movement, once)
-        return await self.batches.submit(movement)
+        try:
+            return await self.batches.submit(movement)
+        except HeldPointsInTheWay:
+            # Expired holds may be in the way: the plain path releases them and tries again
+            # (only a refused debit on an account holding points pays for this).
+            return await self._keyed.apply(movement)
+        except LotsInvolved:  # the account has lots: the plain path handles them
+            return await self._keyed.apply(movement)
 
     async def _apply(self, batch: list[Movement]) -> list[LedgerEntry | Exception]:
         return movement_answers(batch, await self._db.fetch(*apply_movements(batch)))

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -16,12 +16,15 @@ from authloyalty.loyalty.domain import (
     Account,
     AccountNotFound,
     AccountReads,
+    HoldOutcome,
     IdempotencyClaim,
     IdempotencyKeyReused,
     IdempotencyRecord,
     InsufficientPoints,
+    KeyTaken,
     Kind,
     LedgerEntry,
+    Lot,
     LoyaltyUnitOfWork,
     Movement,
     MovementResult,
@@ -31,6 +34,8 @@ from authloyalty.loyalty.domain import (
     OwnerUnavailable,
     Principal,
 )
+from authloyalty.loyalty.lots import expire_due
+from authloyalty.loyalty.lots import reverse as reverse_entry
 from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
 from authloyalty.platform import metrics
 from authloyalty.platform.audit import AuditPage, AuditQuery, AuditRecord, read_page
@@ -66,6 +71,8 @@ class Operation:
     kind: Kind
     amount: int
     comment: str
+    # A deposit's points expire then (in the future); None: never.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,21 @@ class LedgerService:
             raise Forbidden("you may only see your own account")
 
     async def balance(self, actor: Principal, account_id: UUID) -> Account:
-        """The account, for its owner or an admin."""
+        """The account, for its owner or an admin; ``held`` counts only unexpired holds."""
         self._authorize_read(actor, account_id)
         account = await self._accounts.get(account_id)
+        if account is not None and _expiry_due(account, self._now()):
+            account = await self._expire_now(account_id)
+        next_expiry = None if account is None else account.next_expiry
+        if account is not None and account.held:
+            # Some holds may have expired unswept: balance and active holds, read together.
+            async with self._read_uow() as uow:
+                account = await uow.holds.standing(account_id, self._now())
         if account is None:
             raise AccountNotFound()
-        return account
+        # holds.standing does not read next_expiry: the account's, as read above
+        return account if account.next_expiry == next_expiry else replace(
+            account, next_expiry=next_expiry)
 
     async def account_view(self, actor: Principal, account_id: UUID,
                            access_token: str) -> AccountView:
@@ -140,8 +156,12 @@ class LedgerService:
         self._authorize_read(actor, account_id)
         before = _parse_cursor(cursor)
         async with self._read_uow() as uow:
-            if await uow.accounts.get(account_id) is None:
-                raise AccountNotFound()
+            account = await uow.accounts.get(account_id)
+        if account is None:
+            raise AccountNotFound()
+        if _expiry_due(account, self._now()):
+            await self._expire_now(account_id)
+        async with self._read_uow() as uow:
             items = await uow.ledger.page(account_id, limit + 1, before)
         more = len(items) > limit
         items = items[:limit]
@@ -152,7 +172,10 @@ class LedgerService:
         """Apply ``op`` and return the entry it wrote; with a key, at most once per key (a
         repeat returns the first result)."""
         self._authorize_operation(op)
-        movement = Movement(op.account_id, op.kind, op.amount, op.comment, self._now())
+        movement = Movement(op.account_id, op.kind, op.amount, op.comment, self._now(),
+                            expires_at=op.expires_at)
+        if op.expires_at is not None and (op.kind != "deposit" or op.expires_at <= movement.at):
+            raise ValidationFailed("expires_at: a time in the future, on deposits only")
         once = None if idempotency is None else IdempotencyClaim(
             op.actor.user_id, idempotency.key, idempotency.fingerprint)
         try:
@@ -165,7 +188,8 @@ class LedgerService:
             metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
             raise
         if isinstance(outcome, IdempotencyRecord):
-            if once is None or outcome.fingerprint != once.fingerprint:
+            if once is None or outcome.fingerprint != once.fingerprint \
+                    or isinstance(outcome.result, HoldOutcome):
                 raise IdempotencyKeyReused()
             return outcome.result
         operations, points = _SUCCESS_METRICS[op.kind]
@@ -191,12 +215,83 @@ class LedgerService:
         async with self._read_uow() as uow:
             return await read_page(uow.audit, query, limit, cursor)
 
+    async def expiring(self, account: Account, limit: int = 5) -> list[Lot]:
+        """The account's next lots to expire (none without a read for an account without
+        lots)."""
+        if account.next_expiry is None:
+            return []
+        async with self._read_uow() as uow:
+            return await uow.lots.expiring(account.user_id, self._now(), limit)
+
+    async def reverse(self, actor: Principal, entry_id: int, comment: str,
+                      idempotency: Idempotency | None = None) -> MovementResult:
+        """Reverse a deposit or withdrawal (admins only, audited); with a key, at most once
+        per key. The reversal entry."""
+        if not actor.is_admin:
+            raise Forbidden("admin rights required")
+        once = None if idempotency is None else IdempotencyClaim(
+            actor.user_id, idempotency.key, idempotency.fingerprint)
+        while True:
+            now = self._now()
+            async with self._uow() as uow:
+                if once is not None:
+                    stored = await uow.idempotency.get(once.caller_id, once.key)
+                    if stored is not None:
+                        if stored.fingerprint != once.fingerprint \
+                                or isinstance(stored.result, HoldOutcome):
+                            raise IdempotencyKeyReused()
+                        return stored.result
+                target, reversal = await reverse_entry(uow, entry_id, comment, now)
+                await uow.audit.add(AuditRecord.by_admin(
+                    actor.user_id, "reversal", target.account_id, {
+                        "transaction_id": reversal.id, "reverses": target.id,
+                        "amount": reversal.amount, "balance_after": reversal.balance_after},
+                    now))
+                if once is not None:
+                    try:
+                        await uow.idempotency.add(IdempotencyRecord(
+                            caller_id=once.caller_id, key=once.key,
+                            fingerprint=once.fingerprint, result=reversal, created_at=now))
+                    except KeyTaken:
+                        continue  # a concurrent twin committed first: replay theirs
+                await uow.commit()
+            return reversal
+
+    async def expire_lots(self, batch: int = 500) -> int:
+        """Expire the lots due by now, one short transaction per account (several processes
+        may sweep at once: each account's row lock lets one expire a lot); the number of
+        expiry entries written."""
+        now, after, written = self._now(), None, 0
+        while True:
+            async with self._uow() as uow:
+                due = await uow.lots.due(now, after, batch)
+            for account_id in due:
+                async with self._uow() as uow:
+                    written += len(await expire_due(uow, account_id, now))
+                    await uow.commit()
+            if len(due) < batch:
+                return written
+            after = due[-1]
+
+    async def _expire_now(self, account_id: UUID) -> Account | None:
+        # A read never shows points that have expired: what the sweep has not reached yet
+        # expires here (only accounts with due lots pay for it).
+        async with self._uow() as uow:
+            await expire_due(uow, account_id, self._now())
+            account = await uow.accounts.get(account_id)
+            await uow.commit()
+        return account
+
     async def purge_idempotency_keys(self) -> int:
         """Forget keys older than their time to live."""
         async with self._uow() as uow:
             removed = await uow.idempotency.purge(self._now() - self._ttl)
             await uow.commit()
         return removed
+
+
+def _expiry_due(account: Account, now: datetime) -> bool:
+    return account.next_expiry is not None and account.next_expiry <= now
 
 
 def _needs_admin_right(op: Operation) -> bool:
@@ -224,3 +319,7 @@ def _parse_cursor(cursor: str | None) -> int | None:
     if not _CURSOR.fullmatch(cursor):
         raise ValidationFailed("cursor: not a cursor returned by this API")
     return int(cursor)
+
+
+# Holds' pages take the same cursors as history's (loyalty.hold_service).
+parse_cursor = _parse_cursor

@@ -15,7 +15,14 @@ class LoyaltySettings(Section):
     request_headers: RequestHeaderLimits = RequestHeaderLimits()
     database: DatabaseSettings = DatabaseSettings()
     welcome_bonus: int = Field(default=100, ge=0, le=1_000_000_000)
+    # Days until the welcome bonus expires; None: it never does.
+    bonus_lifetime_days: int | None = Field(default=None, ge=1, le=36_500)
+    # How often the maintenance loop expires due lots (reads never show expired points
+    # whatever this is; the expiry entries are written within this of expires_at).
+    expiry_sweep_interval_seconds: float = Field(default=30.0, gt=0, le=60)
     idempotency_ttl_hours: int = Field(default=24, ge=24)
+    # The longest a hold may reserve points (POST .../holds ttl_seconds); 7 days by default.
+    max_hold_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1, le=366 * 24 * 3600)
     # On PostgreSQL, balance reads and movements (without Idempotency-Key) that arrive
     # together share one statement each: a batched SELECT, a group-committed update.
     coalesce: bool = True

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 
@@ -35,7 +36,15 @@ accounts = Table(
     # The version of the newest deletion or restore applied (events.UNVERSIONED): an older one
     # arriving late changes nothing.
     Column("lifecycle_version", BigInteger, nullable=False, server_default="0"),
+    # The points of the account's holds in state 'held' (expired or not: see holds), changed
+    # in the transaction that changes one; available = balance - active held points.
+    Column("held", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("balance >= 0", name="ck_accounts_balance_non_negative"),
+    CheckConstraint("held >= 0", name="ck_accounts_held_non_negative"),
+    # The soonest expires_at of the account's lots with points left (null: none), kept in the
+    # transaction that changes one; a movement on an account with lots takes the slow path.
+    Column("next_expiry", DateTime(timezone=True), nullable=True),
+    Index("ix_accounts_next_expiry", "next_expiry"),
 )
 
 ledger_entries = Table(
@@ -49,10 +58,70 @@ ledger_entries = Table(
     Column("comment", String(255), nullable=False),
     Column("balance_after", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The hold a capture's withdrawal settles; null otherwise.
+    Column("hold_id", BigInteger, nullable=True),
     CheckConstraint("amount > 0", name="ck_ledger_amount_positive"),
     CheckConstraint("balance_after >= 0", name="ck_ledger_balance_after_non_negative"),
-    CheckConstraint("kind IN ('deposit', 'withdrawal')", name="ck_ledger_kind"),
+    # The entry a reversal undoes; null otherwise. Unique: an entry is reversed at most once.
+    Column("reverses", BigInteger, nullable=True),
+    CheckConstraint("kind IN ('deposit', 'withdrawal', 'expiry', 'reversal')",
+                    name="ck_ledger_kind"),
     Index("ix_ledger_account_id", "account_id", "id"),
+    Index("uq_ledger_reverses", "reverses", unique=True),
+)
+
+# Points of a deposit that expire at ``expires_at``; ``remaining`` is what is left of them
+# (withdrawals take from the soonest-expiring lots first, the expiry takes the rest).
+lots = Table(
+    "lots",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("account_id", Uuid, ForeignKey("accounts.user_id"), nullable=False),
+    Column("entry_id", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("amount > 0", name="ck_lots_amount_positive"),
+    CheckConstraint("remaining >= 0 AND remaining <= amount",
+                    name="ck_lots_remaining_within_amount"),
+    UniqueConstraint("entry_id", name="uq_lots_entry_id"),
+    Index("ix_lots_account_expires_at", "account_id", "expires_at", "id"),
+)
+
+# What each withdrawal took from each lot (a reversal gives it back).
+lot_consumptions = Table(
+    "lot_consumptions",
+    metadata,
+    Column("entry_id", BigInteger, nullable=False),
+    Column("lot_id", BigInteger, ForeignKey("lots.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    PrimaryKeyConstraint("entry_id", "lot_id", name="pk_lot_consumptions"),
+    CheckConstraint("amount > 0", name="ck_lot_consumptions_amount_positive"),
+)
+
+# Points reserved on an account until captured (a withdrawal), released or expired. A hold in
+# state 'held' whose expires_at has passed counts as expired everywhere, swept or not.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("account_id", Uuid, ForeignKey("accounts.user_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("captured_amount", BigInteger, nullable=False, server_default="0"),
+    Column("comment", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("amount > 0", name="ck_holds_amount_positive"),
+    CheckConstraint("captured_amount >= 0 AND captured_amount <= amount",
+                    name="ck_holds_captured_within_amount"),
+    CheckConstraint("state IN ('held', 'captured', 'released', 'expired')",
+                    name="ck_holds_state"),
+    Index("ix_holds_account_id", "account_id", "id"),
+    Index("ix_holds_state_expires_at", "state", "expires_at"),
 )
 
 idempotency_keys = Table(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from authloyalty.loyalty.hold_repository import SqlHolds
+from authloyalty.loyalty.lot_repository import SqlLots
 from authloyalty.loyalty.repository import (
     SqlAccounts,
     SqlIdempotencyKeys,
@@ -21,6 +23,8 @@ class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
 
     accounts: SqlAccounts
     ledger: SqlLedger
+    holds: SqlHolds
+    lots: SqlLots
     idempotency: SqlIdempotencyKeys
     inbox: SqlInbox
     revocations: SqlRevocations
@@ -29,6 +33,8 @@ class SqlLoyaltyUnitOfWork(SqlUnitOfWork):
     def _bind(self, db: Connection) -> None:
         self.accounts = SqlAccounts(db)
         self.ledger = SqlLedger(db)
+        self.holds = SqlHolds(db)
+        self.lots = SqlLots(db)
         self.idempotency = SqlIdempotencyKeys(db)
         self.inbox = SqlInbox(db)
         self.revocations = SqlRevocations(db)
