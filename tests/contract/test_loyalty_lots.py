@@ -22,6 +22,7 @@ from authloyalty.loyalty.domain import (
     Principal,
     TransactionNotFound,
 )
+from authloyalty.loyalty.hold_service import HoldService
 from authloyalty.loyalty.lots import expire_due
 from authloyalty.loyalty.movements import apply_in
 from authloyalty.loyalty.revocations import RevokedSessions
@@ -323,3 +324,58 @@ async def test_a_deposit_whose_points_are_held_cannot_be_reversed(
     with pytest.raises(InsufficientPoints):
         await reverse(service, deposit.id)
     await assert_consistent(loyalty_uow, owner, 100)
+
+
+# Holds over lots: whatever frees held points, or reserves points, expires what is due first.
+
+async def test_a_release_after_the_lot_expired_answers_without_the_expired_points(
+        loyalty_uow: Callable[[], Any], service: LedgerService, clock: Clock) -> None:
+    owner, _ = await open_account(loyalty_uow, (10, None), (50, timedelta(hours=1)))
+    me = Principal(owner, uuid4(), is_admin=False)
+    holds = HoldService(loyalty_uow, clock=clock)
+    placed = await holds.hold(me, owner, 30, "cart", 86400)
+    clock.now = T0 + timedelta(hours=2)
+    assert await service.expire_lots() == 1  # the 20 not held; the held 30 wait
+    released = await holds.release(me, owner, placed.hold.id)
+    assert (released.balance, released.available) == (10, 10)
+    async with loyalty_uow() as uow:
+        history = await uow.ledger.page(owner, 10, None)
+    assert [(e.kind, e.amount, e.balance_after) for e in history][:2] == [
+        ("expiry", 30, 10), ("expiry", 20, 40)]
+    assert await lots_of(loyalty_uow, owner) == []
+    await assert_consistent(loyalty_uow, owner, 10)
+
+
+async def test_the_sweep_of_expired_holds_expires_the_lot_points_they_kept(
+        loyalty_uow: Callable[[], Any], clock: Clock) -> None:
+    owner, _ = await open_account(loyalty_uow, (10, None), (50, timedelta(hours=1)))
+    me = Principal(owner, uuid4(), is_admin=False)
+    holds = HoldService(loyalty_uow, clock=clock)
+    await holds.hold(me, owner, 50, "cart", 2 * 3600)
+    clock.now = T0 + timedelta(hours=3)  # the lot and then the hold ran out
+    assert await holds.expire_due() == 1
+    async with loyalty_uow() as uow:  # straight from the store: no read has expired anything
+        account = await uow.accounts.get(owner)
+        latest = (await uow.ledger.page(owner, 1, None))[0]
+        assert await uow.lots.due(clock.now, None, 10) == []
+    assert (account.balance, account.held, account.next_expiry) == (10, 0, None)
+    assert (latest.kind, latest.amount, latest.created_at) == ("expiry", 50, clock.now)
+    await assert_consistent(loyalty_uow, owner, 10)
+
+
+async def test_a_hold_placed_after_a_lot_expired_cannot_reserve_its_points(
+        loyalty_uow: Callable[[], Any], clock: Clock) -> None:
+    owner, _ = await open_account(loyalty_uow, (10, None), (50, timedelta(hours=1)))
+    me = Principal(owner, uuid4(), is_admin=False)
+    holds = HoldService(loyalty_uow, clock=clock)
+    clock.now = T0 + timedelta(hours=1)  # due, and no sweep has run
+    with pytest.raises(InsufficientPoints):
+        await holds.hold(me, owner, 11, "cart", None)
+    placed = await holds.hold(me, owner, 10, "cart", None)
+    assert (placed.balance, placed.available) == (10, 0)
+    async with loyalty_uow() as uow:
+        account = await uow.accounts.get(owner)
+        latest = (await uow.ledger.page(owner, 1, None))[0]
+    assert (account.balance, account.held, account.next_expiry) == (10, 10, None)
+    assert (latest.kind, latest.amount) == ("expiry", 50)
+    await assert_consistent(loyalty_uow, owner, 10)

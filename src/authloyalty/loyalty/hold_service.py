@@ -27,6 +27,7 @@ from authloyalty.loyalty.domain import (
     NewHold,
     Principal,
 )
+from authloyalty.loyalty.lots import expire_due as expire_lots
 from authloyalty.loyalty.movements import apply_in
 from authloyalty.loyalty.service import Idempotency, parse_cursor
 from authloyalty.platform.audit import AuditRecord
@@ -69,6 +70,8 @@ class HoldService:
             raise ValidationFailed(f"ttl_seconds: from 1 to {self._max_ttl}")
 
         async def place(uow: LoyaltyUnitOfWork, now: datetime) -> HoldOutcome:
+            # Points of a lot that is due must not be reserved: held, they would never expire.
+            await expire_lots(uow, account_id, now)
             hold = await uow.holds.place(NewHold(account_id, amount, comment, now,
                                                  now + timedelta(seconds=ttl)))
             return await _outcome(uow, hold, now)
@@ -101,6 +104,8 @@ class HoldService:
 
         async def release(uow: LoyaltyUnitOfWork, now: datetime) -> HoldOutcome:
             hold = await uow.holds.settle(account_id, hold_id, now, capture=False)
+            # The hold kept its points from expiring: those of lots now due expire here.
+            await expire_lots(uow, account_id, now)
             return await _outcome(uow, hold, now)
 
         return await self._write(actor, account_id, "release", release, idempotency)
@@ -121,13 +126,15 @@ class HoldService:
 
     async def expire_due(self, limit: int = 500) -> int:
         """Mark holds whose time ran out as expired (housekeeping: every read and write
-        already treats them so); the number of accounts swept."""
+        already treats them so), and expire the points of due lots they kept; the number of
+        accounts swept."""
         now = self._now()
         async with self._read_uow() as uow:
             due = await uow.holds.due(now, limit)
         for account_id in due:  # one short transaction per account
             async with self._uow() as uow:
                 await uow.holds.expire(account_id, now)
+                await expire_lots(uow, account_id, now)
                 await uow.commit()
         return len(due)
 
