@@ -14,6 +14,7 @@ from authloyalty.loyalty.consumer import LoyaltyEventHandlers
 from authloyalty.loyalty.domain import (
     AccountFrozen,
     AlreadyReversed,
+    HoldExpired,
     InsufficientPoints,
     LedgerEntry,
     Movement,
@@ -107,6 +108,19 @@ async def test_an_expiry_in_the_past_or_on_a_withdrawal_is_refused(
         with pytest.raises(ValidationFailed):
             await service.operate(Operation(ADMIN, owner, kind, 5, "x", expires_at=at))  # type: ignore[arg-type]
     await assert_consistent(loyalty_uow, owner, 10)
+
+
+async def test_a_keyed_deposit_replays_its_answer_after_its_points_expired(
+        loyalty_uow: Callable[[], Any], service: LedgerService, clock: Clock) -> None:
+    owner, _ = await open_account(loyalty_uow, (10, None))
+    op = Operation(ADMIN, owner, "deposit", 5, "promo", expires_at=T0 + timedelta(hours=1))
+    key = Idempotency.of("promo-1", "admin/deposit", owner, {"amount": 5})
+    first = await service.operate(op, key)
+    clock.now = T0 + timedelta(hours=2)  # the retry comes after expires_at
+    assert await service.operate(op, key) == first
+    await assert_consistent(loyalty_uow, owner, 15)  # replayed: not applied, not refused
+    with pytest.raises(ValidationFailed):  # a new request with that expiry is refused
+        await service.operate(op, Idempotency.of("promo-2", "admin/deposit", owner, {}))
 
 
 async def test_reversal_refusals(loyalty_uow: Callable[[], Any], service: LedgerService,
@@ -230,6 +244,36 @@ async def test_held_points_do_not_expire_until_released(
         assert [e.amount for e in await expire_due(uow, owner, later)] == [30]
         await uow.commit()
     await assert_consistent(loyalty_uow, owner, 10)
+
+
+async def test_a_withdrawal_never_takes_points_past_their_expiry_that_a_hold_keeps(
+        loyalty_uow: Callable[[], Any], clock: Clock) -> None:
+    owner, _ = await open_account(loyalty_uow, (10, None), (50, timedelta(hours=1)))
+    me = Principal(owner, uuid4(), is_admin=False)
+    holds = HoldService(loyalty_uow, clock=clock)
+    placed = await holds.hold(me, owner, 30, "cart", 86400)
+    clock.now = T0 + timedelta(hours=2)  # 20 of the lot expire; the held 30 wait
+    entry = await move(loyalty_uow, owner, "withdrawal", 10, clock.now)
+    assert entry.balance_after == 30  # the 10 available: the lasting points
+    assert await lots_of(loyalty_uow, owner) == [(50, 30, T0 + timedelta(hours=1))]
+    released = await holds.release(me, owner, placed.hold.id)
+    assert (released.balance, released.available) == (0, 0)  # the lot's 30 expire now
+    await assert_consistent(loyalty_uow, owner, 0)
+
+
+async def test_a_capture_read_before_expiry_after_a_sweep_expired_its_points_is_refused(
+        loyalty_uow: Callable[[], Any], clock: Clock) -> None:
+    # The capture read its clock just before the hold's expiry, then waited for the account
+    # while a sweep, at a later time, expired the lot the hold kept: one outcome, not both.
+    owner, _ = await open_account(loyalty_uow, (100, None), (50, timedelta(hours=1)))
+    me = Principal(owner, uuid4(), is_admin=False)
+    placed = await HoldService(loyalty_uow, clock=clock).hold(me, owner, 50, "cart", 3600)
+    clock.now = T0 + timedelta(hours=1, seconds=1)
+    assert await LedgerService(loyalty_uow, clock=clock).expire_lots() == 1
+    early = HoldService(loyalty_uow, clock=lambda: T0 + timedelta(minutes=59))
+    with pytest.raises(HoldExpired):
+        await early.capture(me, owner, placed.hold.id, None)
+    await assert_consistent(loyalty_uow, owner, 100)  # the lot's 50 left once
 
 
 async def test_a_capture_takes_its_held_points_from_the_lots_even_after_their_expiry(

@@ -36,11 +36,16 @@ from authloyalty.loyalty.domain import (
     NotReversible,
     TransactionNotFound,
 )
+from authloyalty.platform.errors import ValidationFailed
+
+EXPIRES_AT_RULE = "expires_at: a time in the future, on deposits only"
 
 
 async def apply_with_lots(uow: LoyaltyUnitOfWork, movement: Movement) -> LedgerEntry:
     """Apply ``movement`` to an account with lots (or make a lot): expire what is due first
     (points that expired are never spent), then apply it and update the lots."""
+    if movement.expires_at is not None and movement.expires_at <= movement.at:
+        raise ValidationFailed(EXPIRES_AT_RULE)
     account = await _locked(uow, movement.account_id)
     # A capture's points were reserved until this very withdrawal: they stay protected.
     captured = movement.amount if movement.hold_id is not None else 0
@@ -99,6 +104,9 @@ async def _expire(uow: LoyaltyUnitOfWork, account: Account, now: datetime,
                   still_held: int = 0) -> list[LedgerEntry]:
     if account.next_expiry is None or account.next_expiry > now:
         return []
+    # Holds expired by now keep nothing: they are marked so first, so that a capture that
+    # read an earlier clock and waited for the account cannot take points that expire here.
+    await uow.holds.expire(account.user_id, now)
     standing = await uow.holds.standing(account.user_id, now)  # only unexpired holds count
     protected = (standing.held if standing is not None else 0) + still_held
     written = []
@@ -120,6 +128,11 @@ async def _consume(uow: LoyaltyUnitOfWork, entry: LedgerEntry) -> None:
     for lot in await uow.lots.live(entry.account_id):
         if left == 0:
             break
+        if lot.expires_at <= entry.created_at and entry.hold_id is None:
+            # What is left of a lot past its expiry is kept for the active holds only: spent
+            # by another withdrawal, those holds would keep points that never expire instead.
+            # The available points (balance - held) never need these.
+            continue
         taken = min(left, lot.remaining)
         await uow.lots.take(lot.id, taken, entry.id)
         left -= taken

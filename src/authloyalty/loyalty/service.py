@@ -34,7 +34,7 @@ from authloyalty.loyalty.domain import (
     OwnerUnavailable,
     Principal,
 )
-from authloyalty.loyalty.lots import expire_due
+from authloyalty.loyalty.lots import EXPIRES_AT_RULE, expire_due
 from authloyalty.loyalty.lots import reverse as reverse_entry
 from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
 from authloyalty.platform import metrics
@@ -174,8 +174,10 @@ class LedgerService:
         self._authorize_operation(op)
         movement = Movement(op.account_id, op.kind, op.amount, op.comment, self._now(),
                             expires_at=op.expires_at)
-        if op.expires_at is not None and (op.kind != "deposit" or op.expires_at <= movement.at):
-            raise ValidationFailed("expires_at: a time in the future, on deposits only")
+        # Whether expires_at is still ahead is checked when the deposit applies (loyalty.lots):
+        # a retry with the key of a deposit made earlier replays it, even once it has passed.
+        if op.expires_at is not None and op.kind != "deposit":
+            raise ValidationFailed(EXPIRES_AT_RULE)
         once = None if idempotency is None else IdempotencyClaim(
             op.actor.user_id, idempotency.key, idempotency.fingerprint)
         try:
