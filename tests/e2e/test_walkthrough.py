@@ -19,7 +19,8 @@ def _check_transaction(tx: dict[str, object], kind: str, amount: int, comment: s
                        balance_after: int) -> None:
     assert set(tx) == {"id", "kind", "amount", "comment", "balance_after", "created_at",
                        "hold_id", "reverses"}, tx
-    assert tx["hold_id"] is None and tx["reverses"] is None, tx  # no hold, no reversal here
+    assert tx["hold_id"] is None, tx  # no hold here
+    assert tx["reverses"] is None, tx  # no reversal here
     assert isinstance(tx["id"], int)
     assert tx["kind"] == kind
     assert tx["amount"] == amount
