@@ -20,13 +20,13 @@ from authloyalty.loyalty.domain import (
     IdempotencyClaim,
     IdempotencyKeyReused,
     IdempotencyRecord,
-    KeyTaken,
     LedgerEntry,
     LoyaltyUnitOfWork,
     Movement,
     NewHold,
     Principal,
 )
+from authloyalty.loyalty.idempotent import write_once
 from authloyalty.loyalty.lots import expire_due as expire_lots
 from authloyalty.loyalty.movements import apply_in
 from authloyalty.loyalty.service import Idempotency, parse_cursor
@@ -143,25 +143,17 @@ class HoldService:
         once = None if idempotency is None else IdempotencyClaim(
             actor.user_id, idempotency.key, idempotency.fingerprint)
         audited = actor.is_admin and account_id != actor.user_id
-        while True:
-            now = self._now()
-            async with self._uow() as uow:
-                if once is not None:
-                    stored = await uow.idempotency.get(once.caller_id, once.key)
-                    if stored is not None:
-                        return _replayed(stored, once)
-                outcome = await act(uow, now)
-                if audited:
-                    await uow.audit.add(_audit_record(actor, action, outcome, now))
-                if once is not None:
-                    try:
-                        await uow.idempotency.add(IdempotencyRecord(
-                            caller_id=once.caller_id, key=once.key,
-                            fingerprint=once.fingerprint, result=outcome, created_at=now))
-                    except KeyTaken:
-                        continue  # a concurrent twin committed first: replay theirs
-                await uow.commit()
+
+        async def act_and_audit(uow: LoyaltyUnitOfWork, now: datetime) -> HoldOutcome:
+            outcome = await act(uow, now)
+            if audited:
+                await uow.audit.add(_audit_record(actor, action, outcome, now))
             return outcome
+
+        outcome = await write_once(self._uow, once, act_and_audit, self._now)
+        if isinstance(outcome, IdempotencyRecord):
+            return _replayed(outcome, once)
+        return outcome
 
 
 def _authorize(actor: Principal, account_id: UUID) -> None:
@@ -177,8 +169,8 @@ async def _outcome(uow: LoyaltyUnitOfWork, hold: Hold, now: datetime,
     return HoldOutcome(hold, account.balance, account.available, entry)
 
 
-def _replayed(stored: IdempotencyRecord, once: IdempotencyClaim) -> HoldOutcome:
-    if stored.fingerprint != once.fingerprint or not isinstance(stored.result, HoldOutcome):
+def _replayed(stored: IdempotencyRecord, once: IdempotencyClaim | None) -> HoldOutcome:
+    if once is None or stored.fingerprint != once.fingerprint or not isinstance(stored.result, HoldOutcome):
         raise IdempotencyKeyReused()
     return stored.result
 

@@ -10,6 +10,7 @@ chooses; the contract suite (tests/contract/test_ledger_ports.py) holds both to 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from uuid import UUID
 
 from authloyalty.loyalty.domain import (
@@ -17,13 +18,13 @@ from authloyalty.loyalty.domain import (
     HeldPointsInTheWay,
     IdempotencyClaim,
     IdempotencyRecord,
-    KeyTaken,
     LedgerEntry,
     LotsInvolved,
     LoyaltyUnitOfWork,
     Movement,
     Movements,
 )
+from authloyalty.loyalty.idempotent import write_once
 from authloyalty.loyalty.lots import apply_with_lots
 from authloyalty.loyalty.repository import (
     ACCOUNTS_BY_IDS,
@@ -69,26 +70,13 @@ class UnitOfWorkMovements:
                     ) -> LedgerEntry | IdempotencyRecord:
         """The new entry, or the record an earlier request stored under ``once`` (then
         nothing is applied or audited again)."""
-        while True:
-            async with self._uow() as uow:
-                if once is not None:
-                    stored = await uow.idempotency.get(once.caller_id, once.key)
-                    if stored is not None:
-                        return stored
-                entry = await apply_in(uow, movement)
-                if audit is not None:
-                    await uow.audit.add(audit(entry))
-                if once is not None:
-                    try:
-                        await uow.idempotency.add(IdempotencyRecord(
-                            caller_id=once.caller_id, key=once.key,
-                            fingerprint=once.fingerprint, result=entry,
-                            created_at=movement.at))
-                    except KeyTaken:
-                        # A concurrent twin committed first: undo ours, replay theirs.
-                        continue
-                await uow.commit()
+        async def act(uow: LoyaltyUnitOfWork, now: datetime) -> LedgerEntry:
+            entry = await apply_in(uow, movement)
+            if audit is not None:
+                await uow.audit.add(audit(entry))
             return entry
+
+        return await write_once(self._uow, once, act, lambda: movement.at)
 
 
 class CoalescedAccountReads:

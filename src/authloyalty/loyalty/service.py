@@ -21,7 +21,6 @@ from authloyalty.loyalty.domain import (
     IdempotencyKeyReused,
     IdempotencyRecord,
     InsufficientPoints,
-    KeyTaken,
     Kind,
     LedgerEntry,
     Lot,
@@ -34,6 +33,7 @@ from authloyalty.loyalty.domain import (
     OwnerUnavailable,
     Principal,
 )
+from authloyalty.loyalty.idempotent import write_once
 from authloyalty.loyalty.lots import EXPIRES_AT_RULE, expire_due
 from authloyalty.loyalty.lots import reverse as reverse_entry
 from authloyalty.loyalty.movements import UnitOfWorkAccountReads, UnitOfWorkMovements
@@ -190,10 +190,7 @@ class LedgerService:
             metrics.LEDGER_OPERATIONS.labels(op.kind, "insufficient_points").inc()
             raise
         if isinstance(outcome, IdempotencyRecord):
-            if once is None or outcome.fingerprint != once.fingerprint \
-                    or isinstance(outcome.result, HoldOutcome):
-                raise IdempotencyKeyReused()
-            return outcome.result
+            return _replayed(outcome, once)
         operations, points = _SUCCESS_METRICS[op.kind]
         operations.inc()
         points.inc(op.amount)
@@ -233,31 +230,19 @@ class LedgerService:
             raise Forbidden("admin rights required")
         once = None if idempotency is None else IdempotencyClaim(
             actor.user_id, idempotency.key, idempotency.fingerprint)
-        while True:
-            now = self._now()
-            async with self._uow() as uow:
-                if once is not None:
-                    stored = await uow.idempotency.get(once.caller_id, once.key)
-                    if stored is not None:
-                        if stored.fingerprint != once.fingerprint \
-                                or isinstance(stored.result, HoldOutcome):
-                            raise IdempotencyKeyReused()
-                        return stored.result
-                target, reversal = await reverse_entry(uow, entry_id, comment, now)
-                await uow.audit.add(AuditRecord.by_admin(
-                    actor.user_id, "reversal", target.account_id, {
-                        "transaction_id": reversal.id, "reverses": target.id,
-                        "amount": reversal.amount, "balance_after": reversal.balance_after},
-                    now))
-                if once is not None:
-                    try:
-                        await uow.idempotency.add(IdempotencyRecord(
-                            caller_id=once.caller_id, key=once.key,
-                            fingerprint=once.fingerprint, result=reversal, created_at=now))
-                    except KeyTaken:
-                        continue  # a concurrent twin committed first: replay theirs
-                await uow.commit()
+        async def act(uow: LoyaltyUnitOfWork, now: datetime) -> LedgerEntry:
+            target, reversal = await reverse_entry(uow, entry_id, comment, now)
+            await uow.audit.add(AuditRecord.by_admin(
+                actor.user_id, "reversal", target.account_id, {
+                    "transaction_id": reversal.id, "reverses": target.id,
+                    "amount": reversal.amount, "balance_after": reversal.balance_after},
+                now))
             return reversal
+
+        outcome = await write_once(self._uow, once, act, self._now)
+        if isinstance(outcome, IdempotencyRecord):
+            return _replayed(outcome, once)
+        return outcome
 
     async def expire_lots(self, batch: int = 500) -> int:
         """Expire the lots due by now, one short transaction per account (several processes
@@ -290,6 +275,15 @@ class LedgerService:
             removed = await uow.idempotency.purge(self._now() - self._ttl)
             await uow.commit()
         return removed
+
+
+def _replayed(stored: IdempotencyRecord, once: IdempotencyClaim | None) -> MovementResult:
+    """The answer stored under the key, for the same request; a key used for another request
+    (or for a hold) is refused."""
+    if once is None or stored.fingerprint != once.fingerprint \
+            or isinstance(stored.result, HoldOutcome):
+        raise IdempotencyKeyReused()
+    return stored.result
 
 
 def _expiry_due(account: Account, now: datetime) -> bool:
