@@ -239,6 +239,10 @@ class _FakeUnitOfWork:
     def __init__(self, store: Any) -> None:
         self._store = store
         self.committed = False
+        self._on_commit: list[Any] = []
+
+    def on_commit(self, callback: Any) -> None:
+        self._on_commit.append(callback)
 
     async def __aenter__(self) -> Self:
         await self._store.lock.acquire()
@@ -250,6 +254,7 @@ class _FakeUnitOfWork:
         raise NotImplementedError
 
     async def __aexit__(self, *exc: object) -> None:
+        self._on_commit.clear()
         self._store.lock.release()
 
     async def commit(self) -> None:
@@ -257,6 +262,9 @@ class _FakeUnitOfWork:
         self._work = copy.deepcopy(self._work)
         self._bind(self._work)
         self.committed = True
+        callbacks, self._on_commit = self._on_commit, []
+        for callback in callbacks:
+            callback()
 
 
 class FakeSsoStore:

@@ -30,9 +30,10 @@ from authloyalty.loyalty.idempotent import write_once
 from authloyalty.loyalty.lots import expire_due as expire_lots
 from authloyalty.loyalty.movements import apply_in
 from authloyalty.loyalty.service import Idempotency, parse_cursor
+from authloyalty.platform import metrics
 from authloyalty.platform.audit import AuditRecord
 from authloyalty.platform.clock import utcnow
-from authloyalty.platform.errors import Forbidden, ValidationFailed
+from authloyalty.platform.errors import DomainError, Forbidden, ValidationFailed
 
 DEFAULT_TTL_SECONDS = 900
 
@@ -150,9 +151,20 @@ class HoldService:
                 await uow.audit.add(_audit_record(actor, action, outcome, now))
             return outcome
 
-        outcome = await write_once(self._uow, once, act_and_audit, self._now)
+        try:
+            outcome = await write_once(self._uow, once, act_and_audit, self._now)
+        except DomainError as exc:
+            metrics.HOLDS.labels(action, exc.code).inc()
+            raise
         if isinstance(outcome, IdempotencyRecord):
             return _replayed(outcome, once)
+        metrics.HOLDS.labels(action, "success").inc()
+        hold = outcome.hold
+        if action == "hold":
+            metrics.HOLD_POINTS.labels("held").inc(hold.amount)
+        else:
+            metrics.HOLD_POINTS.labels("captured").inc(hold.captured_amount)
+            metrics.HOLD_POINTS.labels("released").inc(hold.amount - hold.captured_amount)
         return outcome
 
 
@@ -170,7 +182,8 @@ async def _outcome(uow: LoyaltyUnitOfWork, hold: Hold, now: datetime,
 
 
 def _replayed(stored: IdempotencyRecord, once: IdempotencyClaim | None) -> HoldOutcome:
-    if once is None or stored.fingerprint != once.fingerprint or not isinstance(stored.result, HoldOutcome):
+    if once is None or stored.fingerprint != once.fingerprint \
+            or not isinstance(stored.result, HoldOutcome):
         raise IdempotencyKeyReused()
     return stored.result
 

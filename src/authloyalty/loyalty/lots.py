@@ -36,6 +36,7 @@ from authloyalty.loyalty.domain import (
     NotReversible,
     TransactionNotFound,
 )
+from authloyalty.platform import metrics
 from authloyalty.platform.errors import ValidationFailed
 
 EXPIRES_AT_RULE = "expires_at: a time in the future, on deposits only"
@@ -90,6 +91,7 @@ async def reverse(uow: LoyaltyUnitOfWork, entry_id: int, comment: str, at: datet
     else:
         reversal = await _give_back(uow, target, comment, at)
     await uow.lots.refresh_next_expiry(target.account_id)
+    uow.on_commit(lambda: _count("reversal", 1, abs(reversal.amount)))
     return target, reversal
 
 
@@ -120,6 +122,9 @@ async def _expire(uow: LoyaltyUnitOfWork, account: Account, now: datetime,
             written.append(await uow.lots.post(account.user_id, "expiry", kept - lot.remaining,
                                                EXPIRY_COMMENT, now))
     await uow.lots.refresh_next_expiry(account.user_id)
+    if written:
+        points = sum(abs(entry.amount) for entry in written)
+        uow.on_commit(lambda: _count("expiry", len(written), points))
     return written
 
 
@@ -167,3 +172,8 @@ async def _give_back(uow: LoyaltyUnitOfWork, withdrawal: LedgerEntry, comment: s
         raise NotReversible("its points came from lots that have expired since")
     return await uow.lots.post(withdrawal.account_id, "reversal", back, comment, at,
                                reverses=withdrawal.id)
+
+
+def _count(kind: str, operations: int, points: int) -> None:
+    metrics.LEDGER_OPERATIONS.labels(kind, "success").inc(operations)
+    metrics.POINTS.labels(kind).inc(points)

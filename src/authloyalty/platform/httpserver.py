@@ -29,7 +29,7 @@ import asyncio
 import http
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -134,6 +134,12 @@ class _CoalescingTransport:
         self._transport.abort()
 
 
+def _coalescing(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+                ) -> asyncio.Transport:
+    # It quacks as one: every other attribute is the wrapped transport's.
+    return cast(asyncio.Transport, _CoalescingTransport(transport, loop))
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a head over the limit."""
 
@@ -145,10 +151,6 @@ class _Refusal:
     loop: asyncio.AbstractEventLoop
     server_state: Any
     refused: bool = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        coalescing: Any = _CoalescingTransport(transport, self.loop)
-        super().connection_made(coalescing)  # type: ignore[misc]
 
     def refuse_head(self) -> None:
         """Send the 431 and close after the linger time (a client's mistake: no log line)."""
@@ -174,6 +176,9 @@ if HAVE_HTTPTOOLS:
             # of them belong to it (or to the body that ended just before it).
             self._raw_head_bytes = 0
             self._over_limit = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_coalescing(transport, self.loop))
 
         def data_received(self, data: bytes) -> None:
             # uvicorn's own, plus the count, and a head over the limit is refused silently.
@@ -254,6 +259,9 @@ class LimitedH11Protocol(_Refusal, H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = _LimitedH11Connection(self.limits.max_bytes, self.limits.max_fields)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_coalescing(transport, self.loop))
 
     def data_received(self, data: bytes) -> None:
         if not self.refused:

@@ -38,6 +38,15 @@ LEDGER_OPERATIONS = Counter(
     "authloyalty_ledger_operations_total", "Ledger operations by kind and outcome",
     ["kind", "outcome"],
 )
+HOLDS = Counter(
+    "authloyalty_holds_total",
+    "Hold requests (hold, capture, release) by outcome: success or the error code",
+    ["action", "outcome"],
+)
+HOLD_POINTS = Counter(
+    "authloyalty_hold_points_total", "Points reserved, captured and released by holds",
+    ["action"],
+)
 BONUSES = Counter("authloyalty_welcome_bonuses_total", "Welcome bonuses credited")
 EVENTS_CONSUMED = Counter(
     "authloyalty_events_consumed_total", "Events handled by the consumer, by outcome",

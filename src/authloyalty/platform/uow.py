@@ -23,6 +23,11 @@ class SqlUnitOfWork:
         self._after_commit = after_commit
         self._read_only = read_only
         self._connection: Connection | None = None
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this transaction has committed (never if it rolls back)."""
+        self._on_commit.append(callback)
 
     def _bind(self, db: Connection) -> None:
         raise NotImplementedError
@@ -46,6 +51,7 @@ class SqlUnitOfWork:
 
     async def __aexit__(self, *exc: object) -> None:
         connection, self._connection = self._connection, None
+        self._on_commit.clear()
         if connection is not None:
             await connection.close()
 
@@ -54,5 +60,8 @@ class SqlUnitOfWork:
         if self._read_only:
             raise RuntimeError("a read-only unit of work has nothing to commit")
         await self.connection.commit()
+        callbacks, self._on_commit = self._on_commit, []
+        for callback in callbacks:
+            callback()
         if self._after_commit is not None:
             self._after_commit()
