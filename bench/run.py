@@ -46,7 +46,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
-from benchlib import coalescing, drivers, goceiling, loadgen, report, sqlcheck, tokencost
+from benchlib import (
+    coalescing,
+    drivers,
+    goceiling,
+    loadgen,
+    report,
+    sqlcheck,
+    tails,
+    tokencost,
+)
 from benchlib import seed as seeding
 from benchlib.cpu import NCPU, CpuWindow, Group, machine_times, pid_group, postgres_group
 from benchlib.deploy import Deployment, deploy
@@ -190,12 +199,16 @@ class Runner:
             before_measure()
         served_by = self.stack.loyalty_urls if "/loyalty" in url and server is None else []
         batches_before = coalescing.snapshot(served_by)
+        timed_by = [] if server is not None else (
+            self.stack.sso_urls if "/auth/" in url else self.stack.loyalty_urls)
+        tails_before = tails.snapshot(timed_by)
         window = self.window(*([server[1]] if server else [])).start()
         raw = loadgen.run_wrk(script, url, duration=self.opts.mode.duration, connections=conns,
                               threads=threads, env=env, cpus=self.opts.wrk_cpus)
         window.stop()
         result = loadgen.wrk_summary(raw, ok)
         result["cpu_seconds"] = raw["cpu_seconds"]
+        result["tails"] = tails.between(tails_before, tails.snapshot(timed_by))
         coalesced = coalescing.between(batches_before, coalescing.snapshot(served_by))
         if coalesced:
             result["coalesced"] = coalesced

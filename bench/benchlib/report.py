@@ -248,6 +248,31 @@ def markdown(document: dict[str, Any]) -> str:
                 lines.append(f"| {rec['name']} | {replica} | {_fmt(lat.get('count'))} | "
                              f"{_fmt(lat.get('p50'))} | {_fmt(lat.get('p99'))} | "
                              f"{_fmt(lat.get('max'))} |")
+    timed = [r for r in records if (r.get("tails") or {}).get("server_requests")]
+    if timed:
+        lines += [
+            "",
+            "Where the tail went, from the services' own `/metrics` during each measurement "
+            "(summed over the processes): how many requests the **server** timed above "
+            "10 / 25 / 100 ms (from the moment the application got the request), and how many "
+            "of the event loop's wake-ups (every 0.1 s per process) came more than "
+            "10 / 50 / 100 ms late (a stalled loop: every request in flight waited). Slow "
+            "requests at wrk that neither shows waited outside the application: in the "
+            "kernel's queues between wrk and the process.",
+            "",
+            "| scenario | route | requests (server) | > 10 ms | > 25 ms | > 100 ms | "
+            "loop wake-ups | late > 10 ms | > 50 ms | > 100 ms | wrk p99 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for rec in timed:
+            t = rec["tails"]
+            slow, late = t.get("server_slow", {}), t.get("loop_late", {})
+            lines.append(
+                f"| {rec['name']} | `{t['server_route']}` | {_fmt(t['server_requests'])} | "
+                f"{_fmt(slow.get('10'))} | {_fmt(slow.get('25'))} | {_fmt(slow.get('100'))} | "
+                f"{_fmt(t.get('loop_wakeups'))} | {_fmt(late.get('10'))} | "
+                f"{_fmt(late.get('50'))} | {_fmt(late.get('100'))} | "
+                f"{_fmt((rec.get('latency_ms') or {}).get('p99'))} |")
     shared = [r for r in records if r.get("coalesced")]
     if shared:
         lines += [

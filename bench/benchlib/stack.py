@@ -166,6 +166,10 @@ class Stack:
     def loyalty_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{p}" for p in self.loyalty_ports or [self.loyalty_port]]
 
+    @property
+    def sso_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.sso_ports or [self.sso_port]]
+
     # -- provisioning ------------------------------------------------------------------------
 
     def provision(self) -> None:
