@@ -12,9 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from authloyalty.platform import telemetry
@@ -159,6 +161,59 @@ def _console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
         ])
 
 
+ACCESS_LOGGER = "authloyalty.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class _JsonAccessLines:
+    """The access log's JSON line, written straight to the handler's stream.
+
+    It is written once per request, and the general path (a LogRecord, copied by structlog's
+    formatter, then eight processors) cost ~50 µs of a ~200 µs balance read; this one gives
+    the same keys in the same order for a fraction of that (tests/unit/test_logging.py holds
+    the two to one output). Lines are whole and written under the handler's lock, like every
+    other line."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], default_service: str) -> None:
+        self._handler = handler
+        self._default_service = default_service
+
+    def __call__(self, method: str, route: str, status: int, duration_ms: float) -> None:
+        event: dict[str, Any] = {"event": "request"}
+        event.update(structlog.contextvars.get_contextvars())
+        event.update(telemetry.log_ids())
+        event["method"], event["route"] = method, route
+        event["status"], event["duration_ms"] = status, duration_ms
+        event["level"], event["logger"] = "info", ACCESS_LOGGER
+        if not event.get("service"):
+            event["service"] = self._default_service
+        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE).decode()
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(line)
+            handler.flush()
+        finally:
+            handler.release()
+
+
+_json_access_lines: _JsonAccessLines | None = None
+
+
+def log_request(method: str, route: str, status: int, duration_ms: float) -> None:
+    """The access log's line for one request (callers check the logger is enabled)."""
+    if _json_access_lines is not None:
+        _json_access_lines(method, route, status, duration_ms)
+    else:
+        access_log.info("request", extra={"method": method, "route": route, "status": status,
+                                          "duration_ms": duration_ms})
+
+
+def _orjson_text(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, default=kwargs.get("default")).decode()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: bool = True,
                       service: str = "cli", stream: TextIO | None = None) -> None:
     """Route stdlib and structlog records through one renderer on ``stream`` (stderr):
@@ -179,7 +234,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: boo
     ]
     renderer: list[structlog.types.Processor] = (
         [_for_console, _console_renderer(wants_colors(stream))] if console
-        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        else [structlog.processors.format_exc_info,
+              structlog.processors.JSONRenderer(serializer=_orjson_text)]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -187,6 +243,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: boo
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    global _json_access_lines
+    _json_access_lines = None if console else _JsonAccessLines(handler, service)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -197,8 +255,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: boo
                                 if not isinstance(f, _UvicornLines)]
     uvicorn_error.addFilter(_UvicornLines(service))
     # The access log middleware does nothing while its logger is below INFO.
-    logging.getLogger("authloyalty.access").setLevel(logging.NOTSET if access_log
-                                                     else logging.WARNING)
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if access_log
+                                              else logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

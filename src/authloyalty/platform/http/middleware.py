@@ -17,6 +17,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from authloyalty.platform import metrics
 from authloyalty.platform.http.responses import dump_json
+from authloyalty.platform.logging import access_log, log_request
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -112,7 +113,6 @@ class MetricsMiddleware:
                 time.perf_counter() - started)
 
 
-access_log = logging.getLogger("authloyalty.access")
 # Polled by the stack's readiness checks and by Prometheus: not worth a line each.
 _UNLOGGED_ROUTES = frozenset({"/metrics", "/auth/healthz", "/auth/ready", "/loyalty/healthz",
                               "/loyalty/ready"})
@@ -160,9 +160,8 @@ class AccessLogMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             if route not in _UNLOGGED_ROUTES:
-                access_log.info("request", extra={
-                    "method": scope["method"], "route": route, "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+                log_request(scope["method"], route, status,
+                            round((time.perf_counter() - started) * 1000, 2))
             reset_contextvars(**bound)
 
     async def _unlogged(self, scope: Scope, receive: Receive, send: Send) -> None:
