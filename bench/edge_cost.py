@@ -59,6 +59,9 @@ def build(standard: bool) -> tuple[Any, Any]:
         async def balance(self, actor: Principal, account_id: Any) -> Account:
             return Account(user_id=account_id, balance=1000, created_at=now)
 
+        async def expiring(self, account: Account, limit: int = 5) -> list[Any]:
+            return []  # an account without expiring points: no read
+
         async def operate(self, op: Any, *args: Any) -> Any:
             entry = LedgerEntry(id=7, account_id=op.account_id, kind=op.kind, amount=op.amount,
                                 comment=op.comment, balance_after=970, created_at=now)

@@ -101,6 +101,9 @@ def _new_topic(settings: KafkaSettings, name: str, partitions: int, replicas: in
                     config={"min.insync.replicas": str(min_isr), **(config or {})})
 
 
+# How long a delivery poller waits when nothing arrives (a delivery ends the wait at once).
+_POLL_SECONDS = 0.25
+
 # Producer settings chosen so that a broker that dies delays only the records whose partition
 # needs it, for about as long as Kafka needs to move its partitions (deploy/README.md, "Broker
 # failure": with 3 brokers and the devstack broker session of 3 s,
@@ -204,9 +207,7 @@ class KafkaPublisher:
         self._partitions: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._poller = threading.Thread(target=self._poll_forever, name="kafka-deliveries",
-                                        daemon=True)
-        self._poller.start()
+        self._pollers: list[threading.Thread] = []
 
     def prepare(self) -> None:
         """Connect the producers and learn the fan-out topics' partitions now (blocking), so
@@ -237,16 +238,20 @@ class KafkaPublisher:
                 producer = Producer(client_conf(self._settings, **{
                     **_PRODUCER_TUNING, "message.timeout.ms": int(self._timeout * 1000)}))
                 self._producers[key] = producer
+                poller = threading.Thread(target=self._poll_forever, args=(producer,),
+                                          name=f"kafka-deliveries-{key}", daemon=True)
+                poller.start()
+                self._pollers.append(poller)
             return producer
 
-    def _poll_forever(self) -> None:
-        # Delivery callbacks run here as acknowledgements arrive, not when a batch is flushed.
+    def _poll_forever(self, producer: Producer) -> None:
+        # Delivery callbacks run here as acknowledgements arrive (poll returns as soon as it
+        # has served one), not when a batch is flushed. One thread per producer, each waking
+        # a few times a second when idle: a single thread polling every producer in turn
+        # with a short timeout woke hundreds of times a second, and each wake-up takes the
+        # GIL from the event loop's thread.
         while not self._closed.is_set():
-            producers = list(self._producers.values())
-            if not producers:
-                self._closed.wait(0.05)
-            for producer in producers:
-                producer.poll(0.01)
+            producer.poll(_POLL_SECONDS)
 
     def _partitions_of(self, topic: str, producer: Producer) -> list[int | None]:
         """Every partition for fan-out topics (looked up at most once a minute); otherwise
@@ -315,7 +320,8 @@ class KafkaPublisher:
         for producer in list(self._producers.values()):
             producer.flush(2.0)
         self._closed.set()
-        self._poller.join(2.0)
+        for poller in self._pollers:
+            poller.join(2.0)
         self._codec.close()
 
 
