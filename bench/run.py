@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         sql_shapes = sqlcheck.check(dep.stack, first_token)
         for name, shape in sql_shapes.items():
             log(f"SQL of {name}: service {shape['service']}, pgbench {shape['pgbench']}"
-                + ("" if shape["match"] else "  <-- MISMATCH: update bench/sql/"))
+                + ("" if shape["match"]
+                   else f"  <-- MISMATCH: update bench/sql/ (words: {shape['words']})"))
         runner.run()
         consistency = seeding.ledger_consistent(dep.stack.loyalty_db_url)
         token_algorithms = tokencost.measure()

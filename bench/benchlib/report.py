@@ -111,7 +111,8 @@ def problems(document: dict[str, Any]) -> list[str]:
     for name, shape in (document["meta"].get("sql_check") or {}).items():
         if not shape["match"]:
             found.append(f"ceiling drift: bench/sql/{name}.sql runs {shape['pgbench']}, the "
-                         f"service sends {shape['service']}")
+                         f"service sends {shape['service']}; words differ: "
+                         f"{shape.get('words')}")
     for t in document.get("targets", []):
         if t["met"] is False and t["name"] in ("ledger_consistent",):
             found.append(f"error: {t['target']}: {t['value']}")
@@ -359,7 +360,8 @@ def markdown(document: dict[str, Any]) -> str:
             "scenarios measure clients reusing their tokens; a token's first use costs one "
             "signature check (below).")
     for name, shape in (meta.get("sql_check") or {}).items():
-        verdict = "same commands" if shape["match"] else "**MISMATCH: update bench/sql/**"
+        verdict = ("same commands and words" if shape["match"]
+                   else f"**MISMATCH: update bench/sql/**, words: {shape.get('words')}")
         lines.append(f"\nSQL of one {name} request: the service sent "
                      f"{' -> '.join(shape['service']) or '?'}; pgbench runs "
                      f"{' -> '.join(shape['pgbench'])} ({verdict}).")

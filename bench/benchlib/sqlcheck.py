@@ -4,7 +4,9 @@ The ceilings are only fair while ``sql/*.sql`` mirror what loyalty sends per req
 changes; this check catches drift: it turns on ``log_statement = all`` for a moment, makes one
 request of each kind, reads back the statements of the backend that served it, and compares
 their sequence of commands (BEGIN, SELECT, UPDATE, INSERT, COMMIT, ...) with the pgbench
-script's. A mismatch is reported in the results (and should be fixed in ``sql/``).
+script's, and the words of the statement itself (tables, columns, keywords: a column added to
+the service's statement shows even when the commands stay the same). A mismatch is reported in
+the results (and should be fixed in ``sql/``).
 """
 
 from __future__ import annotations
@@ -43,14 +45,41 @@ def script_shape(name: str) -> list[str]:
     return shape
 
 
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+_LITERAL = re.compile(r"'[^']*'")
+# Words pgbench needs to build the values the service passes as parameters.
+_VALUE_WORDS = frozenset({"array", "lpad", "to_hex", "now", "null", "false", "true", "text",
+                          "integer"})
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _words(sql: str) -> set[str]:
+    return set(_WORD.findall(_LITERAL.sub("", _COMMENT.sub("", sql)).lower()))
+
+
+def script_statement(name: str) -> str:
+    """The SQL of ``sql/<name>.sql`` without meta-commands, comments and ``:variables``."""
+    lines = [line for line in (SQL_DIR / f"{name}.sql").read_text().splitlines()
+             if line.strip() and not line.strip().startswith(("--", "\\"))]
+    return re.sub(r"(?<!:):[a-z_]+", " ", " ".join(lines))
+
+
+def word_difference(service_sql: str, script_sql: str) -> dict[str, list[str]]:
+    """Words only the service's statement has, and only the script's (values aside)."""
+    service, script = _words(service_sql), _words(script_sql)
+    return {"service_only": sorted(service - script),
+            "pgbench_only": sorted(script - service - _VALUE_WORDS)}
+
+
 def _is_driver_introspection(sql: str) -> bool:
     # asyncpg looks up the types of a prepared statement's parameters (arrays, ...) the first
     # time a connection prepares it: once per connection, not per request.
     return "typeinfo_tree" in sql
 
 
-def _served_by(log_text: str, marker: str) -> list[str]:
-    """Commands of the backend whose statements mention ``marker``, in order."""
+def _served_by(log_text: str, marker: str) -> tuple[list[str], str]:
+    """Commands of the backend whose statements mention ``marker``, in order, and that
+    statement."""
     by_pid: dict[str, list[str]] = defaultdict(list)
     current: list[str] | None = None
     for line in log_text.splitlines():
@@ -68,8 +97,8 @@ def _served_by(log_text: str, marker: str) -> list[str]:
         commands = [_command(s) for s in statements]
         hits = [i for i, s in enumerate(statements) if marker in s]
         if hits:
-            return _request_of(commands, hits[0])
-    return []
+            return _request_of(commands, hits[0]), statements[hits[0]]
+    return [], ""
 
 
 def _request_of(commands: list[str], at: int) -> list[str]:
@@ -99,7 +128,7 @@ def check(stack: Stack, token: str) -> dict[str, Any]:
     base = stack.loyalty_urls[0]
     headers = {"Authorization": f"Bearer {token}"}
     requests = {
-        "balance": ("GET", f"{base}/loyalty/me", None, "balance, created_at FROM accounts"),
+        "balance": ("GET", f"{base}/loyalty/me", None, "FROM accounts WHERE user_id = ANY("),
         "withdrawal": ("POST", f"{base}/loyalty/me/withdrawals",
                        {"amount": 1, "comment": "sql shape check"}, "INSERT INTO ledger_entries"),
     }
@@ -115,10 +144,12 @@ def check(stack: Stack, token: str) -> dict[str, Any]:
                 with log_file.open("rb") as fh:
                     fh.seek(offset)
                     text = fh.read().decode(errors="replace")
-                app = _served_by(text, marker)
+                app, statement = _served_by(text, marker)
                 bench = script_shape(name)
+                words = word_difference(statement, script_statement(name))
                 result[name] = {"status": response.status_code, "service": app,
-                                "pgbench": bench, "match": app == bench}
+                                "pgbench": bench, "words": words,
+                                "match": app == bench and not any(words.values())}
     finally:
         stack.sql("postgres", "ALTER SYSTEM RESET log_statement;\nSELECT pg_reload_conf();")
     return result
