@@ -57,6 +57,8 @@ def test_the_access_line_says_what_the_general_path_says(
     assert stamp.fullmatch(str(fast.pop("timestamp")))
     assert stamp.fullmatch(str(general.pop("timestamp")))
     assert fast == general
+    raw_fast, raw_general = stream.getvalue().splitlines()
+    assert raw_fast.split('"timestamp"')[0] == raw_general.split('"timestamp"')[0]  # same text
     assert fast["service"] == bindings.get("service", "loyalty")
     assert ("trace_id" in fast) is in_span
 
@@ -67,6 +69,20 @@ def test_a_field_json_cannot_hold_plainly_is_still_one_valid_line(stream: io.Str
     (line,) = lines(stream)
     assert line["text"] == 'quote " and\nnewline'
     assert line["status"] == 201
+
+
+def test_a_handler_put_in_place_later_gets_the_line(stream: io.StringIO) -> None:
+    # Whoever replaces the handler (a test capturing logs, an embedding application) sees
+    # the line through it, not on the stream configured first.
+    root = logging.getLogger()
+    captured = io.StringIO()
+    replacement = logging.StreamHandler(captured)
+    replacement.setFormatter(root.handlers[0].formatter)
+    root.handlers[:] = [replacement]
+    log_request("GET", "/loyalty/me", 200, 1.0)
+    assert stream.getvalue() == ""
+    (line,) = [json.loads(text) for text in captured.getvalue().splitlines()]
+    assert (line["event"], line["route"]) == ("request", "/loyalty/me")
 
 
 def test_on_a_terminal_the_access_line_is_the_console_one() -> None:
