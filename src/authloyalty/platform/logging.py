@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TextIO
 
@@ -174,9 +173,12 @@ class _JsonAccessLines:
     two to one output) for a fraction of that. Lines are whole and written under the
     handler's lock, like every other line."""
 
-    def __init__(self, handler: logging.StreamHandler[TextIO], default_service: str) -> None:
+    def __init__(self, handler: logging.StreamHandler[TextIO],
+                 name_service: _ServiceNamer, stamp: structlog.types.Processor) -> None:
         self.handler = handler
-        self._default_service = default_service
+        # The chain's own processors for the service and the timestamp.
+        self._name_service = name_service
+        self._stamp = stamp
 
     def __call__(self, method: str, route: str, status: int, duration_ms: float) -> None:
         event: dict[str, Any] = {"event": "request"}
@@ -185,9 +187,8 @@ class _JsonAccessLines:
         event["method"], event["route"] = method, route
         event["status"], event["duration_ms"] = status, duration_ms
         event["level"], event["logger"] = "info", ACCESS_LOGGER
-        if not event.get("service"):
-            event["service"] = self._default_service
-        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self._name_service(None, "info", event)
+        self._stamp(None, "info", event)
         line = _ENCODER.encode(event) + "\n"  # as structlog's JSONRenderer writes it
         handler = self.handler
         handler.acquire()
@@ -207,7 +208,8 @@ def log_request(method: str, route: str, status: int, duration_ms: float) -> Non
     lines = _json_access_lines
     # Straight to the stream only while the handler set up for it is the only one: whoever
     # replaced or added handlers since gets the line through them.
-    if lines is not None and logging.root.handlers == [lines.handler]:
+    handlers = logging.root.handlers
+    if lines is not None and len(handlers) == 1 and handlers[0] is lines.handler:
         lines(method, route, status, duration_ms)
     else:
         access_log.info("request", extra={"method": method, "route": route, "status": status,
@@ -222,15 +224,17 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: boo
     on other lines)."""
     stream = sys.stderr if stream is None else stream
     console = resolve_format(fmt, stream) == "console"
+    name_service = _ServiceNamer(service)
+    stamp = (structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False) if console
+             else structlog.processors.TimeStamper(fmt="iso", utc=True))
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_trace_ids,
         structlog.stdlib.ExtraAdder(allow=EXTRA_FIELDS),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        _ServiceNamer(service),
-        (structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False) if console
-         else structlog.processors.TimeStamper(fmt="iso", utc=True)),
+        name_service,
+        stamp,
     ]
     renderer: list[structlog.types.Processor] = (
         [_for_console, _console_renderer(wants_colors(stream))] if console
@@ -243,7 +247,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, access_log: boo
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     global _json_access_lines
-    _json_access_lines = None if console else _JsonAccessLines(handler, service)
+    _json_access_lines = None if console else _JsonAccessLines(handler, name_service, stamp)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
