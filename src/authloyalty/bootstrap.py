@@ -135,9 +135,12 @@ class SsoContainer:
     service: AuthService
     relay: OutboxRelay
     read_database: Database | None = None
+    passwords: PasswordHasher | None = None
 
     async def dispose(self) -> None:
-        """Close the database pools."""
+        """Close the database pools and the password hashing threads."""
+        if self.passwords is not None:
+            self.passwords.close()
         await self.database.dispose()
         await self.engine.dispose()
         if self.read_database is not None:
@@ -201,12 +204,14 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
                          cfg.refresh_token_ttl_seconds)
     verifier = TokenVerifier(keys, cfg.issuer, max_lifetimes={
         "access": cfg.access_token_ttl_seconds, "refresh": cfg.refresh_token_ttl_seconds})
+    passwords = PasswordHasher(cfg.argon2)
     service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
-                          PasswordHasher(cfg.argon2), issuer, verifier, cfg,
+                          passwords, issuer, verifier, cfg,
                           read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True),
                           replica_uow=(lambda: SqlSsoUnitOfWork(read_database, read_only=True))
                           if read_database is not None else None)
-    return SsoContainer(cfg, target, engine, database, keys, service, relay, read_database)
+    return SsoContainer(cfg, target, engine, database, keys, service, relay, read_database,
+                        passwords)
 
 
 def ledger_adapters(coalesce: bool, database: Database, read_database: Database | None,

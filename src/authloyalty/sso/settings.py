@@ -16,6 +16,10 @@ class Argon2Settings(Section):
     time_cost: int = Field(default=2, ge=1)
     memory_kib: int = Field(default=19456, ge=8)
     parallelism: int = Field(default=1, ge=1)
+    # How many hashes this process computes at once; the rest wait their turn. More than the
+    # cores can run at once makes each hash slower (Argon2 is memory-hard: concurrent hashes
+    # evict each other's memory from the caches) without making more of them per second.
+    threads: int | None = Field(default=None, ge=1, le=256)
 
 
 class ThrottleSettings(Section):
