@@ -18,6 +18,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
+from prometheus_client import REGISTRY
 
 from authloyalty.bootstrap import EmbeddedSystem
 from authloyalty.events import UserRegistered
@@ -178,6 +179,41 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_move
         headers = dict(message.headers())
         assert headers["dlq-original-topic"] == topic.encode()
         assert headers["dlq-error"]
+
+
+def _applied(topic: str) -> tuple[float, float]:
+    """Count and sum of ``authloyalty_event_apply_seconds`` for ``topic``."""
+    def sample(suffix: str) -> float:
+        return REGISTRY.get_sample_value(f"authloyalty_event_apply_seconds_{suffix}",
+                                         {"topic": topic}) or 0.0
+    return sample("count"), sample("sum")
+
+
+async def test_apply_delay_is_timed_from_the_records_timestamp_for_handled_records_only(
+        system: EmbeddedSystem, kafka_settings: KafkaSettings,
+        consuming: Callable[..., KafkaEventConsumer]) -> None:
+    consuming()
+    topic = kafka_settings.registration_topic
+    count, total = _applied(topic)
+    user_id = str(uuid4())
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    producer.produce(topic, key=b"garbage", value=b"\x07not protobuf at all")  # dead-lettered
+    # produced "3 s ago": an operator would read a 3 s delay between the relay and the effect
+    producer.produce(topic, key=user_id.encode(), value=go_style_record(1, user_id),
+                     timestamp=int((time.time() - 3.0) * 1000))
+    producer.flush(10)
+
+    async def credited() -> bool:
+        return await balance(system, user_id) == 100
+
+    async def observed() -> bool:  # the observation follows the commit
+        return _applied(topic)[0] >= count + 1
+
+    await eventually(credited)
+    await eventually(observed)
+    after_count, after_total = _applied(topic)
+    assert after_count == count + 1  # the dead-lettered record is not counted
+    assert 3.0 <= after_total - total < 30.0
 
 
 async def test_database_outage_is_retried_without_loss_or_dead_letter(

@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from opentelemetry import propagate
@@ -111,7 +119,7 @@ _POLL_SECONDS = 0.25
 _PRODUCER_TUNING: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 5,
+    "linger.ms": 0,
     # Leaders that move without an error on our side (a restarted broker taking back its
     # preferred partitions) are learnt within 10 s; after an error librdkafka refreshes at once
     # and then every topic.metadata.refresh.fast.interval.ms (100 ms) until leaders are known.
@@ -431,6 +439,7 @@ class KafkaEventConsumer:
                                          {"messaging.system": "kafka",
                                           "messaging.kafka.offset": record.offset}):
                     await handler(event)
+                self._observe_applied(message)
                 break
             except PermanentEventError as exc:
                 await self._dead_letter(record, str(exc), attempts)
@@ -456,6 +465,14 @@ class KafkaEventConsumer:
             # and the inbox will recognise it.
             log.warning("offset of %s/%d@%d not stored: %s", record.topic, record.partition,
                         record.offset, exc)
+
+    @staticmethod
+    def _observe_applied(message: Message) -> None:
+        """How long after the relay produced it the record's effect was committed here."""
+        kind, stamp = message.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            metrics.EVENT_APPLIED.labels(message.topic() or "").observe(
+                max(0.0, time.time() - stamp / 1000))
 
     async def _dead_letter(self, record: Record, error: str, attempts: int) -> None:
         topic = record.topic + self._settings.dead_letter_suffix

@@ -55,6 +55,19 @@ EVENTS_CONSUMED = Counter(
 OUTBOX_PUBLISHED = Counter(
     "authloyalty_outbox_publish_total", "Outbox deliveries by outcome", ["service", "outcome"]
 )
+OUTBOX_DELIVERY = Histogram(
+    "authloyalty_outbox_delivery_seconds",
+    "From the commit that wrote an event to the broker's acknowledgement of it",
+    ["service"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+EVENT_APPLIED = Histogram(
+    "authloyalty_event_apply_seconds",
+    "From the record's timestamp at the broker (when the relay produced it) to the end of "
+    "the consumer's handling of it (its effect committed), by topic",
+    ["topic"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 OUTBOX_PENDING = Gauge(
     "authloyalty_outbox_pending", "Outbox rows not yet delivered", ["service"]
 )

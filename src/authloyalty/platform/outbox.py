@@ -293,6 +293,8 @@ class OutboxRelay:
                 await db.execute(self._sql.delivered, {
                     "b_id": row.id, "b_now": now, "b_attempts": attempts})
                 metrics.OUTBOX_PUBLISHED.labels(self._service, "success").inc()
+                metrics.OUTBOX_DELIVERY.labels(self._service).observe(
+                    max(0.0, (now - as_utc(row.event.occurred_at)).total_seconds()))
             else:
                 delay = timedelta(seconds=backoff(attempts, self._max_backoff))
                 await db.execute(self._sql.failed, {
