@@ -119,6 +119,8 @@ _POLL_SECONDS = 0.25
 _PRODUCER_TUNING: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
+    # The relay hands over a whole batch of rows at once, and revocations must leave at once:
+    # waiting for more records (librdkafka's default is 5 ms) only delayed every event.
     "linger.ms": 0,
     # Leaders that move without an error on our side (a restarted broker taking back its
     # preferred partitions) are learnt within 10 s; after an error librdkafka refreshes at once
