@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (no
 
 from benchlib import loadgen
 from benchlib.deploy import deploy
-from benchlib.stack import PASSWORD, log
+from benchlib.stack import PASSWORD, log, stop_on_sigterm
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     find_py_spy()
     loadgen.ensure_tools()
+    stop_on_sigterm()
     service, script, path, connections = SCENARIOS[args.scenario]
     connections = args.connections or connections
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ ceiling_bare_       wrk: bare GET /loyalty/healthz          Go net/http answerin
   loyalty                                                     (bench/go_ceiling.go)
 withdrawal          wrk: POST /loyalty/me/withdrawals       pgbench: the withdrawal's SQL
 seed_withdrawal     wrk: POST /loyalty {operation: "w"}     pgbench: the withdrawal's SQL
+                                                              (and POST /loyalty/me/withdrawals)
+seed_balance        wrk: GET /loyalty/<own uuid>            GET /loyalty/me
 refresh             wrk: POST /auth/refresh (chained)       bare GET /auth/healthz
 login               wrk: POST /auth/login (Argon2id)        Argon2id verify on every core
 registration_bonus  python: register, poll /me until 200    (latency scenario)
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (no
 from benchlib import (
     coalescing,
     drivers,
+    eventpath,
     goceiling,
     loadgen,
     report,
@@ -59,7 +62,7 @@ from benchlib import (
 from benchlib import seed as seeding
 from benchlib.cpu import NCPU, CpuWindow, Group, machine_times, pid_group, postgres_group
 from benchlib.deploy import Deployment, deploy
-from benchlib.stack import PASSWORD, log
+from benchlib.stack import PASSWORD, log, stop_on_sigterm
 
 from devstack.kafka import KafkaCluster
 
@@ -236,7 +239,8 @@ class Runner:
         run's first seconds verify thousands of signatures per process and the figure
         depends on the warm-up's length. What a first-seen token costs is measured apart
         (:func:`benchlib.tokencost.measure`)."""
-        if not any(self.wanted(n) for n in ("balance", "withdrawal", "seed_withdrawal")):
+        if not any(self.wanted(n) for n in ("balance", "seed_balance", "withdrawal",
+                                            "seed_withdrawal")):
             return
         ports = self.stack.loyalty_ports
         users = self.dep.seeded.users
@@ -296,9 +300,13 @@ class Runner:
                 "connections": None, "threads": NCPU}
         self.record(base, result, window, "argon2")
 
-    def driver(self, name: str, title: str, kind: str, coro: Any, **extra: Any) -> None:
+    def driver(self, name: str, title: str, kind: str, coro: Any,
+               event_topic: str | None = None, **extra: Any) -> None:
         self.settle()
         self.stack.checkpoint()
+        sso_urls = [f"http://127.0.0.1:{p}" for p in self.stack.sso_ports]
+        path_before = (eventpath.snapshot(sso_urls, self.stack.loyalty_urls, event_topic)
+                       if event_topic else {})
         window = self.window().start()
         raw = asyncio.run(coro)
         window.stop()
@@ -311,6 +319,9 @@ class Runner:
             "per_replica_delay_ms": data["per_target_ms"],
             "errors": data["errors"], "error_detail": {"samples": data["error_samples"]},
         }
+        if event_topic:
+            result["event_path"] = eventpath.between(path_before, eventpath.snapshot(
+                sso_urls, self.stack.loyalty_urls, event_topic))
         base = {"name": name, "title": title, "kind": kind, "generator": "python",
                 "connections": self.opts.driver_concurrency, "threads": 1, **extra}
         self.record(base, result, window, None)
@@ -330,6 +341,8 @@ class Runner:
         self.prime_tokens(f"{loyalty}/loyalty/me", users)
         self.wrk("balance", "Authenticated balance read", "scenario", "balance",
                  f"{loyalty}/loyalty/me", {200}, users)
+        self.wrk("seed_balance", "Seed-compatible GET /loyalty/{uuid} (own account)",
+                 "scenario", "seed_balance", f"{loyalty}/loyalty", {200}, users)
 
         self.pgbench("ceiling_pg_withdrawal", "pgbench: SQL of the withdrawal", "withdrawal")
         self.wrk("withdrawal", "Withdrawal (1 point)", "scenario", "withdrawal",
@@ -368,6 +381,7 @@ class Runner:
                     concurrency=opts.driver_concurrency, poll_interval=opts.poll_interval,
                     password=PASSWORD, tag=f"{int(time.time())}",
                     expected_bonus=self.dep.settings.loyalty.welcome_bonus),
+                event_topic=self.dep.settings.events.kafka.registration_topic,
                 request="POST /auth/registration → GET /loyalty/me until 200")
         if self.wanted("logout_refusal"):
             sessions = seeded.logout_sessions[:opts.mode.logouts]
@@ -498,6 +512,7 @@ def _service_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     loadgen.ensure_tools()
+    stop_on_sigterm()
     started_at = datetime.now(UTC)
     revision = git_revision()  # the code the services start with, not what is there at the end
     load_before = loadavg()

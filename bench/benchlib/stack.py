@@ -10,6 +10,7 @@ listening ports.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,14 @@ def authloyalty_bin() -> str:
         raise RuntimeError("the authloyalty command is not installed (make venv)")
     return found
 
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl+C, so its ``finally`` stops what it started."""
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
 
 def log(message: str) -> None:
     """Progress on stderr, timestamped."""
@@ -266,8 +275,12 @@ class Stack:
         self.sso_ports = [self.sso_port] + [free_port() for _ in range(sso_processes - 1)]
         self.loyalty_ports = [self.loyalty_port] + [free_port()
                                                     for _ in range(loyalty_processes - 1)]
+        # Password hashes at once per sso process: the cores shared out between the processes,
+        # as docs/operations.md advises for several sso processes on one host.
+        hashing = {"AUTHLOYALTY_SSO__ARGON2__THREADS":
+                   str(max(1, (os.cpu_count() or 1) // max(1, sso_processes)))}
         for i, port in enumerate(self.sso_ports):
-            env = dict(self.service_env)
+            env = {**hashing, **self.service_env}
             if i > 0:
                 env.update({"AUTHLOYALTY_SSO__HTTP_PORT": str(port),
                             "AUTHLOYALTY_SSO__GRPC_PORT": str(free_port())})
