@@ -189,9 +189,13 @@ def _server(app: FastAPI, service: str, host: str, port: int,
             headers: RequestHeaderLimits) -> _Server:
     # The protocol refuses request heads over the limits before buffering them (httpserver).
     protocol = limited_protocol(HeadLimits(headers.max_bytes, headers.max_fields))
+    # proxy_headers off: uvicorn would otherwise take the client address from X-Forwarded-For
+    # of any connection from 127.0.0.1, whatever sso.trusted_proxies says (sso/http.py decides
+    # that, for the login throttle and the sessions list).
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             lifespan="off", server_header=False, http=protocol,
-                            h11_max_incomplete_event_size=headers.max_bytes)
+                            h11_max_incomplete_event_size=headers.max_bytes,
+                            proxy_headers=False)
     return _Server(config, service)
 
 

@@ -53,6 +53,20 @@ def test_without_a_token_the_account_routes_answer_401(api: Api, method: str,
     assert error_code(r) == "missing_token"
 
 
+def test_a_forwarded_address_is_not_believed_from_a_peer_that_is_no_trusted_proxy(
+        api: Api) -> None:
+    # The server's sso.trusted_proxies is empty: the peer (this test, on 127.0.0.1) is the
+    # address, whatever X-Forwarded-For claims (it would dodge the per-client login throttle).
+    account = api.register()
+    r = api.sso("POST", "/auth/login", headers={"X-Forwarded-For": "203.0.113.9"},
+                json={"email": account.email, "password": account.password})
+    assert r.status_code == 200, r.text
+    logged = Account(account.email, account.password, account.user_id,
+                     r.json()["access_token"], r.json()["refresh_token"])
+    current = next(s for s in _sessions(api, logged) if s["current"])
+    assert current["ip"] == "127.0.0.1"
+
+
 def test_ending_an_unknown_or_another_users_session_is_404(api: Api) -> None:
     alice, bob = api.register(), api.register()
     bobs_session = next(s["id"] for s in _sessions(api, bob) if s["current"])
