@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import time
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -88,6 +89,10 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        # The labelled series of each (method, route, status) seen, so that a request costs
+        # two dictionary lookups, not prometheus_client's label validation (~3 % of a bare
+        # request's CPU). As many entries as the metrics themselves hold series.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,10 +112,14 @@ class MetricsMiddleware:
         finally:
             # The router records the matched route in the (shared) scope.
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(self.service, method, route).observe(
-                time.perf_counter() - started)
+            key = (scope["method"], route, status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    metrics.HTTP_REQUESTS.labels(self.service, key[0], route, str(status)),
+                    metrics.HTTP_LATENCY.labels(self.service, key[0], route))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 # Polled by the stack's readiness checks and by Prometheus: not worth a line each.
