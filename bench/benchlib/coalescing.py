@@ -7,27 +7,19 @@ summed over every loyalty process) before and after a measurement.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import httpx
-
-_SAMPLE = re.compile(
-    r'^authloyalty_coalesced_batch_size_(sum|count)\{operation="([^"]+)"\} ([0-9.e+]+)$')
+from benchlib import promtext
 
 
 def snapshot(urls: list[str]) -> dict[str, list[float]]:
     """{operation: [sum of batch sizes, number of batches]} over ``urls``' /metrics."""
     totals: dict[str, list[float]] = {}
-    with httpx.Client(timeout=5) as client:
-        for url in urls:
-            text = client.get(f"{url}/metrics").text
-            for line in text.splitlines():
-                match = _SAMPLE.match(line)
-                if match:
-                    kind, operation, value = match.groups()
-                    entry = totals.setdefault(operation, [0.0, 0.0])
-                    entry[0 if kind == "sum" else 1] += float(value)
+    found = promtext.samples(urls, {"authloyalty_coalesced_batch_size_sum",
+                                    "authloyalty_coalesced_batch_size_count"})
+    for (name, pairs), value in found.items():
+        entry = totals.setdefault(dict(pairs)["operation"], [0.0, 0.0])
+        entry[0 if name.endswith("_sum") else 1] += value
     return totals
 
 

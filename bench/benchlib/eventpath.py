@@ -11,16 +11,12 @@ machine's clock here, so the second is exact too.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import httpx
+from benchlib import promtext
 
-_LINE = re.compile(r"^authloyalty_(outbox_delivery_seconds|event_apply_seconds)"
-                   r"_(bucket|sum|count)\{(.*)\} ([0-9.e+-]+)$")
-_LE = re.compile(r'le="([^"]+)"')
-_TOPIC = re.compile(r'topic="([^"]+)"')
 BOUNDS = ("0.01", "0.025", "0.05")  # bucket bounds of both histograms, seconds
+_METRICS = ("authloyalty_outbox_delivery_seconds", "authloyalty_event_apply_seconds")
 
 Snapshot = dict[str, dict[str, float]]  # metric -> {"sum", "count", le: cumulative count}
 
@@ -28,20 +24,15 @@ Snapshot = dict[str, dict[str, float]]  # metric -> {"sum", "count", le: cumulat
 def snapshot(sso_urls: list[str], loyalty_urls: list[str], topic: str) -> Snapshot:
     """Both histograms summed over the processes (the apply delay of ``topic`` only)."""
     totals: Snapshot = {}
-    with httpx.Client(timeout=5) as client:
-        for url in [*sso_urls, *loyalty_urls]:
-            for line in client.get(f"{url}/metrics").text.splitlines():
-                match = _LINE.match(line)
-                if not match:
-                    continue
-                metric, part, labels, value = match.groups()
-                if metric == "event_apply_seconds":
-                    found = _TOPIC.search(labels)
-                    if found is None or found.group(1) != topic:
-                        continue
-                key = part if part != "bucket" else _LE.search(labels).group(1)  # type: ignore[union-attr]
-                series = totals.setdefault(metric, {})
-                series[key] = series.get(key, 0.0) + float(value)
+    names = {f"{metric}_{part}" for metric in _METRICS for part in ("bucket", "sum", "count")}
+    for (name, pairs), value in promtext.samples([*sso_urls, *loyalty_urls], names).items():
+        labels = dict(pairs)
+        if labels.get("topic", topic) != topic:
+            continue
+        metric, part = name.removeprefix("authloyalty_").rsplit("_", 1)
+        key = labels["le"] if part == "bucket" else part
+        series = totals.setdefault(metric, {})
+        series[key] = series.get(key, 0.0) + value
     return totals
 
 

@@ -12,14 +12,10 @@ the process, e.g. one process holding more connections than its share).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import httpx
+from benchlib import promtext
 
-_BUCKET = re.compile(r"^authloyalty_(event_loop_lag_seconds|http_request_duration_seconds)"
-                     r"_bucket\{(.*)\} ([0-9.e+]+)$")
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
 # Bucket bounds (seconds) the report asks about; each is a bucket bound of both histograms.
 LOOP_LATE = (0.01, 0.05, 0.1)
 REQUEST_SLOW = (0.01, 0.025, 0.1)
@@ -30,18 +26,14 @@ Snapshot = dict[str, dict[str, float]]  # series -> {le: cumulative count}
 def snapshot(urls: list[str]) -> Snapshot:
     """{"loop" | "METHOD route": {le: count}}, summed over ``urls``' /metrics."""
     totals: Snapshot = {}
-    with httpx.Client(timeout=5) as client:
-        for url in urls:
-            for line in client.get(f"{url}/metrics").text.splitlines():
-                match = _BUCKET.match(line)
-                if not match:
-                    continue
-                metric, raw_labels, value = match.groups()
-                labels = dict(_LABEL.findall(raw_labels))
-                series = ("loop" if metric == "event_loop_lag_seconds"
-                          else f"{labels.get('method')} {labels.get('route')}")
-                buckets = totals.setdefault(series, {})
-                buckets[labels["le"]] = buckets.get(labels["le"], 0.0) + float(value)
+    found = promtext.samples(urls, {"authloyalty_event_loop_lag_seconds_bucket",
+                                    "authloyalty_http_request_duration_seconds_bucket"})
+    for (name, pairs), value in found.items():
+        labels = dict(pairs)
+        series = ("loop" if name.startswith("authloyalty_event_loop_lag")
+                  else f"{labels.get('method')} {labels.get('route')}")
+        buckets = totals.setdefault(series, {})
+        buckets[labels["le"]] = buckets.get(labels["le"], 0.0) + value
     return totals
 
 
