@@ -205,7 +205,7 @@ def build_sso(settings: Settings, publisher: EventPublisher, keys: KeyStore) -> 
     verifier = TokenVerifier(keys, cfg.issuer, max_lifetimes={
         "access": cfg.access_token_ttl_seconds, "refresh": cfg.refresh_token_ttl_seconds})
     passwords = PasswordHasher(cfg.argon2)
-    service = AuthService(lambda: SqlSsoUnitOfWork(database, relay.notify),
+    service = AuthService(lambda: SqlSsoUnitOfWork(database, relay=relay),
                           passwords, issuer, verifier, cfg,
                           read_uow=lambda: SqlSsoUnitOfWork(database, read_only=True),
                           replica_uow=(lambda: SqlSsoUnitOfWork(read_database, read_only=True))

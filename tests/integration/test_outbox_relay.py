@@ -15,10 +15,12 @@ from sqlalchemy import select, update
 from authloyalty.bootstrap import EmbeddedSystem
 from authloyalty.events import SessionRevoked, UserRegistered
 from authloyalty.platform.bus import Envelope
-from authloyalty.platform.clock import utcnow
+from authloyalty.platform.clock import as_utc, utcnow
+from authloyalty.platform.database import Connection, Database
 from authloyalty.platform.outbox import FAILED, SUCCESSFUL, OutboxRelay, OutboxWriter
 from authloyalty.sso.events import SSO_EVENTS
 from authloyalty.sso.tables import outbox
+from authloyalty.sso.uow import SqlSsoUnitOfWork
 
 
 class FlakyPublisher:
@@ -258,3 +260,118 @@ async def test_typed_events_are_stored_in_the_json_shape_of_earlier_rows(
         ("session_revoked", str(user_id),
          {"session_id": str(session_id), "user_id": str(user_id),
           "until": "2030-01-02T03:04:05.678901+00:00", "reason": "logout"})]
+
+
+async def commit_event(system: EmbeddedSystem, relay: OutboxRelay, key: str, *,
+                       commit: bool = True) -> None:
+    """Write the registration of ``key`` the way sso's use cases do, through its unit of work."""
+    async with SqlSsoUnitOfWork(system.sso.database, relay=relay) as uow:
+        await uow.outbox.add(registered(key))
+        if commit:
+            await uow.commit()
+
+
+async def next_attempts(system: EmbeddedSystem) -> list[datetime]:
+    async with system.sso.engine.connect() as conn:
+        result = await conn.execute(select(outbox.c.next_attempt_at).order_by(outbox.c.id))
+    return [as_utc(at) for (at,) in result]
+
+
+class GatedDatabase(Database):
+    """The relay's view of the database, whose writing transactions wait while ``open`` is
+    clear (reads pass)."""
+
+    def __init__(self, inner: Database) -> None:
+        self._inner = inner
+        self.dialect = inner.dialect
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def connect(self, *, read_only: bool = False) -> Connection:
+        if not read_only:
+            await self.open.wait()
+        return await self._inner.connect(read_only=read_only)
+
+    async def dispose(self) -> None:
+        """The inner database belongs to the system."""
+
+
+async def test_a_committed_row_is_handed_to_the_running_relay_without_a_claim(
+        system: EmbeddedSystem) -> None:
+    # The writing process's relay publishes its rows at commit, with no transaction of its own
+    # before the publication (here its transactions cannot even start); the row is leased to it
+    # from the start, so no other relay publishes it meanwhile, and no poll is needed.
+    publisher, rival = PerEventPublisher(), PerEventPublisher()
+    gated = GatedDatabase(system.sso.database)
+    relay = OutboxRelay(gated, outbox, SSO_EVENTS, publisher, poll_interval=30.0)
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        await asyncio.sleep(0.2)  # the first pass (nothing due) is over; next poll in 30 s
+        gated.open.clear()
+        before = utcnow()
+        await commit_event(system, relay, "a")
+        assert await eventually(lambda: asyncio.sleep(0, publisher.sent == ["a"]))
+        [leased_until] = await next_attempts(system)
+        assert leased_until > before + timedelta(seconds=20)
+        assert await OutboxRelay(system.sso.database, outbox, SSO_EVENTS, rival).run_once() == 0
+        gated.open.set()  # the acknowledgement is recorded
+        assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL]))
+        assert rival.sent == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _statuses_are(system: EmbeddedSystem, expected: list[str]) -> bool:
+    return await statuses(system) == expected
+
+
+async def test_a_rolled_back_transaction_hands_nothing_over(system: EmbeddedSystem) -> None:
+    publisher = PerEventPublisher()
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=0.05)
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        await asyncio.sleep(0.1)
+        await commit_event(system, relay, "a", commit=False)
+        await commit_event(system, relay, "b")
+        assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL]))
+        assert publisher.sent == ["b"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_row_leased_to_a_relay_that_stopped_is_published_after_the_lease(
+        system: EmbeddedSystem) -> None:
+    # The process died between its commit and the publication: nothing is lost, the row waits
+    # for the lease like any row of a dead relay.
+    dying, heir = PerEventPublisher(), PerEventPublisher()
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, dying, poll_interval=30.0)
+    task = asyncio.create_task(relay.run_forever())
+    await asyncio.sleep(0.1)
+    async with SqlSsoUnitOfWork(system.sso.database, relay=relay) as uow:
+        await uow.outbox.add(registered("a"))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await uow.commit()  # the hand-over finds the relay gone
+    assert dying.sent == []
+    successor = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, heir)
+    assert await successor.run_once() == 0  # still leased
+    async with system.sso.engine.begin() as conn:  # let the lease run out
+        await conn.execute(update(outbox).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    assert await successor.run_once() == 1
+    assert heir.sent == ["a"]
+    assert await statuses(system) == [SUCCESSFUL]
+
+
+async def test_rows_written_while_no_relay_runs_here_are_due_at_once(
+        system: EmbeddedSystem) -> None:
+    # `authloyalty sso --no-relay`: the relay processes publish the rows, without any lease.
+    idle = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, PerEventPublisher())
+    await commit_event(system, idle, "a")
+    publisher = PerEventPublisher()
+    assert await OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher).run_once() == 1
+    assert publisher.sent == ["a"]

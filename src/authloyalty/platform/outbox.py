@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -91,26 +91,55 @@ class OutboxRow:
 
 
 class OutboxWriter:
-    """Appends events inside the caller's transaction."""
+    """Appends events inside the caller's transaction.
 
-    def __init__(self, db: Connection, table: Table, events: OutgoingTable) -> None:
+    Given the ``relay`` of this process and the unit of work's ``on_commit``, a row is written
+    already leased to that relay (when it is running and streaming, see
+    :meth:`OutboxRelay.lease_for_hand_over`) and handed to it as soon as the transaction
+    commits: the relay publishes it without a claim transaction of its own. Should this
+    process die in between, the row is published by any relay once the lease runs out. Rows
+    must not be added inside a savepoint that may roll back while the transaction commits.
+    """
+
+    def __init__(self, db: Connection, table: Table, events: OutgoingTable, *,
+                 relay: OutboxRelay | None = None,
+                 on_commit: Callable[[Callable[[], None]], None] | None = None) -> None:
         self._db = db
-        self._insert = _statements(table).insert
+        sql = _statements(table)
+        self._insert, self._insert_returning = sql.insert, sql.insert_returning
         self._events = events
+        self._relay = (relay, on_commit) if relay is not None and on_commit is not None else None
+        self._handed: list[OutboxRow] = []
+        self._notifies = False
 
     async def add(self, envelope: Envelope[Any]) -> None:
         """Stage ``envelope``; it becomes visible to the relay when the transaction commits."""
         event = envelope.event
-        await self._db.execute(self._insert, {
+        lease = self._relay[0].lease_for_hand_over() if self._relay is not None else None
+        params = {
             "event_id": envelope.id, "event_type": event.name,
             "event_key": self._events.key(event), "payload": event_payload(event),
             "headers": dict(envelope.headers), "created_at": envelope.occurred_at,
-            "status": IN_PROGRESS, "attempts": 0, "next_attempt_at": envelope.occurred_at})
+            "status": IN_PROGRESS, "attempts": 0,
+            "next_attempt_at": envelope.occurred_at if lease is None else lease}
+        if lease is None or self._relay is None:
+            await self._db.execute(self._insert, params)
+            if self._relay is not None and not self._notifies:
+                relay, on_commit = self._relay
+                on_commit(relay.notify)  # due at once: the relay's next pass claims it
+                self._notifies = True
+            return
+        relay, on_commit = self._relay
+        row_id = await self._db.scalar(self._insert_returning, params)
+        if not self._handed:
+            on_commit(partial(relay.hand_over, self._handed))
+        self._handed.append(OutboxRow(id=int(row_id), event=envelope, attempts=0))
 
 
 @dataclass(frozen=True)
 class _Statements:
     insert: Any
+    insert_returning: Any
     due: Any
     due_locked: Any  # FOR UPDATE SKIP LOCKED (PostgreSQL)
     delivered: Any
@@ -134,6 +163,7 @@ def _statements(table: Table) -> _Statements:
         by_id = update(t).where(t.c.id == bindparam("b_id"))
         built = _Statements(
             insert=t.insert(),
+            insert_returning=t.insert().returning(t.c.id),
             due=due,
             due_locked=due.with_for_update(skip_locked=True),
             delivered=by_id.values(status=SUCCESSFUL, published_at=bindparam("b_now"),
@@ -199,10 +229,29 @@ class OutboxRelay:
         self._max_in_flight = max_in_flight or 10 * batch_size
         self._in_flight: set[int] = set()
         self._outcomes: asyncio.Queue[tuple[OutboxRow, str | None]] = asyncio.Queue()
+        self._running = False
+        self._handed: list[OutboxRow] = []
+        self._claim_wanted = True  # rows may be due: the next pass looks for them
 
     def notify(self) -> None:
-        """Ask for a pass now (called after a transaction that wrote events commits)."""
+        """Ask for a pass now (called after a transaction that wrote due events commits)."""
+        self._claim_wanted = True
         self._wakeup.set()
+
+    def lease_for_hand_over(self) -> datetime | None:
+        """Until when a row written now stays this relay's, to be handed over at commit
+        (:meth:`hand_over`); ``None`` when this relay takes no rows over (it is not running,
+        or publishes in batches to a plain :class:`EventPublisher`): write the row due."""
+        if not self._running or self._streaming is None:
+            return None
+        return utcnow() + self._lease
+
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish ``rows``, committed under a lease from :meth:`lease_for_hand_over`, without
+        claiming them first (they are not due for any other relay until the lease ends)."""
+        if self._running:
+            self._handed.extend(rows)
+            self._wakeup.set()
 
     async def run_once(self) -> int:
         """Publish one batch of due rows and record the outcomes; return how many were
@@ -240,23 +289,39 @@ class OutboxRelay:
         return rows
 
     async def _stream(self) -> None:
-        """Claim and hand out due rows until none is due or too many are in flight."""
+        """Send the rows handed over, then claim and hand out due rows until none is due or
+        too many are in flight."""
+        if self._handed:
+            handed, self._handed = self._handed, []
+            await self._send(handed)
+        if not self._claim_wanted:
+            return  # woken for rows handed over only: nothing else became due
+        self._claim_wanted = False  # a commit from now on asks for another pass
+        try:
+            while len(self._in_flight) < self._max_in_flight:
+                room = self._max_in_flight - len(self._in_flight)
+                rows = await self._claim(min(self._batch_size, room))
+                if not rows:
+                    return
+                await self._send(rows)
+                if len(rows) < self._batch_size:
+                    return
+        except BaseException:
+            self._claim_wanted = True
+            raise
+
+    async def _send(self, rows: list[OutboxRow]) -> None:
+        """Hand ``rows`` (leased to this relay) to the publisher; each is recorded as its own
+        acknowledgement arrives."""
         assert self._streaming is not None
-        while len(self._in_flight) < self._max_in_flight:
-            room = self._max_in_flight - len(self._in_flight)
-            rows = await self._claim(min(self._batch_size, room))
-            if not rows:
-                return
-            self._in_flight.update(r.id for r in rows)
-            try:
-                futures = await self._streaming.send([r.event for r in rows])
-            except Exception:
-                self._in_flight.difference_update(r.id for r in rows)  # due again at lease end
-                raise
-            for row, future in zip(rows, futures, strict=True):
-                future.add_done_callback(partial(self._outcome, row))
-            if len(rows) < self._batch_size:
-                return
+        self._in_flight.update(r.id for r in rows)
+        try:
+            futures = await self._streaming.send([r.event for r in rows])
+        except Exception:
+            self._in_flight.difference_update(r.id for r in rows)  # due again at lease end
+            raise
+        for row, future in zip(rows, futures, strict=True):
+            future.add_done_callback(partial(self._outcome, row))
 
     def _outcome(self, row: OutboxRow, future: asyncio.Future[str | None]) -> None:
         result = "publication cancelled" if future.cancelled() else future.result()
@@ -269,6 +334,7 @@ class OutboxRelay:
             while not self._outcomes.empty():
                 outcomes.append(self._outcomes.get_nowait())
             rows = [row for row, _ in outcomes]
+            was_full = len(self._in_flight) >= self._max_in_flight
             try:
                 async with self._database.transaction() as db:
                     await self._record(db, rows, [result for _, result in outcomes])
@@ -281,7 +347,8 @@ class OutboxRelay:
                 await asyncio.sleep(0.5)
                 continue
             self._in_flight.difference_update(r.id for r in rows)
-            self._wakeup.set()  # room for more, and failed rows may be due again soon
+            if was_full or any(result is not None for _, result in outcomes):
+                self.notify()  # room for more, or failed rows that may be due again soon
 
     async def _record(
         self, db: Connection, rows: Sequence[OutboxRow], results: Sequence[str | None]
@@ -333,9 +400,12 @@ class OutboxRelay:
         """Relay until cancelled; a failing pass is logged and retried, never fatal."""
         recorder = (asyncio.create_task(self._record_outcomes())
                     if self._streaming is not None else None)
+        self._running = True
         try:
             await self._relay_forever()
         finally:
+            self._running = False
+            self._handed.clear()  # published by whichever relay sees them due after the lease
             if recorder is not None:
                 recorder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -364,5 +434,7 @@ class OutboxRelay:
                 log.warning("outbox relay pass: database unavailable; retrying")
             except Exception:
                 log.exception("outbox relay pass failed; retrying")
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+            except TimeoutError:
+                self._claim_wanted = True  # leases and backoffs run out without a wake-up
