@@ -434,8 +434,13 @@ def machine_info() -> dict[str, Any]:
                 mem_kib = int(line.split()[1])
     except OSError:
         pass
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = None
     return {"cpus": NCPU, "cpu_model": model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
+            "kernel": platform.release(), "python": platform.python_version(),
+            "sched_autogroup": autogroup}
 
 
 def loadavg() -> list[float]:
@@ -566,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             "deployment": {
                 "processes": f"{opts.sso_processes} x `authloyalty sso --config`, "
                              f"{opts.loyalty_processes} x `authloyalty loyalty --config` "
-                             "(each a single asyncio process, uvicorn in process)",
+                             "(each a single asyncio process, uvicorn in process, in a session "
+                             "of its own, as is wrk)",
                 "sso_processes": opts.sso_processes,
                 "loyalty_processes": opts.loyalty_processes,
                 "database": "PostgreSQL, one database per service, durable (fsync, "

@@ -60,7 +60,8 @@ def serving(timeout: float = 10.0) -> Iterator[GoServer]:
     """The Go ceiling, answering, for the duration of the block."""
     port = free_port()
     process = subprocess.Popen([str(build()), "-port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # as our services (benchlib/stack.py)
     server = GoServer(port, process.pid)
     try:
         deadline = time.monotonic() + timeout

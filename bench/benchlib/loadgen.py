@@ -39,7 +39,9 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None,
                  cwd: Path | None = None, timeout: float | None = None) -> Finished:
     """Run ``argv`` to completion; its CPU time comes from ``wait4``."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
+        # A session of its own, like the services (benchlib/stack.py, Service.start).
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd,
+                                start_new_session=True)
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
         except BaseException:

@@ -167,6 +167,13 @@ def _met(flag: bool | None) -> str:
     return {True: "✅ met", False: "❌ missed", None: "-"}[flag]
 
 
+def _autogroup(machine: dict[str, Any]) -> str:
+    """The kernel's autogroup scheduling, when known (each service and wrk run in a session of
+    their own either way)."""
+    state = machine.get("sched_autogroup")
+    return "" if state is None else f" (autogroup scheduling {'on' if state else 'off'})"
+
+
 def markdown(document: dict[str, Any]) -> str:
     meta = document["meta"]
     machine = meta["machine"]
@@ -175,7 +182,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"# Benchmark results ({meta['mode']} mode, {meta['started_at']})",
         "",
         f"Machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gib']} GiB, "
-        f"Linux {machine['kernel']}, Python {machine['python']}, "
+        f"Linux {machine['kernel']}{_autogroup(machine)}, Python {machine['python']}, "
         f"PostgreSQL {meta['versions']['postgres']}, {meta['versions']['wrk']}. "
         f"Revision `{meta.get('git')}`.",
         "",

@@ -99,11 +99,16 @@ class Service:
         return self.process.pid if self.process is not None else None
 
     def start(self, timeout: float = 60.0) -> None:
+        # A session of its own, as a service unit or a container would have: with the kernel's
+        # autogroup scheduling (on by default) every process of one session shares a single
+        # scheduling entity, and PostgreSQL's backends (each in a session of its own) waited
+        # up to 231 ms for a core while the services, the brokers and wrk shared the bench's
+        # (docs/performance.md, "The scheduler's groups").
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [authloyalty_bin(), self.command, "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, env={**clean_env(), **self.env},
-                cwd=ROOT)
+                cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
