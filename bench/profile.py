@@ -48,6 +48,7 @@ def git_revision() -> str:
 # scenario → (service, wrk script, path, wrk connections)
 SCENARIOS: dict[str, tuple[str, str, str, int]] = {
     "balance": ("loyalty", "balance", "/loyalty/me", 16),
+    "seed_balance": ("loyalty", "seed_balance", "/loyalty", 16),
     "withdrawal": ("loyalty", "withdrawal", "/loyalty/me/withdrawals", 16),
     "seed_withdrawal": ("loyalty", "seed_withdrawal", "/loyalty", 16),
     "bare_loyalty": ("loyalty", "bare", "/loyalty/healthz", 16),
