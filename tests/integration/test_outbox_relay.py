@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_OID, uuid4, uuid5
@@ -52,6 +52,18 @@ def label(envelope: Envelope[Any]) -> str:
 _LABELS = {uuid5(NAMESPACE_OID, name): name
            for name in ["a", "stuck", "early", "late", "first", "second", "b",
                         *(f"k{i}" for i in range(20))]}
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[None]:
+    """``relay.run_forever()`` for the duration of the block."""
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def add_event(system: EmbeddedSystem, key: str) -> Envelope[UserRegistered]:
@@ -120,8 +132,7 @@ async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
         system: EmbeddedSystem) -> None:
     publisher = FlakyPublisher(delay=0.3)
     relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=30.0)
-    task = asyncio.create_task(relay.run_forever())
-    try:
+    async with running(relay):
         await add_event(system, "first")
         relay.notify()
         await asyncio.sleep(0.1)  # the relay is now inside its (slow) pass
@@ -132,10 +143,6 @@ async def test_commit_during_a_pass_is_relayed_without_waiting_for_the_poll(
                 break
             await asyncio.sleep(0.1)
         assert [label(e) for e in publisher.delivered] == ["first", "second"]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class PerEventPublisher:
@@ -172,6 +179,10 @@ async def statuses(system: EmbeddedSystem) -> list[str]:
     return [status for status, _, _ in await rows(system)]
 
 
+async def _statuses_are(system: EmbeddedSystem, expected: list[str]) -> bool:
+    return await statuses(system) == expected
+
+
 async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
     """Whether ``check`` comes true within 5 s."""
     for _ in range(100):
@@ -188,21 +199,15 @@ async def test_an_unacknowledged_event_holds_back_no_other_row(system: EmbeddedS
     relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=0.05)
     await add_event(system, "stuck")
     await add_event(system, "a")
-    task = asyncio.create_task(relay.run_forever())
-    try:
-        async def marked(expected: list[str]) -> bool:
-            return await statuses(system) == expected
-        assert await eventually(lambda: marked(["in_progress", SUCCESSFUL]))
+    async with running(relay):
+        assert await eventually(lambda: _statuses_are(system, ["in_progress", SUCCESSFUL]))
         await add_event(system, "b")
         relay.notify()
-        assert await eventually(lambda: marked(["in_progress", SUCCESSFUL, SUCCESSFUL]))
+        assert await eventually(
+            lambda: _statuses_are(system, ["in_progress", SUCCESSFUL, SUCCESSFUL]))
         publisher.release.set()
-        assert await eventually(lambda: marked([SUCCESSFUL] * 3))
+        assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL] * 3))
         assert publisher.sent == ["stuck", "a", "b"]  # claimed rows are not handed out twice
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_rows_of_a_relay_that_died_mid_delivery_are_published_after_its_lease(
@@ -304,8 +309,7 @@ async def test_a_committed_row_is_handed_to_the_running_relay_without_a_claim(
     publisher, rival = PerEventPublisher(), PerEventPublisher()
     gated = GatedDatabase(system.sso.database)
     relay = OutboxRelay(gated, outbox, SSO_EVENTS, publisher, poll_interval=30.0)
-    task = asyncio.create_task(relay.run_forever())
-    try:
+    async with running(relay):
         await asyncio.sleep(0.2)  # the first pass (nothing due) is over; next poll in 30 s
         gated.open.clear()
         before = utcnow()
@@ -317,30 +321,17 @@ async def test_a_committed_row_is_handed_to_the_running_relay_without_a_claim(
         gated.open.set()  # the acknowledgement is recorded
         assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL]))
         assert rival.sent == []
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _statuses_are(system: EmbeddedSystem, expected: list[str]) -> bool:
-    return await statuses(system) == expected
 
 
 async def test_a_rolled_back_transaction_hands_nothing_over(system: EmbeddedSystem) -> None:
     publisher = PerEventPublisher()
     relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=0.05)
-    task = asyncio.create_task(relay.run_forever())
-    try:
+    async with running(relay):
         await asyncio.sleep(0.1)
         await commit_event(system, relay, "a", commit=False)
         await commit_event(system, relay, "b")
         assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL]))
         assert publisher.sent == ["b"]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_row_leased_to_a_relay_that_stopped_is_published_after_the_lease(

@@ -115,21 +115,23 @@ class OutboxWriter:
     async def add(self, envelope: Envelope[Any]) -> None:
         """Stage ``envelope``; it becomes visible to the relay when the transaction commits."""
         event = envelope.event
-        lease = self._relay[0].lease_for_hand_over() if self._relay is not None else None
         params = {
             "event_id": envelope.id, "event_type": event.name,
             "event_key": self._events.key(event), "payload": event_payload(event),
             "headers": dict(envelope.headers), "created_at": envelope.occurred_at,
-            "status": IN_PROGRESS, "attempts": 0,
-            "next_attempt_at": envelope.occurred_at if lease is None else lease}
-        if lease is None or self._relay is None:
+            "status": IN_PROGRESS, "attempts": 0, "next_attempt_at": envelope.occurred_at}
+        if self._relay is None:
             await self._db.execute(self._insert, params)
-            if self._relay is not None and not self._notifies:
-                relay, on_commit = self._relay
-                on_commit(relay.notify)  # due at once: the relay's next pass claims it
-                self._notifies = True
             return
         relay, on_commit = self._relay
+        lease = relay.lease_for_hand_over()
+        if lease is None:  # due at once: the relay's next pass claims it
+            await self._db.execute(self._insert, params)
+            if not self._notifies:
+                on_commit(relay.notify)
+                self._notifies = True
+            return
+        params["next_attempt_at"] = lease
         row_id = await self._db.scalar(self._insert_returning, params)
         if not self._handed:
             on_commit(partial(relay.hand_over, self._handed))

@@ -12,15 +12,13 @@ from authloyalty.platform.database import Connection, Database
 class SqlUnitOfWork:
     """Opens a transaction on enter; rolls back on exit unless :meth:`commit` was called.
 
-    Subclasses bind their repositories in :meth:`_bind`. ``after_commit`` runs after a
-    successful commit (the outbox relay is woken that way). ``read_only`` work has nothing to
-    commit; on PostgreSQL it runs in autocommit.
+    Subclasses bind their repositories in :meth:`_bind`; what must happen once the transaction
+    has committed is registered with :meth:`on_commit` (the outbox's hand-over to the relay is).
+    ``read_only`` work has nothing to commit; on PostgreSQL it runs in autocommit.
     """
 
-    def __init__(self, database: Database, after_commit: Callable[[], None] | None = None,
-                 *, read_only: bool = False):
+    def __init__(self, database: Database, *, read_only: bool = False):
         self._database = database
-        self._after_commit = after_commit
         self._read_only = read_only
         self._connection: Connection | None = None
         self._on_commit: list[Callable[[], None]] = []
@@ -63,5 +61,3 @@ class SqlUnitOfWork:
         callbacks, self._on_commit = self._on_commit, []
         for callback in callbacks:
             callback()
-        if self._after_commit is not None:
-            self._after_commit()
