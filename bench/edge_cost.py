@@ -109,6 +109,7 @@ async def main() -> int:
     sys.path.insert(0, args.src)
     app, user_id = build(args.standard)
     for name, method, path, body, expected in (
+            ("bare", "GET", "/loyalty/healthz", b"", 200),
             ("balance", "GET", "/loyalty/me", b"", 200),
             ("withdrawal", "POST", "/loyalty/me/withdrawals", BODY, 201),
             # The original's routes: the same use cases as the two above.

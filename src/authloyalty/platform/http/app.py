@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from authloyalty.platform.http.docs import install_swagger_ui
 from authloyalty.platform.http.errors import install_error_handlers
+from authloyalty.platform.http.fast import install_fast_lane
 from authloyalty.platform.http.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
@@ -15,7 +16,7 @@ from authloyalty.platform.http.middleware import (
 
 def create_app(title: str, description: str, service: str, version: str) -> FastAPI:
     """A FastAPI app with our docs URLs, error envelope, body limit, metrics and access
-    log."""
+    log, whose fast routes are found by the fast lane (platform.http.fast)."""
     app = FastAPI(
         title=title,
         description=description,
@@ -32,6 +33,7 @@ def create_app(title: str, description: str, service: str, version: str) -> Fast
     install_swagger_ui(app)
     install_error_handlers(app)
     install_metrics(app, service)
+    install_fast_lane(app)
     app.add_middleware(BodyLimitMiddleware)
     # Outermost (added last): a body refused with 413 gets its access line too.
     app.add_middleware(AccessLogMiddleware)

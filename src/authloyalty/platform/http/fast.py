@@ -21,7 +21,8 @@ from __future__ import annotations
 import email.message
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,13 +30,14 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin
 from uuid import UUID
 
-from fastapi import params
+from fastapi import FastAPI, params
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from pydantic_core import PydanticUndefined
+from starlette._utils import get_route_path  # the router's own reading of the path
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,6 +62,152 @@ def standard_resolution(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         await app({**scope, STANDARD: True}, receive, send)
     return wrapped
+
+
+class FastLane:
+    """The application's router with an index in front of it: a request for a fast route
+    goes straight to the route's plan, found with one dictionary lookup (a path without
+    parameters) or one regular expression per parametrised fast route, instead of FastAPI's
+    walk over the routes of every included router (twice: once to match, once to handle)
+    and its per-route wrappers (exit stacks, its own exception handling). Every other
+    request (other routes, 404, 405, redirects, :data:`STANDARD`) reaches the router as
+    before.
+
+    The index keeps FastAPI's order: a fast route is taken only where no route declared
+    before it would take the same request (decided when the index is built for a path
+    without parameters, and per request for the others, against the earlier routes that
+    could match them). The scope gets what FastAPI's router would set (route, endpoint,
+    path parameters, router: the metrics and the access log read the route); an exception
+    reaches the application's exception middleware, which answers it with the handlers the
+    route would have used. Built at the first request, when every route is declared.
+
+    ``tests/integration/test_fast_routes.py`` compares its answers with FastAPI's own, byte
+    for byte; ``tests/unit/test_fast_lane.py`` holds it to FastAPI's choice of route.
+    """
+
+    def __init__(self, router: APIRouter, app: ASGIApp) -> None:
+        self._router = router
+        self._app = app
+        self._index: _Index | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and STANDARD not in scope:
+            index = self._index or self._build()
+            found = index.find(scope["method"], get_route_path(scope))
+            if found is not None:
+                entry, params = found
+                path_params = dict(scope.get("path_params", {}))
+                path_params.update(params)
+                scope["endpoint"] = entry.endpoint
+                scope["path_params"] = path_params
+                scope["route"] = entry.route
+                scope.setdefault("router", self._router)
+                response = await entry.plan(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    def _build(self) -> _Index:
+        self._index = _Index(self._router)
+        return self._index
+
+
+def install_fast_lane(app: FastAPI) -> None:
+    """Put a :class:`FastLane` in front of ``app``'s router (inside every middleware and the
+    exception handling, as the router itself is)."""
+    app.router.middleware_stack = FastLane(app.router, app.router.middleware_stack)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    route: FastRoute
+    endpoint: Callable[..., Any]
+    methods: frozenset[str]
+    regex: re.Pattern[str]
+    convertors: dict[str, Any]
+    plan: Handler
+    # The routes declared before it that could take a request it matches (parametrised
+    # fast routes only): paths without parameters, with their methods (None: every
+    # method), and the others' patterns.
+    earlier_paths: dict[str, frozenset[str] | None]
+    earlier_patterns: tuple[tuple[re.Pattern[str], frozenset[str] | None], ...]
+
+    def blocked(self, method: str, path: str) -> bool:
+        """Whether a route declared earlier takes ``method path``."""
+        if path in self.earlier_paths:
+            methods = self.earlier_paths[path]
+            if methods is None or method in methods:
+                return True
+        return any(pattern.match(path) and (methods is None or method in methods)
+                   for pattern, methods in self.earlier_patterns)
+
+
+class _Index:
+    """The fast routes of a router, in its order (see :class:`FastLane`)."""
+
+    def __init__(self, router: APIRouter) -> None:
+        self.paths: dict[tuple[str, str], _Entry] = {}
+        self.parametrised: list[_Entry] = []
+        earlier_paths: dict[str, frozenset[str] | None] = {}
+        earlier_patterns: list[tuple[re.Pattern[str], frozenset[str] | None]] = []
+        for route in _in_order(router):
+            regex = getattr(route, "path_regex", None)
+            if regex is None:  # a route the index cannot reason about: it stops here
+                return
+            methods = getattr(route, "methods", None)
+            methods = frozenset(methods) if methods else None
+            convertors = getattr(route, "param_convertors", None) or {}
+            literal = getattr(route, "path", None) if not convertors else None
+            if isinstance(literal, str) and regex.fullmatch(literal) is None:
+                literal = None  # a mount: its pattern is not its path
+            original = getattr(route, "original_route", route)
+            if (isinstance(original, FastRoute) and methods
+                    and getattr(route, "max_body_size", None) is None):
+                entry = _Entry(original, route.endpoint, methods, regex, convertors,
+                               _plan(route), dict(earlier_paths), tuple(earlier_patterns))
+                if literal is None:
+                    self.parametrised.append(entry)
+                else:
+                    for method in methods:
+                        if not entry.blocked(method, literal):
+                            self.paths.setdefault((method, literal), entry)
+            if literal is None:
+                earlier_patterns.append((regex, methods))
+            elif literal in earlier_paths:
+                known = earlier_paths[literal]
+                earlier_paths[literal] = (None if known is None or methods is None
+                                          else known | methods)
+            else:
+                earlier_paths[literal] = methods
+
+    def find(self, method: str, path: str) -> tuple[_Entry, dict[str, Any]] | None:
+        """The fast route FastAPI would choose for ``method path``, and its path parameters;
+        None when it would choose another (or none)."""
+        entry = self.paths.get((method, path))
+        if entry is not None:
+            return entry, {}
+        for entry in self.parametrised:
+            if method not in entry.methods:
+                continue
+            match = entry.regex.match(path)
+            if match is None:
+                continue
+            if entry.blocked(method, path):
+                return None
+            return entry, {name: entry.convertors[name].convert(value)
+                           for name, value in match.groupdict().items()}
+        return None
+
+
+def _in_order(router: APIRouter) -> Iterator[Any]:
+    """The routes of ``router`` in the order FastAPI tries them, those of included routers
+    as FastAPI applies the inclusion to them (prefix, dependencies, response class)."""
+    for route in router.routes:
+        effective = getattr(route, "effective_route_contexts", None)
+        if effective is not None:
+            yield from effective()
+        else:
+            yield route
 
 
 def _plain_dependency(sub: Dependant, route: str) -> tuple[str, Callable[[Request],
@@ -138,6 +286,19 @@ def _is_coroutine(call: Callable[..., Any]) -> bool:
 
 
 def _fast_handler(route: FastRoute, standard: Handler) -> Handler:
+    fast = _plan(route)
+
+    async def handler(request: Request) -> Response:
+        if STANDARD in request.scope:
+            return await standard(request)
+        return await fast(request)
+
+    return handler
+
+
+def _plan(route: Any) -> Handler:
+    """The plan of ``route``: a :class:`FastRoute`, or FastAPI's record of one included in a
+    router (the same attributes, with the inclusion's prefix and dependencies applied)."""
     plan = route.dependant
     name = f"{'/'.join(sorted(route.methods or ()))} {route.path}"
     if (plan.call is None or not _is_coroutine(plan.call) or plan.request_param_name
@@ -172,8 +333,6 @@ def _fast_handler(route: FastRoute, standard: Handler) -> Handler:
     status = route.status_code or 200
 
     async def handler(request: Request) -> Response:
-        if STANDARD in request.scope:
-            return await standard(request)
         raw = await _json_body(request, bool(strict)) if body is not None else None
         values: dict[str, Any] = {}
         for dependency, call in dependencies:

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from authloyalty.platform.errors import DomainError
-from authloyalty.platform.http.responses import error_response, success
+from authloyalty.platform.http.fast import FastRoute
+from authloyalty.platform.http.responses import PrivateJSONResponse, error_response, success
 from authloyalty.platform.schemas import ErrorOut, StatusOut
 
 
@@ -17,10 +18,13 @@ def health_router(prefix: str) -> APIRouter:
     and the container's ``not_ready()``, when it has one, names no reason to wait)."""
     router = APIRouter(prefix=prefix, tags=["health"])
 
-    @router.get("/healthz", response_model=StatusOut)
     async def healthz() -> Response:
         """Liveness: the process answers."""
         return success(200)
+
+    # Probed every few seconds by every orchestrator and balancer: a fast route.
+    router.add_api_route("/healthz", healthz, methods=["GET"], response_model=StatusOut,
+                         response_class=PrivateJSONResponse, route_class_override=FastRoute)
 
     @router.get("/ready", response_model=StatusOut, responses={503: {"model": ErrorOut}})
     async def ready(request: Request) -> Response:
