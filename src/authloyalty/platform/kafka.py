@@ -55,11 +55,15 @@ def schema_registry(settings: KafkaSettings) -> SchemaRegistryClient:
 _CLIENT_LOG = logging.getLogger("authloyalty.kafka.client")
 
 
-def client_conf(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
-    """librdkafka settings of every client: ours, the configured extras, then ``extra``."""
+def client_conf(settings: KafkaSettings, tuning: dict[str, Any] | None = None,
+                **fixed: Any) -> dict[str, Any]:
+    """librdkafka settings of a client: ``tuning`` (our defaults for it), then the configured
+    ``events.kafka.client`` (which may override them), then ``fixed`` (what correctness needs:
+    the settings refuse to configure those, :data:`~authloyalty.platform.settings.
+    FIXED_KAFKA_CLIENT_SETTINGS`)."""
     # librdkafka's own messages go through our structured logs, not raw stderr.
     return {"bootstrap.servers": settings.bootstrap_servers, "logger": _CLIENT_LOG,
-            **settings.client, **extra}
+            **(tuning or {}), **settings.client, **fixed}
 
 
 def sessions_replication_factor(configured: int, brokers: int) -> int:
@@ -116,9 +120,10 @@ _POLL_SECONDS = 0.25
 # needs it, for about as long as Kafka needs to move its partitions (deploy/README.md, "Broker
 # failure": with 3 brokers and the devstack broker session of 3 s,
 # every acks=all write to a partition with the dead broker in its ISR waited 5.1-6.3 s).
+# Exactly-once delivery needs these (no configuration overrides them).
+_PRODUCER_FIXED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+# Defaults that `events.kafka.client` may override.
 _PRODUCER_TUNING: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
     # The relay hands over a whole batch of rows at once, and revocations must leave at once:
     # waiting for more records (librdkafka's default is 5 ms) only delayed every event.
     "linger.ms": 0,
@@ -245,8 +250,9 @@ class KafkaPublisher:
         with self._lock:
             producer = self._producers.get(key)
             if producer is None:
-                producer = Producer(client_conf(self._settings, **{
-                    **_PRODUCER_TUNING, "message.timeout.ms": int(self._timeout * 1000)}))
+                producer = Producer(client_conf(
+                    self._settings, _PRODUCER_TUNING, **_PRODUCER_FIXED,
+                    **{"message.timeout.ms": int(self._timeout * 1000)}))
                 self._producers[key] = producer
                 poller = threading.Thread(target=self._poll_forever, args=(producer,),
                                           name=f"kafka-deliveries-{key}", daemon=True)
@@ -370,19 +376,20 @@ class KafkaEventConsumer:
 
     def _new_consumer(self) -> Consumer:
         settings, group_id = self._settings, self._group_id
-        return Consumer(client_conf(settings, **{
-            "group.id": group_id,
+        return Consumer(client_conf(settings, {
             "client.id": f"{group_id}-{socket.gethostname()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-            "auto.commit.interval.ms": settings.commit_interval_ms,
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 600000,
             # Revocations must reach every replica within a second: do not let an idle fetch
             # wait long on the broker.
             "fetch.wait.max.ms": 100,
+        }, **{
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": settings.commit_interval_ms,
         }))
 
     def stop(self) -> None:

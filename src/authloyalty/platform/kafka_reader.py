@@ -63,12 +63,8 @@ class KafkaTopicReader:
     def _new_consumer(self) -> Consumer:
         # librdkafka wants a group.id, but assign() never joins the group and nothing is
         # committed to it.
-        return Consumer(client_conf(self._settings, **{
-            "group.id": self._name,
+        return Consumer(client_conf(self._settings, {
             "client.id": f"{self._name}-{socket.gethostname()}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
             # A revocation must reach every replica within a second: idle fetches return
             # quickly, and a partition whose leader moved is looked up again within 0.25 s.
             "fetch.wait.max.ms": 100,
@@ -76,6 +72,11 @@ class KafkaTopicReader:
             "topic.metadata.refresh.fast.interval.ms": 100,
             "reconnect.backoff.ms": 50,
             "reconnect.backoff.max.ms": 500,
+        }, **{
+            "group.id": self._name,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
         }))
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ConfigError(Exception):
@@ -52,6 +52,15 @@ class RequestHeaderLimits(Section):
     max_fields: int = Field(default=100, ge=8, le=10_000)
 
 
+# librdkafka settings the services set themselves, whatever ``events.kafka.client`` says:
+# where the brokers are (``bootstrap_servers``), exactly-once production (idempotence, acks=all,
+# ``delivery_timeout_seconds``), and how consumers keep their offsets (``commit_interval_ms``).
+FIXED_KAFKA_CLIENT_SETTINGS = frozenset({
+    "bootstrap.servers", "logger", "enable.idempotence", "acks", "message.timeout.ms",
+    "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+    "auto.commit.interval.ms"})
+
+
 class KafkaSettings(Section):
     """Kafka and the Schema Registry (production event bus)."""
 
@@ -80,8 +89,21 @@ class KafkaSettings(Section):
     min_insync_replicas: int = Field(default=2, ge=1)
     # Revocations only matter while an access token could still be valid.
     sessions_retention_hours: int = Field(default=24, ge=1)
-    # Extra librdkafka settings (security.protocol, sasl.*, …) for every client.
+    # Extra librdkafka settings (security.protocol, sasl.*, …) for every client; they override
+    # the services' tuning (linger.ms, fetch.wait.max.ms, backoffs, timeouts, …), not the
+    # settings of FIXED_KAFKA_CLIENT_SETTINGS.
     client: dict[str, str] = {}
+
+    @field_validator("client")
+    @classmethod
+    def _not_fixed(cls, client: dict[str, str]) -> dict[str, str]:
+        fixed = sorted(FIXED_KAFKA_CLIENT_SETTINGS.intersection(client))
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)}: set by the services themselves (exactly-once delivery "
+                "and offsets depend on them); use bootstrap_servers, delivery_timeout_seconds "
+                "or commit_interval_ms where one of those is meant")
+        return client
 
 
 class EventsSettings(Section):
