@@ -372,7 +372,7 @@ class KafkaEventConsumer:
             metrics.DEAD_LETTERS.labels(topic)
         self._stopping = asyncio.Event()
         self._consumer = self._new_consumer()
-        self._dead_letters = Producer(client_conf(settings, **{"acks": "all"}))
+        self._dead_letters = Producer(client_conf(settings, acks="all"))
 
     def _new_consumer(self) -> Consumer:
         settings, group_id = self._settings, self._group_id
