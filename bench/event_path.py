@@ -20,7 +20,6 @@ to every service process, to compare configurations.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -36,13 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (no
 from benchlib import eventpath
 from benchlib.deploy import deploy
 from benchlib.stack import PASSWORD, stop_on_sigterm
+from benchlib.stats import percentile
 
 
 def _summary(values: list[float]) -> str:
     ordered = sorted(values)
     if not ordered:
         return "none"
-    return (f"p50 {statistics.median(ordered):.1f} ms, p90 {ordered[int(len(ordered) * 0.9)]:.1f}"
+    # Nearest-rank percentiles, as make bench reports them.
+    return (f"p50 {percentile(ordered, 50):.1f} ms, p90 {percentile(ordered, 90):.1f}"
             f" ms, max {ordered[-1]:.1f} ms ({len(ordered)})")
 
 
