@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -167,3 +167,28 @@ async def test_a_failing_fast_route_answers_with_the_error_handlers(tmp_path: An
         b = await via_router.get("/numbers/seven", headers=headers)
     assert a.status_code == b.status_code == 422
     assert (a.headers.raw, a.content) == (b.headers.raw, b.content)
+
+
+async def gate(request: Request) -> None:
+    """An inclusion's dependency, awaited for its effect."""
+    if request.headers.get("x-pass") != "yes":
+        raise HTTPException(403, "no pass")
+
+
+@pytest.mark.parametrize("served_by", ["lane", "fastapi's resolution", "the route's plan"])
+async def test_an_inclusions_dependencies_hold_on_its_fast_routes(served_by: str) -> None:
+    """A fast route included with ``dependencies=[...]`` is served as FastAPI serves the
+    inclusion: through the lane, through FastAPI's resolution, and by the route's own plan
+    (an app without the lane), the gate is awaited before the endpoint."""
+    gated = APIRouter()
+    _route(gated, "GET", "/{param}", "gated", fast=True)
+    app = create_app("lane", "", "lane", "0") if served_by != "the route's plan" else FastAPI()
+    app.include_router(gated, prefix="/gated", dependencies=[Depends(gate)])
+    asgi: ASGIApp = standard_resolution(app) if served_by == "fastapi's resolution" else app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://lane") as client:
+        refused = await client.get("/gated/door")
+        passed = await client.get("/gated/door", headers={"X-Pass": "yes"})
+    assert refused.status_code == 403
+    assert passed.status_code == 200
+    assert passed.json() == {"by": "gated", "param": "door"}

@@ -31,6 +31,7 @@ from typing import Any, Union, get_args, get_origin
 from uuid import UUID
 
 from fastapi import FastAPI, params
+from fastapi import routing as fastapi_routing
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import HTTPException, RequestValidationError
@@ -52,8 +53,18 @@ class FastRoute(APIRoute):
     """A route served by the plan derived from its own declaration (see the module)."""
 
     def get_route_handler(self) -> Handler:
-        """The fast handler; FastAPI's own when the request's scope holds :data:`STANDARD`."""
-        return _fast_handler(self, super().get_route_handler())
+        """The fast handler; FastAPI's own when the request's scope holds :data:`STANDARD`.
+
+        Included in a router, the route is served as the inclusion made it (its prefix and
+        its dependencies added to the route's): FastAPI builds the handler of an included
+        route with that record set in a context variable, and reads it as its own
+        ``APIRoute.get_route_handler`` does. A plan made from the bare declaration would
+        leave the inclusion's dependencies out (an authentication gate among them)."""
+        standard = super().get_route_handler()
+        included = getattr(fastapi_routing, "_effective_route_context_var", None)
+        record = included.get() if included is not None else None
+        route = record if record is not None and record.original_route is self else self
+        return _fast_handler(route, standard)
 
 
 def standard_resolution(app: ASGIApp) -> ASGIApp:
@@ -210,12 +221,13 @@ def _in_order(router: APIRouter) -> Iterator[Any]:
             yield route
 
 
-def _plain_dependency(sub: Dependant, route: str) -> tuple[str, Callable[[Request],
-                                                                        Awaitable[Any]]]:
-    """A dependency the plan can await directly, its name and its call: async, taking the
+def _plain_dependency(sub: Dependant, route: str) -> tuple[str | None, Callable[[Request],
+                                                                               Awaitable[Any]]]:
+    """A dependency the plan can await directly, its name (None: awaited for its effect, as
+    the route's or its router's ``dependencies=[...]``) and its call: async, taking the
     request (and nothing else)."""
     request_param = sub.request_param_name or sub.http_connection_param_name
-    if (sub.name is None or sub.call is None or request_param is None or sub.dependencies
+    if (sub.call is None or request_param is None or sub.dependencies
             or sub.path_params or sub.query_params or sub.header_params or sub.cookie_params
             or sub.body_params or sub.background_tasks_param_name
             or sub.response_param_name or sub.security_scopes_param_name
@@ -285,7 +297,7 @@ def _is_coroutine(call: Callable[..., Any]) -> bool:
         not inspect.isroutine(call) and inspect.iscoroutinefunction(type(call).__call__))
 
 
-def _fast_handler(route: FastRoute, standard: Handler) -> Handler:
+def _fast_handler(route: Any, standard: Handler) -> Handler:
     fast = _plan(route)
 
     async def handler(request: Request) -> Response:
@@ -336,7 +348,9 @@ def _plan(route: Any) -> Handler:
         raw = await _json_body(request, bool(strict)) if body is not None else None
         values: dict[str, Any] = {}
         for dependency, call in dependencies:
-            values[dependency] = await call(request)
+            value = await call(request)
+            if dependency is not None:
+                values[dependency] = value
         errors: list[Any] = []  # in FastAPI's order: path, query, header, cookie, body
         for field in fields:
             field.resolve(getattr(request, field.source).get(field.key, PydanticUndefined),
