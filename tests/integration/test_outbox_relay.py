@@ -334,6 +334,36 @@ async def test_a_rolled_back_transaction_hands_nothing_over(system: EmbeddedSyst
         assert publisher.sent == ["b"]
 
 
+class Refused(Exception):
+    """A step of a use case that fails after writing its event, inside a savepoint."""
+
+
+async def test_a_row_written_in_a_savepoint_that_rolls_back_is_not_handed_over(
+        system: EmbeddedSystem) -> None:
+    # The transaction goes on and commits without the savepoint's row; the relay must not
+    # publish it from memory either (nor one released into a savepoint that then rolls back).
+    publisher = PerEventPublisher()
+    relay = OutboxRelay(system.sso.database, outbox, SSO_EVENTS, publisher, poll_interval=30.0)
+    async with running(relay):
+        await asyncio.sleep(0.1)  # the first pass is over; the next poll is 30 s away
+        async with SqlSsoUnitOfWork(system.sso.database, relay=relay) as uow:
+            await uow.outbox.add(registered("first"))
+            with contextlib.suppress(Refused):
+                async with uow.connection.savepoint():
+                    await uow.outbox.add(registered("a"))
+                    raise Refused
+            with contextlib.suppress(Refused):
+                async with uow.connection.savepoint():
+                    async with uow.connection.savepoint():
+                        await uow.outbox.add(registered("b"))
+                    raise Refused
+            async with uow.connection.savepoint():
+                await uow.outbox.add(registered("second"))
+            await uow.commit()
+        assert await eventually(lambda: _statuses_are(system, [SUCCESSFUL, SUCCESSFUL]))
+        assert sorted(publisher.sent) == ["first", "second"]
+
+
 async def test_a_row_leased_to_a_relay_that_stopped_is_published_after_the_lease(
         system: EmbeddedSystem) -> None:
     # The process died between its commit and the publication: nothing is lost, the row waits

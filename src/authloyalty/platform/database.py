@@ -61,6 +61,30 @@ class Connection(ABC):
     """One connection, inside one transaction (or in autocommit when read-only)."""
 
     dialect: str
+    # Per open savepoint, innermost last: what to undo in memory if it rolls back.
+    _undo: list[list[Callable[[], None]]] | None = None
+
+    def on_savepoint_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` should the savepoint open now (or one around it) roll back while the
+        transaction goes on: memory that mirrors what was written in it, such as rows to
+        hand over at commit, follows the database. Outside every savepoint nothing is kept
+        (a rolled-back transaction commits nothing and runs no commit hooks)."""
+        if self._undo:
+            self._undo[-1].append(undo)
+
+    def _savepoint_opened(self) -> None:
+        if self._undo is None:
+            self._undo = []
+        self._undo.append([])
+
+    def _savepoint_closed(self, *, rolled_back: bool) -> None:
+        assert self._undo
+        undo = self._undo.pop()
+        if rolled_back:
+            for step in reversed(undo):
+                step()
+        elif self._undo:  # released into the savepoint around it, which may still roll back
+            self._undo[-1].extend(undo)
 
     @abstractmethod
     async def first(self, statement: Executable, params: Params = None) -> Row | None:
@@ -462,12 +486,15 @@ class _PgConnection(Connection):
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         nested = await self._call(self._nested)
+        self._savepoint_opened()
         try:
             yield
         except BaseException:
+            self._savepoint_closed(rolled_back=True)
             if not self._broken:  # a broken connection has no transaction left to undo
                 await self._call(nested.rollback)
             raise
+        self._savepoint_closed(rolled_back=False)
         await self._call(nested.commit)
 
     async def _nested(self) -> Any:
@@ -581,11 +608,14 @@ class _SaConnection(Connection):
     async def savepoint(self) -> AsyncIterator[None]:
         conn = self._open
         nested = await self.call(conn.begin_nested)
+        self._savepoint_opened()
         try:
             yield
         except BaseException:
+            self._savepoint_closed(rolled_back=True)
             await self.call(nested.rollback)
             raise
+        self._savepoint_closed(rolled_back=False)
         await self.call(nested.commit)
 
     async def commit(self) -> None:

@@ -97,8 +97,8 @@ class OutboxWriter:
     already leased to that relay (when it is running and streaming, see
     :meth:`OutboxRelay.lease_for_hand_over`) and handed to it as soon as the transaction
     commits: the relay publishes it without a claim transaction of its own. Should this
-    process die in between, the row is published by any relay once the lease runs out. Rows
-    must not be added inside a savepoint that may roll back while the transaction commits.
+    process die in between, the row is published by any relay once the lease runs out. A row
+    written in a savepoint that rolls back is not handed over (``on_savepoint_rollback``).
     """
 
     def __init__(self, db: Connection, table: Table, events: OutgoingTable, *,
@@ -135,7 +135,9 @@ class OutboxWriter:
         row_id = await self._db.scalar(self._insert_returning, params)
         if not self._handed:
             on_commit(partial(relay.hand_over, self._handed))
-        self._handed.append(OutboxRow(id=int(row_id), event=envelope, attempts=0))
+        row = OutboxRow(id=int(row_id), event=envelope, attempts=0)
+        self._handed.append(row)
+        self._db.on_savepoint_rollback(partial(self._handed.remove, row))
 
 
 @dataclass(frozen=True)
