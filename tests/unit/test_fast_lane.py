@@ -5,7 +5,7 @@ router would; only fast routes take the lane."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -192,3 +192,34 @@ async def test_an_inclusions_dependencies_hold_on_its_fast_routes(served_by: str
     assert refused.status_code == 403
     assert passed.status_code == 200
     assert passed.json() == {"by": "gated", "param": "door"}
+
+
+CALLS: list[str] = []
+
+
+async def who(request: Request) -> str:
+    """A dependency both an inclusion and its route ask for; keeps each call."""
+    CALLS.append(request.url.path)
+    return "caller"
+
+
+async def who_asks(caller: Annotated[str, Depends(who)]) -> Served:
+    return Served(by=caller)
+
+
+@pytest.mark.parametrize("served_by", ["lane", "fastapi's resolution", "the route's plan"])
+async def test_a_dependency_asked_for_twice_runs_once_per_request(served_by: str) -> None:
+    """The inclusion and the route both depend on ``who``: FastAPI runs it once per request
+    (its dependency cache), and so does a fast route's plan."""
+    CALLS.clear()
+    router = APIRouter()
+    router.add_api_route("/who", who_asks, methods=["GET"], response_model=Served,
+                         response_class=PrivateJSONResponse, route_class_override=FastRoute)
+    app = create_app("lane", "", "lane", "0") if served_by != "the route's plan" else FastAPI()
+    app.include_router(router, dependencies=[Depends(who)])
+    asgi: ASGIApp = standard_resolution(app) if served_by == "fastapi's resolution" else app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://lane") as client:
+        answers = [await client.get("/who") for _ in range(2)]
+    assert [a.json() for a in answers] == [{"by": "caller", "param": None}] * 2
+    assert CALLS == ["/who", "/who"]

@@ -331,6 +331,10 @@ def _plan(route: Any) -> Handler:
     answer_with: type[PrivateJSONResponse] = response_class
     endpoint = plan.call
     dependencies = [_plain_dependency(sub, name) for sub in plan.dependencies]
+    # A dependency asked for twice (by the inclusion and by the route, say) runs once per
+    # request, as FastAPI's dependency cache runs it (unless it opted out of the cache).
+    cached = [sub.call for sub in plan.dependencies if sub.use_cache]
+    shared = {call for call in cached if cached.count(call) > 1}
     fields = [_param(f, name) for f in (*plan.path_params, *plan.query_params,
                                         *plan.header_params, *plan.cookie_params)]
     body = None
@@ -347,8 +351,14 @@ def _plan(route: Any) -> Handler:
     async def handler(request: Request) -> Response:
         raw = await _json_body(request, bool(strict)) if body is not None else None
         values: dict[str, Any] = {}
+        ran: dict[Any, Any] = {}
         for dependency, call in dependencies:
-            value = await call(request)
+            if call in ran:
+                value = ran[call]
+            else:
+                value = await call(request)
+                if call in shared:
+                    ran[call] = value
             if dependency is not None:
                 values[dependency] = value
         errors: list[Any] = []  # in FastAPI's order: path, query, header, cookie, body
