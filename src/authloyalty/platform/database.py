@@ -29,8 +29,8 @@ import json
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -72,18 +72,21 @@ class Connection(ABC):
         if self._undo:
             self._undo[-1].append(undo)
 
-    def _savepoint_opened(self) -> None:
+    @contextmanager
+    def _undoing(self) -> Iterator[None]:
+        """The body of a savepoint: what it registered is undone if it raises, and passed to
+        the savepoint around it if it ends well (that one may still roll back)."""
         if self._undo is None:
             self._undo = []
         self._undo.append([])
-
-    def _savepoint_closed(self, *, rolled_back: bool) -> None:
-        assert self._undo
-        undo = self._undo.pop()
-        if rolled_back:
-            for step in reversed(undo):
+        try:
+            yield
+        except BaseException:
+            for step in reversed(self._undo.pop()):
                 step()
-        elif self._undo:  # released into the savepoint around it, which may still roll back
+            raise
+        undo = self._undo.pop()
+        if self._undo:
             self._undo[-1].extend(undo)
 
     @abstractmethod
@@ -486,15 +489,13 @@ class _PgConnection(Connection):
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         nested = await self._call(self._nested)
-        self._savepoint_opened()
         try:
-            yield
+            with self._undoing():
+                yield
         except BaseException:
-            self._savepoint_closed(rolled_back=True)
             if not self._broken:  # a broken connection has no transaction left to undo
                 await self._call(nested.rollback)
             raise
-        self._savepoint_closed(rolled_back=False)
         await self._call(nested.commit)
 
     async def _nested(self) -> Any:
@@ -608,14 +609,12 @@ class _SaConnection(Connection):
     async def savepoint(self) -> AsyncIterator[None]:
         conn = self._open
         nested = await self.call(conn.begin_nested)
-        self._savepoint_opened()
         try:
-            yield
+            with self._undoing():
+                yield
         except BaseException:
-            self._savepoint_closed(rolled_back=True)
             await self.call(nested.rollback)
             raise
-        self._savepoint_closed(rolled_back=False)
         await self.call(nested.commit)
 
     async def commit(self) -> None:

@@ -36,7 +36,7 @@ from authloyalty.platform import metrics, telemetry
 from authloyalty.platform.bus import Envelope, EventHandler, IntegrationEvent, PermanentEventError
 from authloyalty.platform.database import DatabaseUnavailable
 from authloyalty.platform.kafka_codec import EventDecoder, EventEncoder, Headers, Record
-from authloyalty.platform.settings import KafkaSettings
+from authloyalty.platform.settings import FIXED_KAFKA_CLIENT_SETTINGS, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ def client_conf(settings: KafkaSettings, tuning: dict[str, Any] | None = None,
     ``events.kafka.client`` (which may override them), then ``fixed`` (what correctness needs:
     the settings refuse to configure those, :data:`~authloyalty.platform.settings.
     FIXED_KAFKA_CLIENT_SETTINGS`)."""
+    # What a client fixes must be what the settings refuse, or an operator's value for it
+    # would be overridden without a word.
+    unlisted = fixed.keys() - FIXED_KAFKA_CLIENT_SETTINGS
+    if unlisted:
+        raise ValueError(f"not in FIXED_KAFKA_CLIENT_SETTINGS: {', '.join(sorted(unlisted))}")
     # librdkafka's own messages go through our structured logs, not raw stderr.
     return {"bootstrap.servers": settings.bootstrap_servers, "logger": _CLIENT_LOG,
             **(tuning or {}), **settings.client, **fixed}
