@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from devstack.common import clean_env, free_port
+from devstack.common import clean_env, free_port, free_ports  # noqa: F401 - free_port: for the other e2e modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,7 +85,8 @@ class Server:
     def start(self) -> None:
         """Start on fresh free ports and wait until both health checks answer."""
         assert self.process is None, "already running"
-        self.sso_port, self.loyalty_port, self.grpc_port = free_port(), free_port(), free_port()
+        # Chosen together: three single picks can return one just-released port twice.
+        self.sso_port, self.loyalty_port, self.grpc_port = free_ports(3)
         command = [AUTHLOYALTY, "up", "--data-dir", str(self.data_dir),
                    "--sso-port", str(self.sso_port), "--loyalty-port", str(self.loyalty_port),
                    "--grpc-port", str(self.grpc_port), *self.args]
