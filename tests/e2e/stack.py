@@ -14,10 +14,11 @@ import httpx
 import pytest
 import yaml
 
+from devstack.common import free_port, free_ports
 from devstack.kafka import KafkaBroker, KafkaCluster
 from devstack.postgres import PostgresCluster
 from devstack.registry import Registry
-from tests.e2e.e2e_helpers import AUTHLOYALTY, free_port, server_env
+from tests.e2e.e2e_helpers import AUTHLOYALTY, server_env
 
 
 @dataclass
@@ -94,11 +95,19 @@ class Stack:
     pg: PostgresCluster
     broker: KafkaBroker | KafkaCluster
     database: str = field(default_factory=lambda: f"stack_{uuid4().hex[:10]}")
-    sso_port: int = field(default_factory=free_port)
-    loyalty_port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)  # never the default 44044
+    # 0: chosen at construction, the three together (never the defaults 8000/8001/44044).
+    sso_port: int = 0
+    loyalty_port: int = 0
+    grpc_port: int = 0
     services: dict[str, Service] = field(default_factory=dict)
     registry: Registry | None = None  # the run's (``schema_registry``) or a test's own
+
+    def __post_init__(self) -> None:
+        # Picked one at a time, two picks can return the same just-released port.
+        picked = iter(free_ports(3, avoid=(self.sso_port, self.loyalty_port, self.grpc_port)))
+        self.sso_port = self.sso_port or next(picked)
+        self.loyalty_port = self.loyalty_port or next(picked)
+        self.grpc_port = self.grpc_port or next(picked)
 
     @property
     def sso(self) -> str:
