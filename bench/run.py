@@ -157,6 +157,7 @@ class Runner:
                 return
 
     def wanted(self, name: str) -> bool:
+        name = name.removesuffix(report.LEG2)
         return self.opts.only is None or name in self.opts.only
 
     def record(self, base: dict[str, Any], result: dict[str, Any], window: CpuWindow,
@@ -220,6 +221,19 @@ class Runner:
                 "request": f"{extra.pop('method', 'GET')} {path}",
                 "connections": conns, "threads": threads, "processes": len(ports), **extra}
         self.record(base, result, window, "wrk")
+
+    def twins(self, first: dict[str, Any], second: dict[str, Any]) -> None:
+        """A route of the original and its ``/me`` twin, measured A B B A: the pair, then (when
+        both are wanted) the pair again in the opposite order as second legs (named with
+        ``report.LEG2`` appended). The twin ratio is taken over both legs, so the machine's
+        speed changing during the pair favours neither; each leg is reported as measured."""
+        for leg in (first, second):
+            self.wrk(kind="scenario", **leg)
+        if not (self.wanted(first["name"]) and self.wanted(second["name"])):
+            return
+        for leg in (second, first):
+            self.wrk(**{**leg, "name": leg["name"] + report.LEG2, "kind": "repeat",
+                        "title": f"{leg['title']}, second leg"})
 
     def go_ceiling(self) -> None:
         """Go's net/http answering the bare endpoint's JSON (bench/go_ceiling.go), measured
@@ -339,16 +353,20 @@ class Runner:
         self.go_ceiling()
         self.pgbench("ceiling_pg_balance", "pgbench: SQL of the balance read", "balance")
         self.prime_tokens(f"{loyalty}/loyalty/me", users)
-        self.wrk("balance", "Authenticated balance read", "scenario", "balance",
-                 f"{loyalty}/loyalty/me", {200}, users)
-        self.wrk("seed_balance", "Seed-compatible GET /loyalty/{uuid} (own account)",
-                 "scenario", "seed_balance", f"{loyalty}/loyalty", {200}, users)
+        self.twins(
+            {"name": "balance", "title": "Authenticated balance read", "script": "balance",
+             "url": f"{loyalty}/loyalty/me", "ok": {200}, "env": users},
+            {"name": "seed_balance", "title": "Seed-compatible GET /loyalty/{uuid} (own account)",
+             "script": "seed_balance", "url": f"{loyalty}/loyalty", "ok": {200}, "env": users})
 
         self.pgbench("ceiling_pg_withdrawal", "pgbench: SQL of the withdrawal", "withdrawal")
-        self.wrk("withdrawal", "Withdrawal (1 point)", "scenario", "withdrawal",
-                 f"{loyalty}/loyalty/me/withdrawals", {201}, users, method="POST")
-        self.wrk("seed_withdrawal", "Seed-compatible POST /loyalty (operation w)", "scenario",
-                 "seed_withdrawal", f"{loyalty}/loyalty", {200}, users, method="POST")
+        self.twins(
+            {"name": "withdrawal", "title": "Withdrawal (1 point)", "script": "withdrawal",
+             "url": f"{loyalty}/loyalty/me/withdrawals", "ok": {201}, "env": users,
+             "method": "POST"},
+            {"name": "seed_withdrawal", "title": "Seed-compatible POST /loyalty (operation w)",
+             "script": "seed_withdrawal", "url": f"{loyalty}/loyalty", "ok": {200},
+             "env": users, "method": "POST"})
 
         self.wrk("ceiling_bare_sso", "Bare GET /auth/healthz (same stack, no auth, no DB)",
                  "ceiling", "bare", f"{sso}/auth/healthz", {200}, {})
