@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -66,3 +68,23 @@ def test_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="threads"):
         Argon2Settings(**CHEAP, threads=0)
 
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("nice", [0, 7])
+async def test_hashes_run_below_the_event_loop(nice: int) -> None:
+    hasher = PasswordHasher(Argon2Settings(**CHEAP, threads=2, nice=nice))
+    loop_nice = _own_nice()
+    try:
+        seen = await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(
+            hasher._pool, _own_nice) for _ in range(4)))
+        assert seen == [min(19, loop_nice + nice)] * 4
+        # Only the hashing threads: the event loop's thread keeps its priority.
+        assert _own_nice() == loop_nice
+        assert await hasher.verify(await hasher.hash("pw"), "pw") is True
+    finally:
+        hasher.close()

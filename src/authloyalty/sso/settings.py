@@ -20,6 +20,11 @@ class Argon2Settings(Section):
     # cores can run at once makes each hash slower (Argon2 is memory-hard: concurrent hashes
     # evict each other's memory from the caches) without making more of them per second.
     threads: int | None = Field(default=None, ge=1, le=256)
+    # How many nice levels below the process's other threads the hashing threads run (Linux,
+    # where niceness is per thread). Hashing is the one long CPU-bound job of an sso process:
+    # under a burst of logins the event loop (every other request) and the event relay's
+    # threads go first, and the hashes use the rest of the CPU. 0: the same priority.
+    nice: int = Field(default=5, ge=0, le=19)
 
 
 class ThrottleSettings(Section):
