@@ -11,8 +11,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from authloyalty.platform.http.auth import BearerToken
+from authloyalty.platform.http.fast import FastRoute
 from authloyalty.platform.http.health import health_router
-from authloyalty.platform.http.responses import json_response, private_success, success
+from authloyalty.platform.http.responses import (
+    PrivateJSONResponse,
+    json_response,
+    private_success,
+    success,
+)
 from authloyalty.platform.schemas import BODY_ERRORS, StatusOut, errors
 from authloyalty.sso.domain import Session
 from authloyalty.sso.schemas import (
@@ -80,6 +86,11 @@ def _session_item(session: Session, current: UUID) -> dict[str, Any]:
 
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+# The routes every client calls again and again (a refresh per access token's lifetime) skip
+# FastAPI's per-request dependency resolution; everything else about them comes from their
+# declaration, as for the others (platform.http.fast).
+hot_router = APIRouter(prefix="/auth", tags=["auth"],
+                       default_response_class=PrivateJSONResponse, route_class=FastRoute)
 
 
 @router.post("/registration", status_code=201, response_model=TokensOut,
@@ -101,13 +112,13 @@ async def login(body: LoginIn, request: Request, service: Service) -> Response:
                                             where.user_agent))
 
 
-@router.post("/refresh", response_model=TokensOut, responses=errors(*BODY_ERRORS, 401, 503))
+@hot_router.post("/refresh", response_model=TokensOut, responses=errors(*BODY_ERRORS, 401, 503))
 async def refresh(body: TokenIn, service: Service) -> Response:
     """Spend a refresh token for a new pair."""
     return _tokens(200, await service.refresh(body.token))
 
 
-@router.post("/logout", response_model=StatusOut, responses=errors(*BODY_ERRORS, 401, 503))
+@hot_router.post("/logout", response_model=StatusOut, responses=errors(*BODY_ERRORS, 401, 503))
 async def logout(body: TokenIn, service: Service) -> Response:
     """End the session of the given access or refresh token."""
     await service.logout(body.token)
@@ -161,6 +172,7 @@ async def change_password(body: PasswordChangeIn, token: AccessToken, request: R
 def install(app: FastAPI) -> None:
     """Add sso's routes to ``app``."""
     app.include_router(health_router("/auth"))
+    app.include_router(hot_router)
     app.include_router(router)
     # Imported here: these routes build on this module's dependencies.
     from authloyalty.sso import account_http
