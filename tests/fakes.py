@@ -157,6 +157,15 @@ class FakeSessions:
             rotated_at=now, last_used_at=now)
         return True
 
+    async def rotate_for_user(self, session_id: UUID, user_id: UUID, presented: UUID,
+                              successor: UUID, now: datetime) -> bool | None:
+        session, user = self._s.sessions.get(session_id), self._s.users.get(user_id)
+        if session is None or session.user_id != user_id or user is None \
+                or user.deleted_at is not None:
+            return None
+        return user.is_admin if await self.rotate(session_id, presented, successor, now) \
+            else None
+
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
         session = self._s.sessions.get(session_id)
         if session is None or not session.active:

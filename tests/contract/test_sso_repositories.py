@@ -79,6 +79,52 @@ async def test_session_rotation_is_compare_and_set(sso_uow: Callable[[], Any]) -
     assert ended.revoke_reason == "logout"
 
 
+async def test_rotation_for_a_user_checks_session_token_and_user_at_once(
+        sso_uow: Callable[[], Any]) -> None:
+    """A refresh's one-statement rotation happens only when the plain rotation would and the
+    session's user is the one named and not deleted; otherwise nothing changes."""
+    user, admin, other = (new_user(f"{n}@example.com") for n in ("r", "ra", "ro"))
+    admin.is_admin = True
+    first, gone, ended, deleted = (uuid4() for _ in range(4))
+    sessions = {name: Session(id=uuid4(), user_id=owner.id, created_at=NOW,
+                              refresh_token_id=token)
+                for name, owner, token in (("user", user, first), ("admin", admin, first),
+                                           ("ended", user, ended), ("deleted", other, deleted))}
+    later = NOW + timedelta(minutes=1)
+    async with sso_uow() as uow:
+        for who in (user, admin, other):
+            await uow.users.add(who)
+        for session in sessions.values():
+            await uow.sessions.add(session)
+        await uow.sessions.revoke(sessions["ended"].id, "logout", NOW)
+        await uow.users.mark_deleted(other.id, NOW)
+        await uow.commit()
+    async with sso_uow() as uow:
+        rotate = uow.sessions.rotate_for_user
+        second = uuid4()
+        assert await rotate(sessions["user"].id, user.id, first, second, later) is False
+        assert await rotate(sessions["admin"].id, admin.id, first, uuid4(), later) is True
+        # Refused: the spent token, another user's session, an ended one, a deleted user's,
+        # an unknown one.
+        assert await rotate(sessions["user"].id, user.id, first, uuid4(), later) is None
+        assert await rotate(sessions["user"].id, admin.id, second, uuid4(), later) is None
+        assert await rotate(sessions["ended"].id, user.id, ended, uuid4(), later) is None
+        assert await rotate(sessions["deleted"].id, other.id, deleted, gone, later) is None
+        assert await rotate(uuid4(), user.id, first, uuid4(), later) is None
+        await uow.commit()
+    async with sso_uow() as uow:
+        rotated = await uow.sessions.get(sessions["user"].id)
+        untouched = await uow.sessions.get(sessions["deleted"].id)
+        still_ended = await uow.sessions.get(sessions["ended"].id)
+    assert rotated is not None
+    assert untouched is not None
+    assert still_ended is not None
+    assert (rotated.refresh_token_id, rotated.previous_refresh_token_id, rotated.rotated_at,
+            rotated.last_used_at) == (second, first, later, later)
+    assert (untouched.refresh_token_id, untouched.rotated_at) == (deleted, None)
+    assert (still_ended.refresh_token_id, still_ended.active) == (ended, False)
+
+
 async def test_sessions_keep_their_origin_and_list_newest_first(
         sso_uow: Callable[[], Any]) -> None:
     user = new_user("origin@example.com")

@@ -237,6 +237,15 @@ class Sessions(Protocol):
     ) -> bool:
         """Swap the current refresh token id if it is still ``presented`` and active."""
 
+    async def rotate_for_user(
+        self, session_id: UUID, user_id: UUID, presented: UUID, successor: UUID,
+        now: datetime,
+    ) -> bool | None:
+        """:meth:`rotate`, only if the session is ``user_id``'s and that user is not deleted,
+        in one step; the user's admin flag once rotated, None when nothing changed (the
+        session unknown, another user's or ended, ``presented`` not its current token, the
+        user deleted)."""
+
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
         """End the session; False if it was already ended or does not exist."""
 

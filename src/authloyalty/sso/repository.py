@@ -26,6 +26,22 @@ _ROTATE = (
     .values(refresh_token_id=bindparam("b_successor"),
             previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now"),
             last_used_at=bindparam("b_now")))
+# A refresh's usual case in one statement: the session's, its token's and its user's checks
+# and the rotation together. (The user's columns come from subqueries: SQLite's RETURNING may
+# not name the tables of an UPDATE … FROM.)
+_ROTATE_FOR_USER = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("b_id"),
+           sessions.c.user_id == bindparam("b_user"),
+           sessions.c.refresh_token_id == bindparam("b_presented"),
+           sessions.c.revoked_at.is_(None),
+           select(users.c.id).where(users.c.id == sessions.c.user_id,
+                                    users.c.deleted_at.is_(None)).exists())
+    .values(refresh_token_id=bindparam("b_successor"),
+            previous_refresh_token_id=bindparam("b_presented"), rotated_at=bindparam("b_now"),
+            last_used_at=bindparam("b_now"))
+    .returning(select(users.c.is_admin).where(users.c.id == bindparam("b_user"))
+               .scalar_subquery().label("is_admin")))
 _ADD_SESSION = insert(sessions)
 _ADD_USER = insert(users)
 _SET_ADMIN = update(users).where(users.c.id == bindparam("b_id")).values(
@@ -246,6 +262,16 @@ class SqlSessions:
         return await self._db.execute(_ROTATE, {
             "b_id": session_id, "b_presented": presented, "b_successor": successor,
             "b_now": now}) == 1
+
+    async def rotate_for_user(
+        self, session_id: UUID, user_id: UUID, presented: UUID, successor: UUID,
+        now: datetime,
+    ) -> bool | None:
+        """Rotate, if the session is ``user_id``'s (not deleted): their admin flag, or None."""
+        row = await self._db.first(_ROTATE_FOR_USER, {
+            "b_id": session_id, "b_user": user_id, "b_presented": presented,
+            "b_successor": successor, "b_now": now})
+        return None if row is None else bool(row["is_admin"])
 
     async def revoke(self, session_id: UUID, reason: str, now: datetime) -> bool:
         """End the session if it is active."""

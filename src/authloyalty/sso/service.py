@@ -233,25 +233,37 @@ class AuthService:
         """Spend a refresh token for a new pair; a spent token presented again ends the session."""
         claims = self._verifier.verify(token, "refresh")
         now = self._now()
+        successor = uuid4()
         async with self._uow() as uow:
-            session = await uow.sessions.get(claims.session_id)
-            if session is None or session.user_id != claims.user_id:
-                metrics.REFRESHES.labels("invalid").inc()
-                raise InvalidToken("unknown session")
-            if not session.active:
-                self._refuse_ended_session(session, claims)
-            successor = uuid4()
-            if not await uow.sessions.rotate(session.id, claims.token_id, successor, now):
-                await self._on_refresh_race_or_reuse(uow, session, claims, now)
-            user = await uow.users.get(claims.user_id)
-            if user is None or user.deleted_at is not None:
-                metrics.REFRESHES.labels("invalid").inc()
-                raise InvalidToken("user no longer exists")
+            # The usual case, one statement: the token is its active session's current one and
+            # the user is still there. Whatever else happened is told apart below.
+            is_admin = await uow.sessions.rotate_for_user(
+                claims.session_id, claims.user_id, claims.token_id, successor, now)
+            if is_admin is None:
+                is_admin = await self._refresh_unusual(uow, claims, successor, now)
             await uow.commit()
         metrics.REFRESHES.labels("success").inc()
-        pair = self._issuer.issue_pair(user.id, session.id, user.is_admin, now,
+        pair = self._issuer.issue_pair(claims.user_id, claims.session_id, is_admin, now,
                                        refresh_token_id=successor)
-        return IssuedTokens(user.id, pair)
+        return IssuedTokens(claims.user_id, pair)
+
+    async def _refresh_unusual(self, uow: SsoUnitOfWork, claims: TokenClaims, successor: UUID,
+                               now: datetime) -> bool:
+        """Why the one-statement rotation did not happen, refused as such; or, if the session
+        changed in between so that it now may, the rotation; the user's admin flag."""
+        session = await uow.sessions.get(claims.session_id)
+        if session is None or session.user_id != claims.user_id:
+            metrics.REFRESHES.labels("invalid").inc()
+            raise InvalidToken("unknown session")
+        if not session.active:
+            self._refuse_ended_session(session, claims)
+        if not await uow.sessions.rotate(session.id, claims.token_id, successor, now):
+            await self._on_refresh_race_or_reuse(uow, session, claims, now)
+        user = await uow.users.get(claims.user_id)
+        if user is None or user.deleted_at is not None:
+            metrics.REFRESHES.labels("invalid").inc()
+            raise InvalidToken("user no longer exists")
+        return user.is_admin
 
     @staticmethod
     def _refuse_ended_session(session: Session, claims: TokenClaims) -> None:
