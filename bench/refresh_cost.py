@@ -123,10 +123,10 @@ def main() -> int:
     try:
         try:
             import uvloop
-            runner = uvloop.run
         except ImportError:
-            runner = asyncio.run
-        runner(measure(cluster, args.n, args.rounds))
+            asyncio.run(measure(cluster, args.n, args.rounds))
+        else:
+            uvloop.run(measure(cluster, args.n, args.rounds))
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
