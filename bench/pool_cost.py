@@ -13,8 +13,6 @@ connection per batch, so the difference is paid once per batch, not per request.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import shutil
 import statistics
 import sys
 import time
@@ -25,9 +23,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib/
+
+from benchlib.scratchpg import run_on_postgres
 
 from authloyalty.platform.database import _init_connection, _Lane, _reset
-from devstack.postgres import PostgresCluster, scratch_dir
 
 
 async def cpu_per_call(call: Callable[[], Awaitable[object]], n: int) -> float:
@@ -77,18 +77,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20000)
     args = parser.parse_args()
-    base = scratch_dir("authloyalty-poolcost-pg-")
-    cluster = PostgresCluster(base).start()
-    try:
-        try:
-            import uvloop
-            runner = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        runner(measure(cluster.url(driver=None), args.n))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_postgres("authloyalty-poolcost-pg-",
+                    lambda cluster: measure(cluster.url(driver=None), args.n))
     return 0
 
 

@@ -19,8 +19,6 @@ and its children, from ``/proc``). No HTTP, no tokens: only what the statements 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import shutil
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
 from benchlib.cpu import CpuWindow, postgres_group
+from benchlib.scratchpg import run_on_postgres
 
 from authloyalty.bootstrap import sso_database
 from authloyalty.platform.database import open_database
@@ -41,7 +40,7 @@ from authloyalty.platform.migrations import upgrade
 from authloyalty.settings import load_settings
 from authloyalty.sso.domain import Session, User
 from authloyalty.sso.uow import SqlSsoUnitOfWork
-from devstack.postgres import PostgresCluster, scratch_dir
+from devstack.postgres import PostgresCluster
 
 
 async def measure(cluster: PostgresCluster, n: int, rounds: int) -> None:
@@ -118,18 +117,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    base = scratch_dir("authloyalty-refreshcost-pg-")
-    cluster = PostgresCluster(base, durable=True).start()
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(measure(cluster, args.n, args.rounds))
-        else:
-            uvloop.run(measure(cluster, args.n, args.rounds))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_postgres("authloyalty-refreshcost-pg-",
+                    lambda cluster: measure(cluster, args.n, args.rounds), durable=True)
     return 0
 
 

@@ -25,9 +25,16 @@ from pydantic import BaseModel
 from authloyalty.bootstrap import loyalty_app
 from authloyalty.loyalty import http as loyalty_http
 from authloyalty.loyalty.schemas import MovementIn, SeedOperationIn
-from authloyalty.platform.http.fast import FastRoute, standard_resolution
+from authloyalty.platform.http.fast import FastRoute
 from authloyalty.platform.http.responses import PrivateJSONResponse
 from tests.integration.conftest import WithUsers
+from tests.integration.equivalence import (
+    STREAMED_OVERSIZED,
+    body_shapes,
+    both_resolutions,
+    streamed,
+    without_length,
+)
 
 JSON = "application/json"
 # A valid body for each body model of a fast route: a new fast route with a new body model
@@ -92,25 +99,13 @@ def _cases(route: FastRoute) -> Iterator[Case]:
     if model is None:
         return
     bodies: list[tuple[str, dict[str, str], bytes | None]] = [
-        ("missing body", typed, None),
-        ("empty object", typed, b"{}"),
+        *body_shapes(good or b"{}"),
         ("malformed JSON", typed, b'{"amount": 1,'),
-        ("JSON null", typed, b"null"),
-        ("JSON array", typed, b"[1]"),
-        ("JSON string", typed, b'"x"'),
         ("invalid UTF-8", typed, b'{"amount": 1, "comment": "\xff"}'),
         ("huge number", typed, b'{"amount": 1' + b"0" * 5000 + b', "comment": "x"}'),
-        ("deep nesting", typed, b"[" * 30000),
         ("oversized", typed, b'{"amount": 1, "comment": "' + b"c" * 70_000 + b'"}'),
-        ("no content type", {}, good),
-        ("empty content type", {"Content-Type": ""}, good),
         ("form content type", {"Content-Type": "application/x-www-form-urlencoded"},
          b"amount=1&comment=x"),
-        ("text content type", {"Content-Type": "text/plain"}, good),
-        ("JSON with charset", {"Content-Type": "application/json; charset=utf-8"}, good),
-        ("upper-case JSON type", {"Content-Type": "Application/JSON"}, good),
-        ("vendor JSON type", {"Content-Type": "application/vnd.api+json"}, good),
-        ("odd JSON-like type", {"Content-Type": "application/x/+json"}, good),
         ("zero amount", typed, b'{"amount": 0, "comment": "x"}'),
         ("string amount", typed, b'{"amount": "ten", "comment": "x"}'),
         ("fractional amount", typed, b'{"amount": 1.5, "comment": "x"}'),
@@ -121,8 +116,7 @@ def _cases(route: FastRoute) -> Iterator[Case]:
     ]
     for name, headers, content in bodies:
         yield Case(name, route, headers, content)
-    yield Case("oversized, streamed", route, typed, b"[" + b"1," * 40_000 + b"1]",
-               streamed=True)
+    yield Case("oversized, streamed", route, typed, STREAMED_OVERSIZED, streamed=True)
     if model is SeedOperationIn:
         yield from _original_operations(route, typed)
 
@@ -184,12 +178,7 @@ class Loyalty:
 @pytest.fixture
 async def loyalty(with_users: WithUsers) -> AsyncIterator[Loyalty]:
     app = loyalty_app(with_users.system.loyalty)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                          base_url="http://loyalty") as fast,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=standard_resolution(app)),
-                          base_url="http://loyalty") as standard,
-    ):
+    async with both_resolutions(app, "http://loyalty") as (fast, standard):
         deposit = await fast.post(
             f"/loyalty/admin/accounts/{with_users.user.user_id}/deposits",
             headers=with_users.auth(with_users.admin),
@@ -215,12 +204,7 @@ async def _send(client: httpx.AsyncClient, case: Case, loyalty: Loyalty) -> http
         if content is not None:
             content = content.replace(placeholder.encode(), account.encode())
     if case.streamed and content is not None:
-        chunks = [content[i:i + 4096] for i in range(0, len(content), 4096)]
-
-        async def stream() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield chunk
-        content = stream()
+        content = streamed(content)
     return await client.request(_method(case.route), path, headers=headers, content=content)
 
 
@@ -246,14 +230,10 @@ async def test_fast_and_standard_resolution_answer_alike(loyalty: Loyalty, case:
         # length) is the same; test_a_fresh_answer_is_rendered_as_fastapi_renders_it
         # compares the bytes of one movement rendered both ways.
         assert _fresh_movement(fast) == _fresh_movement(standard)
-        assert _without_length(fast) == _without_length(standard)
+        assert without_length(fast) == without_length(standard)
     else:  # errors, reads and replays of the same Idempotency-Key: the same bytes
         assert fast.headers.raw == standard.headers.raw
         assert fast.content == standard.content
-
-
-def _without_length(reply: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in reply.headers.raw if k != b"content-length"]
 
 
 async def test_a_fresh_answer_is_rendered_as_fastapi_renders_it(loyalty: Loyalty) -> None:

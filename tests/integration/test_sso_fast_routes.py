@@ -18,11 +18,18 @@ import httpx
 import pytest
 
 from authloyalty.bootstrap import sso_app
-from authloyalty.platform.http.fast import FastRoute, standard_resolution
+from authloyalty.platform.http.fast import FastRoute
 from authloyalty.sso import http as sso_http
 from tests.integration.conftest import WithUsers
+from tests.integration.equivalence import (
+    JSON,
+    STREAMED_OVERSIZED,
+    body_shapes,
+    both_resolutions,
+    streamed,
+    without_length,
+)
 
-JSON = {"Content-Type": "application/json"}
 FAST_ROUTES = [r for r in sso_http.hot_router.routes if isinstance(r, FastRoute)]
 # In a case's body, each stands for a token made for that one request.
 REFRESH, ACCESS, SPENT, ENDED = "@refresh", "@access", "@spent", "@ended"
@@ -49,30 +56,19 @@ def _cases(route: FastRoute) -> Iterator[Case]:
                         ("huge", "x" * 5000), ("control characters", "a\\u0000b\\nc")):
         yield Case(f"token: {name}", route, JSON, token(value))
     bodies: list[tuple[str, dict[str, str], bytes | None]] = [
-        ("missing body", JSON, None),
-        ("empty object", JSON, b"{}"),
+        *body_shapes(token(REFRESH)),
         ("token not a string", JSON, b'{"token": 12}'),
         ("token null", JSON, b'{"token": null}'),
         ("malformed JSON", JSON, b'{"token": "x",'),
-        ("JSON null", JSON, b"null"),
-        ("JSON array", JSON, b"[1]"),
         ("invalid UTF-8", JSON, b'{"token": "\xff"}'),
-        ("deep nesting", JSON, b"[" * 30000),
         ("oversized", JSON, b'{"token": "' + b"t" * 70_000 + b'"}'),
         ("unknown field", JSON, b'{"token": "' + REFRESH.encode() + b'", "extra": true}'),
-        ("no content type", {}, token(REFRESH)),
-        ("empty content type", {"Content-Type": ""}, token(REFRESH)),
         ("form content type", {"Content-Type": "application/x-www-form-urlencoded"},
          b"token=x"),
-        ("text content type", {"Content-Type": "text/plain"}, token(REFRESH)),
-        ("JSON with charset", {"Content-Type": "application/json; charset=utf-8"},
-         token(REFRESH)),
-        ("vendor JSON type", {"Content-Type": "application/vnd.api+json"}, token(REFRESH)),
     ]
     for name, headers, content in bodies:
         yield Case(name, route, headers, content)
-    yield Case("oversized, streamed", route, JSON, b"[" + b"1," * 40_000 + b"1]",
-               streamed=True)
+    yield Case("oversized, streamed", route, JSON, STREAMED_OVERSIZED, streamed=True)
 
 
 CASES = [case for route in FAST_ROUTES for case in _cases(route)]
@@ -106,12 +102,7 @@ class Sso:
 
 @pytest.fixture
 async def sso(with_users: WithUsers) -> AsyncIterator[Sso]:
-    app = sso_app(with_users.system.sso)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sso") as fast,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=standard_resolution(app)),
-                          base_url="http://sso") as standard,
-    ):
+    async with both_resolutions(sso_app(with_users.system.sso), "http://sso") as (fast, standard):
         yield Sso(fast, standard, with_users)
 
 
@@ -124,12 +115,7 @@ async def _send(client: httpx.AsyncClient, case: Case, sso: Sso) -> httpx.Respon
             content = content.replace(placeholder.encode(),
                                       (await sso.tokens(placeholder)).encode())
     if case.streamed and content is not None:
-        chunks = [content[i:i + 4096] for i in range(0, len(content), 4096)]
-
-        async def stream() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield chunk
-        content = stream()
+        content = streamed(content)
     (method,) = case.route.methods or set()
     return await client.request(method, case.route.path, headers=headers, content=content)
 
@@ -148,15 +134,11 @@ async def test_fast_and_standard_resolution_answer_alike(sso: Sso, case: Case) -
         # Two new pairs: the same answer but for the tokens (and perhaps their length).
         assert _new_pair(fast) == _new_pair(standard)
         assert fast.json()["refresh_token"] != standard.json()["refresh_token"]
-        assert _without_length(fast) == _without_length(standard)
+        assert without_length(fast) == without_length(standard)
         assert fast.headers["cache-control"] == "no-store"
     else:
         assert fast.headers.raw == standard.headers.raw
         assert fast.content == standard.content
-
-
-def _without_length(reply: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in reply.headers.raw if k != b"content-length"]
 
 
 async def test_a_refresh_through_the_lane_rotates_the_session(sso: Sso) -> None:
