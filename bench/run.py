@@ -405,9 +405,9 @@ class Runner:
                     password=PASSWORD, tag=f"{tag}{int(time.time())}",
                     expected_bonus=self.dep.settings.loyalty.welcome_bonus)
 
-            # Warmed up like the wrk scenarios: each process's first registrations pay for
-            # what is made once (prepared statements per pooled connection, the producer's
-            # and the consumer's first round trips): 100-165 ms each, the p99 of a short run.
+            # Warmed up like the wrk scenarios: the first registrations of a run took
+            # 100-165 ms each (one-off work on a cold path, not traced further), which in a
+            # short run's ~110 samples was the p99.
             self.driver(
                 "registration_bonus", "Registration → bonus visible at loyalty (Kafka)",
                 "latency", registrations(opts.mode.duration, ""),
