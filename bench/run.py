@@ -405,9 +405,9 @@ class Runner:
                     password=PASSWORD, tag=f"{tag}{int(time.time())}",
                     expected_bonus=self.dep.settings.loyalty.welcome_bonus)
 
-            # Warmed up like the wrk scenarios: the first registrations of a run took
-            # 100-165 ms each (one-off work on a cold path, not traced further), which in a
-            # short run's ~110 samples was the p99.
+            # Warmed up like the wrk scenarios: in five short runs the three slowest of ~110
+            # delays (96-165 ms: one-off work on a cold path, not traced further) were all
+            # among the first four registrations, and so made the p99.
             self.driver(
                 "registration_bonus", "Registration → bonus visible at loyalty (Kafka)",
                 "latency", registrations(opts.mode.duration, ""),
