@@ -1,20 +1,25 @@
 """Registration → welcome bonus on an idle stack, one registration at a time, stage by stage.
 
-    python bench/event_path.py [--registrations 60] [--service-env KEY=VALUE ...]
+    python bench/event_path.py [--registrations 60] [--broker-warmup 10]
+                               [--service-env KEY=VALUE ...]
 
 Deploys what ``make bench`` deploys (durable PostgreSQL, 3 Kafka brokers, 2 sso and 2 loyalty
 processes), then registers users one after another, 50 ms apart, each polling
 ``GET /loyalty/me`` every 2 ms until the bonus is there. Reports three views of the same path:
 
 * the delay the user sees: the registration's 201 → the first 200 of ``GET /loyalty/me``;
-* Kafka's own part: a plain consumer in a group of its own receives each registration record
+* Kafka's part: a plain consumer in a group of its own receives each registration record
   this long after the record's timestamp (set when the relay produced it);
+* Kafka alone: 25 ms after each bonus a plain producer (``acks=all``, idempotent, no linger,
+  as the relay's) sends a record to a topic of its own with the same partitions and replicas,
+  and the same consumer times it the same way;
 * the services' histograms (``benchlib/eventpath.py``): the commit → the broker's
   acknowledgement at sso, the record produced → the bonus committed at loyalty.
 
 Nothing else runs, so this is the path's floor, not its behaviour under load (``make bench``'s
 ``registration_bonus`` scenario is that). ``--service-env`` passes ``AUTHLOYALTY_*`` settings
-to every service process, to compare configurations.
+to every service process, to compare configurations. The brokers are warmed up first as in
+``make bench`` (``--broker-warmup 0`` measures them cold).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
@@ -36,6 +42,8 @@ from benchlib import eventpath
 from benchlib.deploy import deploy
 from benchlib.stack import PASSWORD, stop_on_sigterm
 from benchlib.stats import percentile
+
+PLAIN_TOPIC = "event-path-plain"
 
 
 def _summary(values: list[float]) -> str:
@@ -50,30 +58,45 @@ def _summary(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--registrations", type=int, default=60)
+    parser.add_argument("--broker-warmup", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     stop_on_sigterm()
     env = dict(item.split("=", 1) for item in args.service_env)
     dep = deploy(users=100, refresh_sessions=0, logout_sessions=0, distinct_hashes=10,
-                 sso_processes=2, loyalty_processes=2, service_env=env, brokers=3)
+                 sso_processes=2, loyalty_processes=2, service_env=env, brokers=3,
+                 broker_warmup=args.broker_warmup)
     stack = dep.stack
-    topic = dep.settings.events.kafka.registration_topic
+    kafka = dep.settings.events.kafka
+    topic = kafka.registration_topic
+    bootstrap = stack.kafka.bootstrap_servers
+    plain = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                      "enable.idempotence": True, "linger.ms": 0})
     received: list[float] = []
+    received_plain: list[float] = []
     stop = threading.Event()
 
     def consume() -> None:
-        consumer = Consumer({"bootstrap.servers": stack.kafka.bootstrap_servers,
+        consumer = Consumer({"bootstrap.servers": bootstrap,
                              "group.id": f"event-path-{uuid.uuid4().hex}",
                              "auto.offset.reset": "latest", "fetch.wait.max.ms": 100})
-        consumer.subscribe([topic])
+        consumer.subscribe([topic, PLAIN_TOPIC])
         while not stop.is_set():
             message = consumer.poll(0.2)
             if message is not None and message.error() is None:
-                received.append(time.time() * 1000 - message.timestamp()[1])
+                into = received_plain if message.topic() == PLAIN_TOPIC else received
+                into.append(time.time() * 1000 - message.timestamp()[1])
         consumer.close()
 
     reader = threading.Thread(target=consume)
     try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        replicas = kafka.replication_factor
+        for future in admin.create_topics([NewTopic(
+                PLAIN_TOPIC, kafka.topic_partitions, replicas, config={
+                    "min.insync.replicas": str(min(kafka.min_insync_replicas, replicas))},
+        )]).values():
+            future.result(15)
         sso = [f"http://127.0.0.1:{port}" for port in stack.sso_ports]
         before = eventpath.snapshot(sso, stack.loyalty_urls, topic)
         reader.start()
@@ -93,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError("no bonus within 30 s")
                     time.sleep(0.002)
                 delays.append((time.perf_counter() - started) * 1000)
-                time.sleep(0.05)
+                time.sleep(0.025)
+                plain.produce(PLAIN_TOPIC, key=uuid.uuid4().bytes, value=b"plain")
+                plain.flush(10)
+                time.sleep(0.025)
         time.sleep(1)
         stop.set()
         reader.join()
@@ -101,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service settings: {env or 'defaults'}")
         print(f"201 → bonus visible:               {_summary(delays)}")
         print(f"produced → received (plain reader): {_summary(received)}")
+        print(f"plain producer → plain reader:      {_summary(received_plain)}")
         for metric, row in path.items():
             print(f"{metric}: {row['events']} events, mean {row['mean_ms']} ms, "
                   f"within 10/25/50 ms: {row['within_ms']}")

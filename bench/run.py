@@ -112,6 +112,7 @@ class Options:
     settle: float
     service_env: dict[str, str]
     brokers: int
+    broker_warmup: float
 
 
 @dataclass
@@ -507,6 +508,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--brokers", type=int, default=3, choices=[1, 3],
                         help="Kafka brokers (3: a KRaft cluster, needed by "
                              "logout_refusal_broker_kill)")
+    parser.add_argument("--broker-warmup", type=float, default=10.0, metavar="SECONDS",
+                        help="warm the new brokers' JVMs with acks=all produce requests "
+                             "before seeding (0: measure cold brokers); see bench/README.md")
     parser.add_argument("--sso-processes", type=int, default=NCPU,
                         help="authloyalty sso processes (default: one per core, see "
                              "bench/README.md)")
@@ -533,7 +537,8 @@ def parse_args(argv: list[str] | None) -> Options:
                    sso_processes=args.sso_processes, loyalty_processes=args.loyalty_processes,
                    settle=args.settle if args.settle is not None
                    else (5.0 if args.mode == "short" else 60.0),
-                   service_env=_service_env(parser, args.service_env), brokers=args.brokers)
+                   service_env=_service_env(parser, args.service_env), brokers=args.brokers,
+                   broker_warmup=args.broker_warmup)
 
 
 def _service_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -559,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                  logout_sessions=opts.mode.logouts + opts.mode.kill_logouts,
                  distinct_hashes=opts.mode.distinct_hashes,
                  sso_processes=opts.sso_processes, loyalty_processes=opts.loyalty_processes,
-                 service_env=opts.service_env, brokers=opts.brokers)
+                 service_env=opts.service_env, brokers=opts.brokers,
+                 broker_warmup=opts.broker_warmup)
     runner = Runner(opts, dep)
     consistency: dict[str, int] = {}
     sql_shapes: dict[str, Any] = {}
@@ -598,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": load_before,
             "load_average_after": loadavg(),
             "versions": {"postgres": pg_version, "wrk": loadgen.wrk_version()},
-            "durations": {"warmup_s": opts.mode.warmup, "measure_s": opts.mode.duration},
+            "durations": {"warmup_s": opts.mode.warmup, "measure_s": opts.mode.duration,
+                          "broker_warmup_s": opts.broker_warmup,
+                          "broker_warmup_requests": dep.broker_warmup_requests},
             "provisioning_s": dep.provision_seconds,
             "deployment": {
                 "processes": f"{opts.sso_processes} x `authloyalty sso --config`, "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from authloyalty.settings import Settings, load_settings
 from benchlib import seed as seeding
+from benchlib.brokerwarm import warm_brokers
 from benchlib.stack import PASSWORD, Stack, log
 
 
@@ -16,12 +17,17 @@ class Deployment:
     seeded: seeding.Seeded
     settings: Settings
     provision_seconds: dict[str, float]
+    broker_warmup_requests: int = 0
 
 
 def deploy(*, users: int, refresh_sessions: int, logout_sessions: int,
            distinct_hashes: int, sso_processes: int = 1, loyalty_processes: int = 1,
-           service_env: dict[str, str] | None = None, brokers: int = 1) -> Deployment:
+           service_env: dict[str, str] | None = None, brokers: int = 1,
+           broker_warmup: float = 0.0) -> Deployment:
     """PostgreSQL + Kafka + keys + migrations, seed the databases, start sso and loyalty.
+
+    ``broker_warmup``: seconds of ``acks=all`` produce requests to warm the new brokers' JVMs
+    (:mod:`benchlib.brokerwarm`) before anything else runs on them.
 
     On failure everything started so far is stopped again.
     """
@@ -33,6 +39,13 @@ def deploy(*, users: int, refresh_sessions: int, logout_sessions: int,
         started = time.monotonic()
         stack.provision()
         timings["provision"] = round(time.monotonic() - started, 2)
+        warmed = 0
+        if broker_warmup > 0 and stack.kafka is not None:
+            started = time.monotonic()
+            warmed = warm_brokers(stack.kafka.bootstrap_servers, broker_warmup)
+            timings["broker_warmup"] = round(time.monotonic() - started, 2)
+            log(f"brokers warmed up: {warmed:,} acks=all produce requests in "
+                f"{broker_warmup:g} s")
         settings = load_settings(stack.config_path)
         started = time.monotonic()
         log(f"seeding {users} users ({distinct_hashes} distinct Argon2id hashes at "
@@ -53,4 +66,4 @@ def deploy(*, users: int, refresh_sessions: int, logout_sessions: int,
     except BaseException:
         stack.stop()
         raise
-    return Deployment(stack, seeded, settings, timings)
+    return Deployment(stack, seeded, settings, timings, warmed)

@@ -185,6 +185,18 @@ def _met(flag: bool | None) -> str:
     return {True: "✅ met", False: "❌ missed", None: "-"}[flag]
 
 
+def _broker_warmup(durations: dict[str, Any]) -> str:
+    """The header's sentence on the brokers' warm-up (absent from runs before it existed)."""
+    requests = durations.get("broker_warmup_requests")
+    if requests is None:
+        return ""
+    if not requests:
+        return " Kafka's brokers were measured cold (no warm-up)."
+    return (f" Before seeding, the new brokers' JVMs were warmed up with {requests:,} "
+            f"`acks=all` produce requests ({durations['broker_warmup_s']:g} s, a topic of "
+            "their own, deleted afterwards).")
+
+
 def _autogroup(machine: dict[str, Any]) -> str:
     """The kernel's autogroup scheduling, when known (each service and wrk run in a session of
     their own either way)."""
@@ -217,7 +229,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"p={meta['deployment']['argon2']['parallelism']}. Seed: "
         f"{meta['seed']['users']:,} users with accounts. Each measurement: "
         f"{meta['durations']['measure_s']:g} s after {meta['durations']['warmup_s']:g} s of "
-        "warm-up.",
+        f"warm-up.{_broker_warmup(meta['durations'])}",
         "",
     ]
     overrides = meta["deployment"].get("env_overrides") or {}

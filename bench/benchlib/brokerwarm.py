@@ -1,0 +1,61 @@
+"""Bring freshly started Kafka brokers to the speed of brokers in service.
+
+A broker the bench has just started is a new JVM whose produce, replication and fetch paths
+are not compiled yet: one ``acks=all`` record at a time, produce → acknowledged took a median
+of 6.4 ms over its first 150 records and 3.0 ms after about a thousand (3 brokers, replication
+factor 3, nothing else running). A broker in service compiled them long ago. So before any
+measurement the brokers serve this many-requests warm-up on a topic of its own, one record
+per produce request (each its own replication round), which is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+TOPIC = "bench-broker-warmup"
+_QUIET = {"log_level": 0}
+
+
+def warm_brokers(bootstrap_servers: str, seconds: float) -> int:
+    """Produce one ``acks=all`` record at a time to every partition leader for ``seconds``;
+    return how many produce requests the brokers served."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **_QUIET})
+    brokers = len(admin.list_topics(timeout=15).brokers)
+    replicas = min(3, brokers)
+    topic = NewTopic(TOPIC, brokers, replicas,
+                     config={"min.insync.replicas": str(max(1, replicas - 1))})
+    for future in admin.create_topics([topic], request_timeout=15).values():
+        future.result(15)
+    deadline = time.monotonic() + seconds
+    served = [0] * brokers
+    failures: list[BaseException] = []
+
+    def produce(partition: int) -> None:
+        producer = Producer({"bootstrap.servers": bootstrap_servers, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 0, **_QUIET})
+        try:
+            while time.monotonic() < deadline:
+                producer.produce(TOPIC, b"warm-up", partition=partition)
+                if producer.flush(10) != 0:
+                    raise KafkaException(f"partition {partition}: no acknowledgement in 10 s")
+                served[partition] += 1
+        except BaseException as exc:  # reported by the caller's thread
+            failures.append(exc)
+
+    # One thread per partition (a leader each, as the brokers spread them): three rounds in
+    # flight at once, and every broker both leads and follows.
+    threads = [threading.Thread(target=produce, args=(p,), name=f"broker-warmup-{p}")
+               for p in range(brokers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for future in admin.delete_topics([TOPIC], request_timeout=15).values():
+        future.result(15)
+    if failures:
+        raise RuntimeError(f"broker warm-up failed: {failures[0]!r}") from failures[0]
+    return sum(served)
