@@ -58,6 +58,8 @@ def finish(document: dict[str, Any]) -> None:
         # ±15 % within seconds on shared cores) favours neither route.
         rec = records[route]
         rec["twin_legs"] = [round(a / b, 3) for a, b in legs]
+        rec["twin_cpu_legs"] = [{"route": _cpu_per_request(a), "twin": _cpu_per_request(b)}
+                                for a, b in pairs if a and b]
         combined = round(sum(a for a, _ in legs) / sum(b for _, b in legs), 3)
         rec["ratios"][twin] = combined
         if rec["ceiling"] == twin:
@@ -163,6 +165,38 @@ def problems(document: dict[str, Any]) -> list[str]:
 # -- Markdown -----------------------------------------------------------------------------------
 
 
+def _cpu_per_request(rec: dict[str, Any]) -> dict[str, float]:
+    """µs of CPU per request of loyalty and of wrk during a measurement."""
+    seconds = (rec.get("cpu") or {}).get("cpu_seconds") or {}
+    requests = rec.get("requests") or 0
+    return {group: round(seconds[group] / requests * 1e6, 1)
+            for group in ("loyalty", "wrk") if group in seconds and requests}
+
+
+def _twin_cpu_table(by_name: dict[str, dict[str, Any]]) -> list[str]:
+    """Per twin leg: the throughputs, and loyalty's and wrk's CPU per request. wrk does the
+    same work for a request of either route, so its CPU per request gauges how fast the
+    machine was during each leg."""
+    rows = []
+    for route, twin in TWINS:
+        rec = by_name.get(route, {})
+        for leg, cpu in enumerate(rec.get("twin_cpu_legs") or [], start=1):
+            suffix = LEG2 if leg == 2 else ""
+            a, b = by_name.get(route + suffix, {}), by_name.get(twin + suffix, {})
+            rows.append(
+                f"| `{route}` ÷ `{twin}` | {leg} | {_fmt(a.get('throughput_rps'), 0)} / "
+                f"{_fmt(b.get('throughput_rps'), 0)} | {_fmt(rec['twin_legs'][leg - 1], 3)} | "
+                f"{_fmt(cpu['route'].get('loyalty'), 0)} / {_fmt(cpu['twin'].get('loyalty'), 0)}"
+                f" | {_fmt(cpu['route'].get('wrk'), 0)} / {_fmt(cpu['twin'].get('wrk'), 0)} |")
+    if not rows:
+        return []
+    return ["", "Each leg, with the CPU each request cost loyalty and wrk (µs). wrk does the "
+            "same work for a request of either route, so its CPU per request gauges the "
+            "machine's speed during the leg: when it moves, loyalty's moves with it.", "",
+            "| pair | leg | throughput /s (route / twin) | ratio | loyalty µs/request | "
+            "wrk µs/request |", "|---|---:|---:|---:|---:|---:|", *rows]
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -252,7 +286,7 @@ def markdown(document: dict[str, Any]) -> str:
     if legs:
         lines += ["", "The twin ratios come from an A B B A measurement (the `/me` route, the "
                   "original's, the original's again, the `/me` route again), over both legs: "
-                  + "; ".join(legs) + "."]
+                  + "; ".join(legs) + ".", *_twin_cpu_table(by_name)]
     lines += [
         "",
         "## Scenarios",
