@@ -1,11 +1,12 @@
 """Bring freshly started Kafka brokers to the speed of brokers in service.
 
 A broker the bench has just started is a new JVM whose produce, replication and fetch paths
-are not compiled yet: one ``acks=all`` record at a time, produce → acknowledged took a median
-of 6.4 ms over its first 150 records and 3.0 ms after about a thousand (3 brokers, replication
-factor 3, nothing else running). A broker in service compiled them long ago. So before any
-measurement the brokers serve this many-requests warm-up on a topic of its own, one record
-per produce request (each its own replication round), which is deleted afterwards.
+are not compiled yet (and only C1 compiles them, ``devstack/kafka_node.py``): a plain
+producer's ``acks=all`` records reached a consumer after a median of 5.9-6.2 ms on fresh
+brokers and 2.9-3.3 ms on warmed ones (``bench/event_path.py --broker-warmup 0``, and without).
+A broker in service compiled them long ago. So before any measurement the brokers serve
+``seconds`` of produce requests, one record each (each its own replication round), on a topic
+of their own, deleted afterwards.
 """
 
 from __future__ import annotations
