@@ -1,6 +1,6 @@
 """`make bench`: throughput and latency of sso and loyalty against their physical ceilings.
 
-    python bench/run.py [--mode short|full] [--out bench/results] [--keep] [--only NAME,...]
+    python bench/run.py [--mode short|full] [--out DIR] [--keep] [--only NAME,...]
 
 Provisions a durable PostgreSQL cluster and a Kafka broker, starts ``authloyalty sso`` and
 ``authloyalty loyalty`` in their production configuration (one process per core for each
@@ -495,7 +495,9 @@ def git_revision() -> str | None:
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="short")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--out", type=Path,
+                        help="results directory (default: bench/results for the short mode, "
+                             "bench/results/full for the full one)")
     parser.add_argument("--connections", type=int, default=16,
                         help="wrk connections for the HTTP scenarios and bare endpoints")
     parser.add_argument("--login-connections", type=int, default=8)
@@ -528,7 +530,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--keep", action="store_true",
                         help="leave the stack's scratch directory (logs) behind")
     args = parser.parse_args(argv)
-    return Options(mode=MODES[args.mode], out=args.out, connections=args.connections,
+    out = args.out or (BENCH_DIR / "results" if args.mode == "short"
+                       else BENCH_DIR / "results" / args.mode)
+    return Options(mode=MODES[args.mode], out=out, connections=args.connections,
                    login_connections=args.login_connections, pg_clients=args.pg_clients,
                    wrk_threads=args.wrk_threads, wrk_cpus=args.wrk_cpus,
                    driver_concurrency=args.driver_concurrency,
