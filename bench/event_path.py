@@ -32,13 +32,14 @@ import uuid
 from pathlib import Path
 
 import httpx
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
 from benchlib import eventpath
+from benchlib.brokerwarm import create_topic, plain_producer
 from benchlib.deploy import deploy
 from benchlib.stack import PASSWORD, stop_on_sigterm
 from benchlib.stats import percentile
@@ -70,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     kafka = dep.settings.events.kafka
     topic = kafka.registration_topic
     bootstrap = stack.kafka.bootstrap_servers
-    plain = Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                      "enable.idempotence": True, "linger.ms": 0})
+    plain = plain_producer(bootstrap)
     received: list[float] = []
     received_plain: list[float] = []
     stop = threading.Event()
@@ -90,13 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     reader = threading.Thread(target=consume)
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        replicas = kafka.replication_factor
-        for future in admin.create_topics([NewTopic(
-                PLAIN_TOPIC, kafka.topic_partitions, replicas, config={
-                    "min.insync.replicas": str(min(kafka.min_insync_replicas, replicas))},
-        )]).values():
-            future.result(15)
+        create_topic(AdminClient({"bootstrap.servers": bootstrap}), PLAIN_TOPIC,
+                     kafka.topic_partitions, kafka.replication_factor,
+                     kafka.min_insync_replicas)
         sso = [f"http://127.0.0.1:{port}" for port in stack.sso_ports]
         before = eventpath.snapshot(sso, stack.loyalty_urls, topic)
         reader.start()

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devstack/ (not installed)
 
 from benchlib import loadgen
+from benchlib.cpu import process_cpu
 from benchlib.deploy import deploy
 from benchlib.stack import stop_on_sigterm
 
@@ -38,10 +39,8 @@ PAIRS = {
 
 def _counters(pid: int) -> tuple[float, int, int]:
     """CPU seconds (user + system), read and write system calls of process ``pid``."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    ticks = int(stat[11]) + int(stat[12])
-    return ticks / 100, int(io["syscr"]), int(io["syscw"])
+    return process_cpu(pid), int(io["syscr"]), int(io["syscw"])
 
 
 def main(argv: list[str] | None = None) -> int:

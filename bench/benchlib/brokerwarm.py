@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -21,23 +22,35 @@ TOPIC = "bench-broker-warmup"
 _QUIET = {"log_level": 0}
 
 
+def plain_producer(bootstrap_servers: str, **conf: Any) -> Producer:
+    """A producer configured as the services' relay is where latency is concerned:
+    ``acks=all``, idempotent, no linger."""
+    return Producer({"bootstrap.servers": bootstrap_servers, "acks": "all",
+                     "enable.idempotence": True, "linger.ms": 0, **conf})
+
+
+def create_topic(admin: AdminClient, name: str, partitions: int, replicas: int,
+                 min_insync: int) -> None:
+    """Create ``name`` (``min.insync.replicas`` capped at ``replicas``); wait for it."""
+    topic = NewTopic(name, partitions, replicas,
+                     config={"min.insync.replicas": str(max(1, min(min_insync, replicas)))})
+    for future in admin.create_topics([topic], request_timeout=15).values():
+        future.result(15)
+
+
 def warm_brokers(bootstrap_servers: str, seconds: float) -> int:
     """Produce one ``acks=all`` record at a time to every partition leader for ``seconds``;
     return how many produce requests the brokers served."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, **_QUIET})
     brokers = len(admin.list_topics(timeout=15).brokers)
     replicas = min(3, brokers)
-    topic = NewTopic(TOPIC, brokers, replicas,
-                     config={"min.insync.replicas": str(max(1, replicas - 1))})
-    for future in admin.create_topics([topic], request_timeout=15).values():
-        future.result(15)
+    create_topic(admin, TOPIC, brokers, replicas, replicas - 1)
     deadline = time.monotonic() + seconds
     served = [0] * brokers
     failures: list[BaseException] = []
 
     def produce(partition: int) -> None:
-        producer = Producer({"bootstrap.servers": bootstrap_servers, "acks": "all",
-                             "enable.idempotence": True, "linger.ms": 0, **_QUIET})
+        producer = plain_producer(bootstrap_servers, **_QUIET)
         try:
             while time.monotonic() < deadline:
                 producer.produce(TOPIC, b"warm-up", partition=partition)
